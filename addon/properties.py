@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scene settings of the add-on (``scene.maskfield``) and its prompts."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+SOURCE_ITEMS = [
+    ("OBJECTS", "Selected objects", "Render the selected objects of this scene and train on the renders "
+     "(offline: object names give the meanings)", "OBJECT_DATA", 0),
+    ("PHOTOS", "Photos folder", "A folder of photos with cameras (transforms.json or COLMAP sparse/0)",
+     "IMAGE_DATA", 1),
+    ("SPLAT", "Gaussian .ply + photos", "An existing 3D Gaussian Splatting .ply and the photos it was made from",
+     "OUTLINER_OB_POINTCLOUD", 2),
+]
+
+MODE_ITEMS = [
+    ("POINTS", "Points", "A point-cloud object of the selected Gaussians per prompt"),
+    ("FACES", "Faces", "The faces of the source meshes that match a prompt, as new objects (selected-objects "
+     "source only)"),
+    ("SELECT", "Select", "Only select what matches (faces of the source meshes, or points of the imported run)"),
+]
+
+DEVICE_ITEMS = [
+    ("auto", "Auto", "CUDA if available, else Apple MPS, else the CPU"),
+    ("cpu", "CPU", "Run on the CPU"),
+    ("cuda", "CUDA", "NVIDIA GPU"),
+    ("mps", "MPS", "Apple GPU"),
+]
+
+LAYOUT_ITEMS = [
+    ("HEMISPHERE", "Hemisphere", "Cameras spread evenly over the upper half sphere"),
+    ("SPHERE", "Sphere", "Cameras spread evenly over the whole sphere"),
+    ("RINGS", "Rings", "Cameras in rings at a few elevations"),
+]
+
+
+class MaskFieldPrompt(bpy.types.PropertyGroup):
+    text: StringProperty(name="Prompt", description="What to find, e.g. 'chair'")  # type: ignore[valid-type]
+    enabled: BoolProperty(name="Use", default=True)  # type: ignore[valid-type]
+
+
+class MaskFieldSettings(bpy.types.PropertyGroup):
+    source: EnumProperty(name="Source", items=SOURCE_ITEMS, default="OBJECTS")  # type: ignore[valid-type]
+    scene_dir: StringProperty(  # type: ignore[valid-type]
+        name="Scene folder", subtype="DIR_PATH",
+        description="Photos with cameras (transforms.json, or COLMAP sparse/0 plus images/)")
+    splat_path: StringProperty(  # type: ignore[valid-type]
+        name="Gaussians", subtype="FILE_PATH", description="An existing 3D Gaussian Splatting .ply")
+    run_dir: StringProperty(  # type: ignore[valid-type]
+        name="Run folder", subtype="DIR_PATH", default="//maskfield_run/",
+        description="Where training writes its results (and reads them for Segment)")
+    views: IntProperty(name="Views", default=40, min=4, max=1000,  # type: ignore[valid-type]
+                       description="Number of rendered views (selected-objects source)")
+    resolution: IntProperty(name="Resolution", default=256, min=32, max=4096,  # type: ignore[valid-type]
+                            description="Size in pixels of the rendered views")
+    samples: IntProperty(name="Samples", default=16, min=1, max=4096,  # type: ignore[valid-type]
+                         description="Cycles samples per rendered view")
+    layout: EnumProperty(name="Cameras", items=LAYOUT_ITEMS, default="HEMISPHERE")  # type: ignore[valid-type]
+    iterations: IntProperty(  # type: ignore[valid-type]
+        name="Iterations", default=0, min=0, max=1000000,
+        description="Training iterations (0: the backend's default)")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")  # type: ignore[valid-type]
+    import_after_train: BoolProperty(  # type: ignore[valid-type]
+        name="Import Gaussians after training", default=False,
+        description="Add the trained Gaussians as a point object when training ends")
+    prompts: CollectionProperty(type=MaskFieldPrompt)  # type: ignore[valid-type]
+    prompt_index: IntProperty(default=0)  # type: ignore[valid-type]
+    mode: EnumProperty(name="Result", items=MODE_ITEMS, default="POINTS")  # type: ignore[valid-type]
+    use_threshold: BoolProperty(name="Threshold", default=False,  # type: ignore[valid-type]
+                                description="Use a custom threshold instead of the backend's")
+    threshold: FloatProperty(name="Threshold", default=0.5, min=0.0, max=1.0,  # type: ignore[valid-type]
+                             description="Minimum score for a Gaussian or face to belong to a prompt")
+    show_settings: BoolProperty(name="Settings", default=False)  # type: ignore[valid-type]
+
+
+classes = (MaskFieldPrompt, MaskFieldSettings)
+
+
+def register() -> None:
+    bpy.types.Scene.maskfield = PointerProperty(type=MaskFieldSettings)  # type: ignore[attr-defined]
+
+
+def unregister() -> None:
+    del bpy.types.Scene.maskfield  # type: ignore[attr-defined]

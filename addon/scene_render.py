@@ -1,0 +1,663 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Render chosen Blender objects into a MaskField scene folder.
+
+The folder is the first form of docs/contracts.md: ``images/*.png``, ``transforms.json``
+(nerfstudio: OpenGL camera-to-world matrices, ``fl_x fl_y cx cy w h``), the object-index
+pass as ``labels/<stem>.png`` with ``labels/objects.json``, and ``points.ply`` (surface
+points with their material colours) named by ``ply_file_path``.
+
+Nothing of the user's scene is changed: the objects are rendered as temporary copies in a
+temporary scene that is removed afterwards, so their pass indices, transforms, materials and
+the scene's render settings stay as they were. The index pass is read from an uncompressed
+multilayer EXR with numpy (no compositor, which changed its Python API in Blender 5.0).
+
+Works from an operator (one view per call of :meth:`RenderJob.step`, so the UI can breathe
+between views) and from scripts (:func:`render_scene_folder`), e.g. ``tools/make_tabletop.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import bpy
+import numpy as np
+from mathutils import Matrix, Vector
+
+from . import imageio
+
+GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
+LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS")
+TEMP_TAG = "maskfield_temp"
+
+
+class RenderError(RuntimeError):
+    """A problem with the input a person can fix (message says what to do)."""
+
+
+@dataclass
+class RenderSettings:
+    views: int = 40
+    resolution: int | tuple[int, int] = 128
+    samples: int = 16
+    engine: str = "CYCLES"
+    layout: str = "HEMISPHERE"  # HEMISPHERE / SPHERE (fibonacci) or RINGS
+    min_elevation: float = 10.0  # degrees, for HEMISPHERE
+    max_elevation: float = 70.0
+    ring_elevations: tuple[float, ...] = (15.0, 35.0, 60.0)  # degrees, for RINGS
+    lens: float = 35.0  # mm, on a 36 mm sensor
+    margin: float = 1.1  # distance factor so that the bounding sphere fits the view
+    seed: int = 0
+    points: int = 20000  # surface points for points.ply (0: none)
+    lighting: str = "SCENE"  # SCENE: the scene's lights and world (studio light if none); STUDIO
+    use_gpu: bool = False
+    labels: bool = True
+    stem_format: str = "frame_{:05d}"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if isinstance(self.resolution, (tuple, list)):
+            return int(self.resolution[0]), int(self.resolution[1])
+        return int(self.resolution), int(self.resolution)
+
+
+# ----------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def scene_depsgraph(scene: bpy.types.Scene):
+    """An up-to-date evaluated depsgraph of ``scene`` (also when it is not the active one)."""
+    ctx = bpy.context
+    if getattr(ctx, "scene", None) == scene and getattr(ctx, "view_layer", None) is not None:
+        ctx.view_layer.update()
+        return ctx.evaluated_depsgraph_get()
+    vl = scene.view_layers[0]
+    vl.update()
+    return vl.depsgraph
+
+
+def _renderable(objects: Iterable[bpy.types.Object]) -> list[bpy.types.Object]:
+    return [ob for ob in objects if ob is not None and ob.type in GEOMETRY_TYPES]
+
+
+def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounds (min, max) of the objects' (evaluated) bounding boxes."""
+    corners = []
+    for ob in objects:
+        if depsgraph is not None:
+            ob = ob.evaluated_get(depsgraph)
+        mw = np.array(ob.matrix_world, dtype=np.float64)
+        bb = np.array([tuple(c) for c in ob.bound_box], dtype=np.float64)
+        if not len(bb):
+            continue
+        corners.append(bb @ mw[:3, :3].T + mw[:3, 3])
+    if not corners:
+        raise RenderError("the chosen objects have no geometry to render")
+    pts = np.concatenate(corners)
+    return pts.min(0), pts.max(0)
+
+
+def camera_intrinsics(cam: bpy.types.Camera, width: int, height: int,
+                      pixel_aspect: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
+    """Pinhole intrinsics in pixels of a Blender perspective camera, sensor fit handled."""
+    if cam.type != "PERSP":
+        raise RenderError(f"camera '{cam.name}' is {cam.type.lower()}; only perspective cameras are supported")
+    ax, ay = pixel_aspect
+    fit = cam.sensor_fit
+    if fit == "AUTO":
+        fit = "HORIZONTAL" if width * ax >= height * ay else "VERTICAL"
+        sensor = cam.sensor_width
+    else:
+        sensor = cam.sensor_width if fit == "HORIZONTAL" else cam.sensor_height
+    if fit == "HORIZONTAL":
+        fit_units = width * ax
+    else:
+        fit_units = height * ay
+    f_units = cam.lens / sensor * fit_units  # focal length in "aspect units"
+    fl_x = f_units / ax
+    fl_y = f_units / ay
+    cx = width / 2.0 - cam.shift_x * fit_units / ax
+    cy = height / 2.0 + cam.shift_y * fit_units / ay
+    return {"fl_x": fl_x, "fl_y": fl_y, "cx": cx, "cy": cy, "w": int(width), "h": int(height)}
+
+
+def camera_poses(settings: RenderSettings, center: np.ndarray, radius: float,
+                 fov_min: float) -> list[Matrix]:
+    """Camera-to-world matrices looking at ``center`` from around the bounding sphere."""
+    n = max(1, int(settings.views))
+    rng = np.random.default_rng(settings.seed)
+    az0 = float(rng.uniform(0.0, 2.0 * math.pi))
+    dist = radius * settings.margin / math.sin(fov_min / 2.0)
+    dirs: list[tuple[float, float]] = []  # (elevation, azimuth) in radians
+    golden = math.pi * (3.0 - math.sqrt(5.0))
+    layout = settings.layout.upper()
+    if layout not in LAYOUTS:
+        raise RenderError(f"unknown camera layout {settings.layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout in ("HEMISPHERE", "SPHERE"):
+        if layout == "HEMISPHERE":
+            lo, hi = math.radians(settings.min_elevation), math.radians(settings.max_elevation)
+        else:
+            lo, hi = math.radians(-75.0), math.radians(75.0)
+        s_lo, s_hi = math.sin(lo), math.sin(hi)
+        for i in range(n):
+            s = s_lo + (s_hi - s_lo) * (i + 0.5) / n  # equal-area bands
+            dirs.append((math.asin(s), az0 + i * golden))
+    else:
+        elevs = [math.radians(e) for e in settings.ring_elevations] or [math.radians(30.0)]
+        weights = np.array([math.cos(e) for e in elevs])
+        counts = np.floor(weights / weights.sum() * n).astype(int)
+        counts[np.argsort(-weights)[: n - counts.sum()]] += 1
+        for r, (e, c) in enumerate(zip(elevs, counts)):
+            for j in range(int(c)):
+                dirs.append((e, az0 + 2.0 * math.pi * (j + 0.5 * (r % 2)) / max(1, c)))
+    poses = []
+    c = Vector(center.tolist())
+    for elev, az in dirs:
+        d = Vector((math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)))
+        loc = c + d * dist
+        rot = (c - loc).to_track_quat("-Z", "Y").to_matrix().to_4x4()
+        poses.append(Matrix.Translation(loc) @ rot)
+    return poses
+
+
+def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(c, 1.0 / 2.4) - 0.055)
+
+
+def material_base_color(mat: bpy.types.Material | None) -> tuple[float, float, float]:
+    """Linear RGB base colour of a material (Principled BSDF, else viewport colour)."""
+    if mat is None:
+        return (0.8, 0.8, 0.8)
+    tree = getattr(mat, "node_tree", None)
+    if tree is not None:
+        for node in tree.nodes:
+            if node.bl_idname == "ShaderNodeBsdfPrincipled" or node.bl_idname == "ShaderNodeBsdfDiffuse":
+                sock = node.inputs.get("Base Color") or node.inputs.get("Color")
+                if sock is not None and not sock.is_linked:
+                    v = sock.default_value
+                    return (float(v[0]), float(v[1]), float(v[2]))
+            if node.bl_idname == "ShaderNodeEmission":
+                sock = node.inputs.get("Color")
+                if sock is not None and not sock.is_linked:
+                    v = sock.default_value
+                    return (float(v[0]), float(v[1]), float(v[2]))
+    v = mat.diffuse_color
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _triangles_world(ob: bpy.types.Object, depsgraph) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """World-space triangle corners (T x 3 x 3), sRGB colours per triangle (T x 3)."""
+    ob_eval = ob.evaluated_get(depsgraph) if depsgraph is not None else ob
+    try:
+        me = ob_eval.to_mesh()
+    except RuntimeError:
+        return None
+    try:
+        if me is None or not len(me.polygons):
+            return None
+        me.calc_loop_triangles()
+        nt = len(me.loop_triangles)
+        nv = len(me.vertices)
+        co = np.empty(nv * 3, dtype=np.float32)
+        me.vertices.foreach_get("co", co)
+        tri = np.empty(nt * 3, dtype=np.int32)
+        me.loop_triangles.foreach_get("vertices", tri)
+        mat_idx = np.empty(nt, dtype=np.int32)
+        me.loop_triangles.foreach_get("material_index", mat_idx)
+        mw = np.array(ob_eval.matrix_world, dtype=np.float64)
+        co_w = co.reshape(-1, 3).astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]
+        corners = co_w[tri.reshape(-1, 3)]
+        slots = [s.material for s in ob_eval.material_slots] or [None]
+        palette = np.array([material_base_color(m) for m in slots], dtype=np.float64)
+        cols = palette[np.clip(mat_idx, 0, len(palette) - 1)]
+        return corners, _linear_to_srgb(cols), mat_idx
+    finally:
+        ob_eval.to_mesh_clear()
+
+
+def sample_surface_points(objects: Sequence[bpy.types.Object], count: int, seed: int = 0,
+                          depsgraph=None) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted random points on the objects' evaluated surfaces (world space).
+
+    Returns (N x 3 float32 positions, N x 3 uint8 sRGB colours of the material base colour).
+    """
+    if depsgraph is None:
+        depsgraph = scene_depsgraph(bpy.context.scene)
+    tris, cols = [], []
+    for ob in objects:
+        got = _triangles_world(ob, depsgraph)
+        if got is not None:
+            tris.append(got[0])
+            cols.append(got[1])
+    if not tris or count <= 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    corners = np.concatenate(tris)
+    colors = np.concatenate(cols)
+    area = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    total = area.sum()
+    if total <= 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(area), size=int(count), p=area / total)
+    r1 = np.sqrt(rng.random(int(count)))
+    r2 = rng.random(int(count))
+    a, b, c = corners[pick, 0], corners[pick, 1], corners[pick, 2]
+    pts = (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c
+    rgb = np.round(colors[pick] * 255.0).astype(np.uint8)
+    return pts.astype(np.float32), rgb
+
+
+def write_points_ply(path: str, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Binary little-endian PLY with x y z (float) and red green blue (uchar)."""
+    n = len(xyz)
+    data = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                              ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    data["x"], data["y"], data["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    data["red"], data["green"], data["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment written by the MaskField Blender add-on\n"
+        f"element vertex {n}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    with open(path, "wb") as fh:
+        fh.write(header.encode("ascii"))
+        fh.write(data.tobytes())
+
+
+def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
+                        json_path: str | None = None, scene_name: str = "") -> dict:
+    """Write the world-space centres of all faces of the mesh objects (N x 3 float32).
+
+    Faces are stored object after object, in each mesh's own face order, so a row index
+    maps back to (object name, face index) through the ``objects`` table of the returned
+    (and, with ``json_path``, written) map: ``{"objects": [{"name", "mesh", "start",
+    "count"}], "total": N, "scene": ..., "points": npy file name}``. Uses the meshes' own
+    data (not modifier results), which is what the Faces mode separates.
+    """
+    table = []
+    parts = []
+    start = 0
+    for ob in objects:
+        if ob is None or ob.type != "MESH":
+            continue
+        if ob.mode == "EDIT":
+            ob.update_from_editmode()
+        me = ob.data
+        n = len(me.polygons)
+        centres = np.empty(n * 3, dtype=np.float32)
+        me.polygons.foreach_get("center", centres)
+        mw = np.array(ob.matrix_world, dtype=np.float64)
+        parts.append((centres.reshape(-1, 3).astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]).astype(np.float32))
+        table.append({"name": ob.name, "mesh": me.name, "start": start, "count": n})
+        start += n
+    arr = np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)
+    os.makedirs(os.path.dirname(os.path.abspath(npy_path)), exist_ok=True)
+    np.save(npy_path, arr)
+    info = {"objects": table, "total": int(start), "scene": scene_name,
+            "points": os.path.basename(npy_path), "format": 1}
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=1, ensure_ascii=False)
+    return info
+
+
+# ----------------------------------------------------------------------------------------
+# the render job
+
+
+def _set_multilayer_exr(settings) -> None:
+    if hasattr(settings, "media_type"):  # Blender 5.0+
+        settings.media_type = "MULTI_LAYER_IMAGE"
+    settings.file_format = "OPEN_EXR_MULTILAYER"
+    settings.exr_codec = "NONE"
+    settings.color_depth = "32"
+
+
+def _set_png(settings) -> None:
+    if hasattr(settings, "media_type"):
+        settings.media_type = "IMAGE"
+    settings.file_format = "PNG"
+    settings.color_mode = "RGB"
+    settings.color_depth = "8"
+    settings.compression = 15
+
+
+class RenderJob:
+    """Renders the views one at a time; :meth:`step` does one view and returns False when done.
+
+    Use :meth:`run` to do everything at once. Always ends with :meth:`cleanup` (also
+    called by :meth:`run`, on error and on :meth:`cancel`), which removes every temporary
+    datablock it made.
+    """
+
+    def __init__(self, objects: Sequence[bpy.types.Object], out_dir: str,
+                 settings: RenderSettings | None = None, scene: bpy.types.Scene | None = None,
+                 depsgraph=None):
+        self.settings = settings or RenderSettings()
+        self.scene = scene or bpy.context.scene
+        self.out_dir = os.path.abspath(bpy.path.abspath(out_dir))
+        objs = _renderable(objects)
+        if not objs:
+            raise RenderError("no objects to render: select one or more mesh objects")
+        # stable ids: by name
+        self.objects = sorted(objs, key=lambda o: o.name)
+        self.depsgraph = depsgraph
+        self.done = 0
+        self.total = max(1, int(self.settings.views))
+        self.frames: list[dict] = []
+        self._temp_ids: list[Any] = []
+        self._tmp_scene: bpy.types.Scene | None = None
+        self._cam: bpy.types.Object | None = None
+        self._poses: list[Matrix] = []
+        self._intr: dict = {}
+        self._exr_dir: str | None = None
+        self._started = False
+        self.summary: dict = {}
+
+    # -- setup -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        if s.engine != "CYCLES":
+            raise RenderError("scene rendering needs Cycles (it provides the object-index pass)")
+        if s.views < 1:
+            raise RenderError("the number of views must be at least 1")
+        w, h = s.size
+        if w < 8 or h < 8:
+            raise RenderError("the resolution must be at least 8 pixels")
+        for ob in self.objects:
+            if ob.mode == "EDIT":
+                ob.update_from_editmode()
+        try:
+            os.makedirs(os.path.join(self.out_dir, "images"), exist_ok=True)
+            if s.labels:
+                os.makedirs(os.path.join(self.out_dir, "labels"), exist_ok=True)
+        except OSError as exc:
+            raise RenderError(f"cannot write to {self.out_dir}: {exc.strerror or exc}") from exc
+        if self.depsgraph is None:
+            self.depsgraph = scene_depsgraph(self.scene)
+        lo, hi = world_bounds(self.objects, self.depsgraph)
+        center = (lo + hi) / 2.0
+        radius = float(max(np.linalg.norm(hi - lo) / 2.0, 1e-3))
+        try:
+            self._build_scene(center, radius)
+        except Exception:
+            self.cleanup()
+            raise
+        self.summary.update({"center": center.tolist(), "radius": radius})
+
+    def _world_matrix(self, ob: bpy.types.Object) -> Matrix:
+        if self.depsgraph is not None:
+            return ob.evaluated_get(self.depsgraph).matrix_world.copy()
+        return ob.matrix_world.copy()
+
+    def _keep(self, idblock):
+        try:
+            idblock[TEMP_TAG] = True
+        except Exception:
+            pass
+        self._temp_ids.append(idblock)
+        return idblock
+
+    def _build_scene(self, center: np.ndarray, radius: float) -> None:
+        s = self.settings
+        user = self.scene
+        tmp = self._keep(bpy.data.scenes.new("MaskField render (temporary)"))
+        self._tmp_scene = tmp
+        w, h = s.size
+        r = tmp.render
+        r.engine = "CYCLES"
+        r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
+        r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+        r.film_transparent = False
+        r.use_persistent_data = True
+        try:
+            r.use_compositing = False
+            r.use_sequencer = False
+        except AttributeError:
+            pass
+        cy = tmp.cycles
+        cy.samples = max(1, int(s.samples))
+        cy.use_denoising = False
+        cy.use_adaptive_sampling = False
+        cy.device = "GPU" if s.use_gpu else "CPU"
+        cy.max_bounces = 4
+        cy.seed = int(s.seed)
+        for attr in ("preview_samples",):
+            if hasattr(cy, attr):
+                setattr(cy, attr, 1)
+        # colour management as the user's scene
+        try:
+            tmp.display_settings.display_device = user.display_settings.display_device
+            tmp.view_settings.view_transform = user.view_settings.view_transform
+            tmp.view_settings.look = user.view_settings.look
+            tmp.view_settings.exposure = user.view_settings.exposure
+            tmp.view_settings.gamma = user.view_settings.gamma
+        except (TypeError, AttributeError):
+            pass
+        vl = tmp.view_layers[0]
+        vl.use_pass_object_index = bool(s.labels)
+        coll = tmp.collection
+        for i, ob in enumerate(self.objects, start=1):
+            c = self._keep(ob.copy())
+            c.parent = None
+            c.constraints.clear() if hasattr(c, "constraints") else None
+            c.animation_data_clear()
+            c.matrix_world = self._world_matrix(ob)
+            c.pass_index = i
+            c.hide_render = False
+            coll.objects.link(c)
+        lights = []
+        if s.lighting == "SCENE":
+            lights = [ob for ob in user.objects if ob.type == "LIGHT" and not ob.hide_render]
+        for ob in lights:
+            c = self._keep(ob.copy())
+            c.parent = None
+            c.animation_data_clear()
+            c.matrix_world = self._world_matrix(ob)
+            coll.objects.link(c)
+        if s.lighting == "SCENE" and user.world is not None and lights:
+            tmp.world = user.world
+        else:
+            self._studio_light(coll, center, radius)
+        cam_data = self._keep(bpy.data.cameras.new("MaskField camera (temporary)"))
+        cam_data.lens = s.lens
+        cam_data.sensor_width = 36.0
+        cam_data.sensor_fit = "AUTO"
+        self._poses = []
+        fov_min = 2.0 * math.atan(min(w, h) / max(w, h) * cam_data.sensor_width / (2.0 * cam_data.lens))
+        self._poses = camera_poses(s, center, radius, fov_min)
+        dist = radius * s.margin / math.sin(fov_min / 2.0)
+        cam_data.clip_start = max(1e-3, (dist - radius) * 0.1)
+        cam_data.clip_end = dist + 4.0 * radius
+        cam = self._keep(bpy.data.objects.new("MaskField camera (temporary)", cam_data))
+        coll.objects.link(cam)
+        tmp.camera = cam
+        self._cam = cam
+        self._intr = camera_intrinsics(cam_data, w, h)
+        self.total = len(self._poses)
+        self._exr_dir = tempfile.mkdtemp(prefix="maskfield_exr_")
+
+    def _studio_light(self, coll, center: np.ndarray, radius: float) -> None:
+        world = self._keep(bpy.data.worlds.new("MaskField world (temporary)"))
+        world.color = (0.6, 0.6, 0.6)
+        tree = getattr(world, "node_tree", None)
+        if tree is None and hasattr(world, "use_nodes"):
+            world.use_nodes = True
+            tree = world.node_tree
+        if tree is not None:
+            bg = next((n for n in tree.nodes if n.bl_idname == "ShaderNodeBackground"), None)
+            if bg is not None:
+                bg.inputs["Color"].default_value = (0.6, 0.6, 0.6, 1.0)
+                bg.inputs["Strength"].default_value = 1.0
+        assert self._tmp_scene is not None
+        self._tmp_scene.world = world
+        sun = self._keep(bpy.data.lights.new("MaskField sun (temporary)", "SUN"))
+        sun.energy = 3.0
+        sun_ob = self._keep(bpy.data.objects.new("MaskField sun (temporary)", sun))
+        sun_ob.rotation_euler = (math.radians(40), math.radians(10), math.radians(30))
+        coll.objects.link(sun_ob)
+
+    # -- rendering ---------------------------------------------------------------------
+    def step(self) -> bool:
+        """Render the next view. Returns True while views remain."""
+        if not self._started:
+            self.start()
+        if self.done >= self.total:
+            return False
+        try:
+            self._render_view(self.done)
+        except Exception:
+            self.cleanup()
+            raise
+        self.done += 1
+        if self.done >= self.total:
+            self.finish()
+            return False
+        return True
+
+    def _render_view(self, i: int) -> None:
+        s = self.settings
+        tmp, cam = self._tmp_scene, self._cam
+        assert tmp is not None and cam is not None and self._exr_dir is not None
+        pose = self._poses[i]
+        cam.matrix_world = pose
+        stem = s.stem_format.format(i + 1)
+        bpy.ops.render.render(write_still=False, scene=tmp.name)
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise RenderError("Blender produced no render result")
+        img_rel = f"images/{stem}.png"
+        _set_png(tmp.render.image_settings)
+        result.save_render(os.path.join(self.out_dir, img_rel), scene=tmp)
+        frame: dict[str, Any] = {"file_path": img_rel,
+                                 "transform_matrix": [list(map(float, row)) for row in pose]}
+        if s.labels:
+            exr = os.path.join(self._exr_dir, "view.exr")
+            _set_multilayer_exr(tmp.render.image_settings)
+            result.save_render(exr, scene=tmp)
+            chans = imageio.read_exr_channels(exr)
+            index = imageio.find_channel(chans, "IndexOB.X", "Object Index.X", "IndexOB", "Object Index")
+            if index is None:
+                raise RenderError("the render has no object-index pass (" + ", ".join(sorted(chans)) + ")")
+            ids = np.rint(index).astype(np.int64)
+            ids = np.clip(ids, 0, len(self.objects))
+            dtype = np.uint8 if len(self.objects) < 256 else np.uint16
+            lab_rel = f"labels/{stem}.png"
+            imageio.write_png(os.path.join(self.out_dir, lab_rel), ids.astype(dtype))
+            frame["label_path"] = lab_rel
+        self.frames.append(frame)
+
+    def finish(self) -> dict:
+        s = self.settings
+        w, h = s.size
+        try:
+            points_rel = None
+            if s.points > 0:
+                xyz, rgb = sample_surface_points(self.objects, s.points, s.seed, self.depsgraph)
+                points_rel = "points.ply"
+                write_points_ply(os.path.join(self.out_dir, points_rel), xyz, rgb)
+                self.summary["points"] = int(len(xyz))
+            names = {str(i): ob.name for i, ob in enumerate(self.objects, start=1)}
+            if s.labels:
+                with open(os.path.join(self.out_dir, "labels", "objects.json"), "w", encoding="utf-8") as fh:
+                    json.dump(names, fh, indent=1, ensure_ascii=False)
+            intr = dict(self._intr)
+            meta = asdict(s)
+            meta.pop("extra", None)
+            meta.update(s.extra)
+            data: dict[str, Any] = {
+                "camera_model": "PINHOLE",
+                **intr,
+                "camera_angle_x": 2.0 * math.atan(w / (2.0 * intr["fl_x"])),
+                "camera_angle_y": 2.0 * math.atan(h / (2.0 * intr["fl_y"])),
+                "frames": self.frames,
+                "blender": {
+                    "scene": self.scene.name,
+                    "objects": names,
+                    "version": bpy.app.version_string,
+                    "settings": meta,
+                    "center": self.summary.get("center"),
+                    "radius": self.summary.get("radius"),
+                },
+            }
+            if points_rel:
+                data["ply_file_path"] = points_rel
+            with open(os.path.join(self.out_dir, "transforms.json"), "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, ensure_ascii=False)
+            self.summary.update({"folder": self.out_dir, "views": len(self.frames), "objects": names,
+                                 "width": w, "height": h})
+        finally:
+            self.cleanup()
+        return self.summary
+
+    def cancel(self) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove every temporary datablock and file this job made (safe to call twice)."""
+        tmp = self._tmp_scene
+        ids, self._temp_ids = self._temp_ids, []
+        self._tmp_scene = None
+        self._cam = None
+        if tmp is not None:
+            try:
+                bpy.data.scenes.remove(tmp)
+            except (ReferenceError, RuntimeError):
+                pass
+        for idb in reversed(ids):
+            if idb is tmp:
+                continue
+            try:
+                coll = {
+                    bpy.types.Object: bpy.data.objects,
+                    bpy.types.Camera: bpy.data.cameras,
+                    bpy.types.Light: bpy.data.lights,
+                    bpy.types.World: bpy.data.worlds,
+                }
+                for cls, data in coll.items():
+                    if isinstance(idb, cls):
+                        data.remove(idb)
+                        break
+            except (ReferenceError, RuntimeError):
+                pass
+        if self._exr_dir:
+            shutil.rmtree(self._exr_dir, ignore_errors=True)
+            self._exr_dir = None
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
+        try:
+            self.start()
+            while self.step():
+                if progress:
+                    progress(self.done, self.total)
+            if progress:
+                progress(self.done, self.total)
+        finally:
+            self.cleanup()
+        return self.summary
+
+
+def render_scene_folder(objects: Sequence[bpy.types.Object], out_dir: str,
+                        settings: RenderSettings | None = None, scene: bpy.types.Scene | None = None,
+                        progress: Callable[[int, int], None] | None = None, **overrides: Any) -> dict:
+    """Render ``objects`` of ``scene`` into the scene folder ``out_dir`` (see module doc).
+
+    Keyword ``overrides`` set fields of :class:`RenderSettings` (views=40, resolution=128,
+    samples=16, layout=..., seed=0, points=20000, ...). Returns a summary dict.
+    """
+    settings = settings or RenderSettings()
+    for key, value in overrides.items():
+        if not hasattr(settings, key):
+            raise TypeError(f"unknown render setting {key!r}")
+        setattr(settings, key, value)
+    return RenderJob(objects, out_dir, settings, scene).run(progress)

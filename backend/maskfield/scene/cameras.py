@@ -1,0 +1,134 @@
+"""Cameras and the one place where camera conventions are converted.
+
+Internally every camera is stored in the OpenCV convention (x right, y down, z forward)
+as a camera-to-world matrix. transforms.json files (nerfstudio, Instant-NGP,
+NeRF-synthetic) and Blender use OpenGL axes (x right, y up, camera looking down -z);
+COLMAP stores world-to-camera in OpenCV axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Flips y and z: OpenGL camera axes <-> OpenCV camera axes (its own inverse).
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def opengl_to_opencv(c2w_gl: np.ndarray) -> np.ndarray:
+    """Camera-to-world in OpenGL axes -> camera-to-world in OpenCV axes."""
+    return np.asarray(c2w_gl, dtype=np.float64) @ GL_TO_CV
+
+
+def opencv_to_opengl(c2w_cv: np.ndarray) -> np.ndarray:
+    return np.asarray(c2w_cv, dtype=np.float64) @ GL_TO_CV
+
+
+def world_to_camera_to_c2w(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """COLMAP's world-to-camera (R, t) -> camera-to-world (both OpenCV axes)."""
+    w2c = np.eye(4)
+    w2c[:3, :3] = rotation
+    w2c[:3, 3] = translation
+    return np.linalg.inv(w2c)
+
+
+@dataclass
+class Camera:
+    """A pinhole camera (with optional OPENCV radial-tangential distortion).
+
+    ``camtoworld`` is 4x4 in OpenCV axes. Intrinsics are in pixels of the full-size image.
+    """
+
+    name: str
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    camtoworld: np.ndarray
+    distortion: np.ndarray = field(default_factory=lambda: np.zeros(4))  # k1 k2 p1 p2
+
+    @property
+    def has_distortion(self) -> bool:
+        return bool(np.any(np.abs(self.distortion) > 0))
+
+    @property
+    def K(self) -> np.ndarray:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
+
+    @property
+    def viewmat(self) -> np.ndarray:
+        """World-to-camera 4x4 (OpenCV axes), what renderers take."""
+        return np.linalg.inv(self.camtoworld)
+
+    @property
+    def center(self) -> np.ndarray:
+        return self.camtoworld[:3, 3].copy()
+
+    def scaled(self, downscale: float) -> "Camera":
+        """The same camera for an image resized by 1/downscale (pixel-centre aware)."""
+        if downscale == 1:
+            return self
+        width = max(1, int(round(self.width / downscale)))
+        height = max(1, int(round(self.height / downscale)))
+        sx, sy = width / self.width, height / self.height
+        return Camera(
+            name=self.name,
+            width=width,
+            height=height,
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=self.cx * sx,
+            cy=self.cy * sy,
+            camtoworld=self.camtoworld.copy(),
+            distortion=self.distortion.copy(),
+        )
+
+    def undistorted(self) -> "Camera":
+        return Camera(self.name, self.width, self.height, self.fx, self.fy, self.cx, self.cy,
+                      self.camtoworld.copy(), np.zeros(4))
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points (N,3) -> pixel coordinates (N,2) and depths (N,), ignoring distortion."""
+        w2c = self.viewmat
+        cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        z = cam[:, 2]
+        safe = np.where(np.abs(z) < 1e-12, 1e-12, z)
+        u = self.fx * cam[:, 0] / safe + self.cx
+        v = self.fy * cam[:, 1] / safe + self.cy
+        return np.stack([u, v], axis=1), z
+
+
+def distort_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV radial-tangential model (k1 k2 p1 p2) on normalised image coordinates."""
+    k1, k2, p1, p2 = [float(c) for c in coeffs[:4]]
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 * r2
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def undistort_image(image: np.ndarray, camera: Camera, order: int = 1) -> np.ndarray:
+    """Resample a distorted photo onto the ideal pinhole camera with the same K.
+
+    For each output pixel we distort its ray (a closed-form forward model, no iteration)
+    and sample the photo there. ``order`` 1 for colours, 0 for label images.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if not camera.has_distortion:
+        return image
+    h, w = image.shape[:2]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    x = (u + 0.5 - camera.cx) / camera.fx
+    y = (v + 0.5 - camera.cy) / camera.fy
+    xd, yd = distort_normalized(x, y, camera.distortion)
+    src_u = xd * camera.fx + camera.cx - 0.5
+    src_v = yd * camera.fy + camera.cy - 0.5
+    coords = np.stack([src_v, src_u])
+    if image.ndim == 2:
+        return map_coordinates(image, coords, order=order, mode="nearest").astype(image.dtype)
+    channels = [map_coordinates(image[..., c], coords, order=order, mode="nearest") for c in range(image.shape[2])]
+    return np.stack(channels, axis=-1).astype(image.dtype)

@@ -1,0 +1,81 @@
+"""The Scene: cameras, image files, optional seed points, and a train / held-out split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cameras import Camera, undistort_image
+from .images import read_image, resize_image
+
+
+@dataclass
+class Scene:
+    root: Path
+    cameras: list[Camera]  # full resolution, as captured (may carry lens distortion)
+    image_paths: list[Path]
+    points: np.ndarray | None = None  # N x 3 seed points (COLMAP points3D, Blender surface samples)
+    point_colors: np.ndarray | None = None  # N x 3 uint8
+    train_indices: list[int] = field(default_factory=list)
+    test_indices: list[int] = field(default_factory=list)
+    source: str = "transforms"
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    skipped: list[str] = field(default_factory=list)  # frames left out by --skip-missing
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def camera(self, index: int, downscale: float = 1) -> Camera:
+        """The ideal pinhole camera of the undistorted image at this downscale.
+
+        Distorted photos are undistorted on load (see ``load_image``), so every renderer
+        sees a plain pinhole camera with the photo's own K.
+        """
+        return self.cameras[index].undistorted().scaled(downscale)
+
+    def load_image(self, index: int, downscale: float = 1) -> np.ndarray:
+        """Float32 H x W x 3 in [0, 1], undistorted, resized; kept in memory after the first read."""
+        key = (index, float(downscale))
+        if key not in self._cache:
+            full = self.cameras[index]
+            image = read_image(self.image_paths[index], self.background)
+            target = full.scaled(downscale)
+            # Resize first, then undistort at the target size: the distortion model works on
+            # normalised coordinates, so it is the same at any scale, and this is ~60x cheaper.
+            image = resize_image(image, target.width, target.height)
+            if full.has_distortion:
+                image = undistort_image(image, target)
+            self._cache[key] = image
+        return self._cache[key]
+
+    def bounds(self) -> tuple[np.ndarray, float]:
+        """Centre and radius of the region the cameras look at (points if there are any)."""
+        if self.points is not None and len(self.points) > 0:
+            lo, hi = np.percentile(self.points, [2, 98], axis=0)
+            return (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2)
+        centers = np.stack([c.center for c in self.cameras])
+        dirs = np.stack([c.camtoworld[:3, 2] for c in self.cameras])
+        focus = _closest_point_to_rays(centers, dirs)
+        radius = float(np.median(np.linalg.norm(centers - focus, axis=1)))
+        return focus, radius * 0.5
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.cameras]
+
+
+def _closest_point_to_rays(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Least-squares point nearest to all camera axes: where a capture is looking."""
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for o, d in zip(origins, dirs):
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ o
+    try:
+        return np.linalg.solve(A, b)
+    except np.linalg.LinAlgError:
+        return origins.mean(axis=0)

@@ -1,0 +1,341 @@
+"""One ``render`` function over two rasterisers with the same outputs.
+
+- ``gsplat``: gsplat's CUDA rasteriser (fast, NVIDIA only; compiles its kernels on first use).
+- ``torch``: our own differentiable renderer in plain PyTorch, for the CPU and Apple MPS
+  (and for CUDA machines where gsplat cannot compile). It uses gsplat's PyTorch projection
+  and spherical-harmonics maths, then:
+    1. culls each Gaussian to its screen footprint (3-sigma box) and lists the
+       (pixel, Gaussian) pairs inside it whose alpha is at least 1/255 — never a dense
+       Gaussians x pixels matrix;
+    2. orders the pairs front to back per pixel (Gaussians sorted by depth, then a stable
+       sort by pixel);
+    3. composites with a custom autograd function whose backward is the closed-form
+       gradient of alpha blending (segmented prefix / suffix sums), which is several times
+       cheaper than letting autograd trace the blending.
+Both return colour, extra feature channels, alpha and depth, plus ``means2d`` and ``radii``
+in the form gsplat's densification strategies read.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped, as in 3DGS
+ALPHA_MAX = 0.99  # keeps 1 - alpha away from zero (3DGS clamps the same way)
+
+
+@dataclass
+class RenderCamera:
+    """What a renderer needs of a camera, as tensors: world-to-camera (OpenCV axes) and K."""
+
+    viewmat: torch.Tensor  # 4 x 4
+    K: torch.Tensor  # 3 x 3
+    width: int
+    height: int
+
+    @classmethod
+    def from_camera(cls, camera, device="cpu") -> "RenderCamera":
+        return cls(torch.as_tensor(camera.viewmat, dtype=torch.float32, device=device),
+                   torch.as_tensor(camera.K, dtype=torch.float32, device=device),
+                   int(camera.width), int(camera.height))
+
+
+def render(gaussians: dict[str, torch.Tensor], camera: RenderCamera, sh_degree: int | None = None,
+           colors: torch.Tensor | None = None, features: torch.Tensor | None = None,
+           background: torch.Tensor | None = None, backend: str = "auto") -> dict[str, torch.Tensor]:
+    """Render activated Gaussians (see ``Gaussians.activated``) from one camera.
+
+    Colour comes from SH (``gaussians['sh']`` up to ``sh_degree``) or from ``colors`` (N,3).
+    ``features`` (N,C) are composited with the same weights (the mask field's 16-d features).
+    Returns ``color`` (H,W,3), ``features`` (H,W,C) if asked, ``alpha`` (H,W), ``depth`` (H,W,
+    expected depth), ``means2d`` (1,N,2), ``radii`` (1,N,2) and ``backend``.
+    """
+    backend = choose_backend(backend, gaussians["means"].device)
+    if background is None:
+        background = torch.zeros(3, device=gaussians["means"].device)
+    if backend == "gsplat":
+        return _render_gsplat(gaussians, camera, sh_degree, colors, features, background)
+    return _render_torch(gaussians, camera, sh_degree, colors, features, background)
+
+
+def choose_backend(requested: str, device: torch.device | str) -> str:
+    device = torch.device(device)
+    if requested == "torch":
+        return "torch"
+    if requested == "gsplat":
+        if device.type != "cuda":
+            raise ValueError("the gsplat rasteriser runs on CUDA only; use backend='torch' on this device")
+        return "gsplat"
+    if requested != "auto":
+        raise ValueError(f"unknown renderer {requested!r}: use 'auto', 'gsplat' or 'torch'")
+    return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+
+
+@functools.lru_cache(maxsize=1)
+def gsplat_available() -> bool:
+    """True when gsplat's CUDA kernels load (they compile on first use; that needs the CUDA toolkit)."""
+    try:
+        import gsplat
+        from gsplat.cuda._backend import _C  # noqa: F401  (triggers the JIT build where needed)
+
+        return _C is not None and hasattr(gsplat, "rasterization")
+    except Exception as exc:  # no toolkit, no compiler, wrong arch: fall back, say why once
+        import sys
+
+        print(f"maskfield: gsplat's CUDA rasteriser is unavailable ({type(exc).__name__}: {exc}); "
+              "using the built-in PyTorch renderer on the GPU instead.", file=sys.stderr)
+        return False
+
+
+# --- gsplat (CUDA) ----------------------------------------------------------------------------
+
+def _render_gsplat(g, camera, sh_degree, colors, features, background):
+    from gsplat import rasterization
+
+    values, n_color = _colour_values_gsplat(g, camera, sh_degree, colors)
+    if features is not None:
+        values = torch.cat([values, features], dim=-1)
+    bg = torch.cat([background, background.new_zeros(values.shape[-1] - 3)])
+    out, alpha, info = rasterization(
+        g["means"], g["quats"], g["scales"], g["opacities"], values,
+        camera.viewmat[None], camera.K[None], camera.width, camera.height,
+        sh_degree=None, backgrounds=bg[None], render_mode="RGB+ED", packed=False,
+    )
+    out = out[0]
+    result = {
+        "color": out[..., :3],
+        "alpha": alpha[0, ..., 0],
+        "depth": out[..., -1],
+        "means2d": info["means2d"],
+        "radii": info["radii"],
+        "info": info,
+        "backend": "gsplat",
+    }
+    if features is not None:
+        result["features"] = out[..., 3:-1]
+    return result
+
+
+def _colour_values_gsplat(g, camera, sh_degree, colors):
+    if colors is not None:
+        return colors, 3
+    from gsplat.cuda._wrapper import spherical_harmonics
+
+    campos = torch.linalg.inv(camera.viewmat)[:3, 3]
+    dirs = g["means"] - campos
+    degree = _degree(g, sh_degree)
+    rgb = spherical_harmonics(degree, dirs, g["sh"][:, : (degree + 1) ** 2])
+    return torch.clamp_min(rgb + 0.5, 0.0), 3
+
+
+def _degree(g, sh_degree):
+    k = g["sh"].shape[1]
+    full = int(round(np.sqrt(k))) - 1
+    return full if sh_degree is None else min(sh_degree, full)
+
+
+# --- our PyTorch renderer --------------------------------------------------------------------
+
+def project(g: dict[str, torch.Tensor], camera: RenderCamera):
+    """gsplat's PyTorch projection: radii (1,N,2), means2d (1,N,2), depths (1,N), conics (1,N,3)."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    covars, _ = _quat_scale_to_covar_preci(g["quats"], g["scales"], compute_covar=True, compute_preci=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(
+        g["means"], covars, camera.viewmat[None], camera.K[None], camera.width, camera.height,
+        eps2d=0.3, near_plane=0.01)
+    return radii, means2d, depths, conics
+
+
+def _torch_colors(g, camera, sh_degree, colors, visible):
+    if colors is not None:
+        return colors[visible]
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    campos = torch.linalg.inv(camera.viewmat)[:3, 3]
+    dirs = g["means"][visible] - campos
+    degree = _degree(g, sh_degree)
+    sh = g["sh"][visible][:, : (degree + 1) ** 2]
+    return torch.clamp_min(_spherical_harmonics(degree, dirs, sh) + 0.5, 0.0)
+
+
+@dataclass
+class Pairs:
+    """Front-to-back ordered (pixel, Gaussian) pairs of one view: the compositing layout."""
+
+    pixel: torch.Tensor  # (P,) long, y * W + x
+    gaussian: torch.Tensor  # (P,) long, index into the visible list
+    seg_start: torch.Tensor  # (P,) long, first pair of the same pixel
+    seg_end: torch.Tensor  # (P,) long, one past the last pair of the same pixel
+
+
+@torch.no_grad()
+def _pairs(means2d, conics, opacities, depths, width, height) -> Pairs:
+    """List the pairs whose alpha is at least 1/255, ordered front to back per pixel.
+
+    alpha >= 1/255 is an ellipse around each Gaussian; we walk its pixel rows and solve
+    the quadratic for each row's x-interval, so only the pairs that count are generated
+    (about half of a bounding-box enumeration) and no per-pair alpha test is needed.
+    """
+    device = means2d.device
+    order = torch.argsort(depths)  # front to back
+    m, c, o = means2d[order], conics[order], opacities[order]
+    s_max = torch.log((o / ALPHA_MIN).clamp_min(1.0))  # alpha >= 1/255  <=>  sigma <= s_max
+    det = (c[:, 0] * c[:, 2] - c[:, 1] ** 2).clamp_min(1e-12)
+    reach_y = torch.sqrt(2.0 * s_max * c[:, 0] / det)  # half-height of the ellipse
+    y0 = torch.clamp(torch.ceil(m[:, 1] - reach_y - 0.5), 0, height).long()
+    y1 = torch.clamp(torch.floor(m[:, 1] + reach_y - 0.5), -1, height - 1).long()
+    rows_per = (y1 - y0 + 1).clamp_min(0)
+    row_g = torch.repeat_interleave(torch.arange(len(order), device=device), rows_per)
+    row_y = y0[row_g] + torch.arange(row_g.numel(), device=device) - (torch.cumsum(rows_per, 0) - rows_per)[row_g]
+    # on row y: 0.5 c0 dx^2 + c1 dy dx + 0.5 c2 dy^2 - s_max <= 0
+    dy = row_y.to(m.dtype) + 0.5 - m[row_g, 1]
+    a = 0.5 * c[row_g, 0]
+    b = c[row_g, 1] * dy
+    cc = 0.5 * c[row_g, 2] * dy * dy - s_max[row_g]
+    root = torch.sqrt((b * b - 4 * a * cc).clamp_min(0.0))
+    mx = m[row_g, 0]
+    x0 = torch.clamp(torch.ceil(mx + (-b - root) / (2 * a) - 0.5), 0, width).long()
+    x1 = torch.clamp(torch.floor(mx + (-b + root) / (2 * a) - 0.5), -1, width - 1).long()
+    per_row = (x1 - x0 + 1).clamp_min(0)
+    pair_row = torch.repeat_interleave(torch.arange(row_g.numel(), device=device), per_row)
+    local = torch.arange(pair_row.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[pair_row]
+    pix = (row_y * width + x0)[pair_row] + local
+    pix_sorted, perm = torch.sort(pix, stable=True)  # stable: keeps depth order inside a pixel
+    gid = order[row_g[pair_row[perm]]]
+    per_pixel = torch.bincount(pix_sorted, minlength=width * height)
+    seg_start = (torch.cumsum(per_pixel, 0) - per_pixel)[pix_sorted]
+    return Pairs(pix_sorted, gid, seg_start, seg_start + per_pixel[pix_sorted])
+
+
+def _segment_exclusive_cumsum(x: torch.Tensor, seg_start: torch.Tensor) -> torch.Tensor:
+    """Sum of x over earlier pairs of the same pixel (float64: millions of terms)."""
+    xd = x.double()
+    cs = torch.cumsum(xd, 0)
+    return cs - xd - (cs[seg_start] - xd[seg_start])
+
+
+def _segment_exclusive_suffix(x: torch.Tensor, seg_end: torch.Tensor) -> torch.Tensor:
+    """Sum of x over later pairs of the same pixel."""
+    xd = x.double()
+    rc = torch.flip(torch.cumsum(torch.flip(xd, (0,)), 0), (0,))
+    rc = torch.cat([rc, rc.new_zeros(1)])
+    return rc[:-1] - xd - rc[seg_end]
+
+
+def _pair_geometry(means2d, conics, opacities, pairs: Pairs, width: int):
+    g = pairs.gaussian
+    px = (pairs.pixel % width).to(means2d.dtype) + 0.5
+    py = torch.div(pairs.pixel, width, rounding_mode="floor").to(means2d.dtype) + 0.5
+    mg = means2d[g]
+    dx = px - mg[:, 0]
+    dy = py - mg[:, 1]
+    c = conics[g]
+    sigma = 0.5 * (c[:, 0] * dx * dx + c[:, 2] * dy * dy) + c[:, 1] * dx * dy
+    falloff = torch.exp(-sigma)
+    alpha_raw = opacities[g] * falloff
+    return dx, dy, c, falloff, alpha_raw
+
+
+class _Rasterize(torch.autograd.Function):
+    """Alpha of each pair and front-to-back blending, with a closed-form backward.
+
+    alpha_i = min(0.99, o_g exp(-sigma_i)),  sigma_i = 0.5 d^T conic_g d,  d = pixel - mean_g
+    out[p]  = sum_i T_i alpha_i v[g_i] + T_final[p] bg,  T_i = prod_{j<i} (1 - alpha_j)
+    Backward, per pair i of pixel p with G = dL/dout[p]:
+      dL/dv[g]     += T_i alpha_i G
+      dL/dalpha_i   = T_i (v_i . G) - (sum_{k>i} T_k alpha_k (v_k . G) + T_final bg . G) / (1 - alpha_i)
+    then through alpha to the opacity, the conic and the 2D mean of Gaussian g.
+    """
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, values, background, pairs: Pairs, width, n_pix):
+        dx, dy, c, falloff, alpha_raw = _pair_geometry(means2d, conics, opacities, pairs, width)
+        alpha = alpha_raw.clamp(max=ALPHA_MAX)
+        T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pairs.seg_start)).to(alpha.dtype)
+        w = alpha * T
+        out = values.new_zeros(n_pix, values.shape[1]).index_add_(0, pairs.pixel, w[:, None] * values[pairs.gaussian])
+        acc = values.new_zeros(n_pix).index_add_(0, pairs.pixel, w)
+        t_final = (1.0 - acc).clamp_min(0.0)
+        out = out + t_final[:, None] * background[None, :]
+        ctx.pairs = pairs
+        ctx.save_for_backward(values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final)
+        return out, acc
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_acc):
+        values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final = ctx.saved_tensors
+        pairs = ctx.pairs
+        g, pix = pairs.gaussian, pairs.pixel
+        w = alpha * T
+        G = grad_out[pix]
+        # the accumulated alpha is a channel of value 1 with no background
+        dot = (values[g] * G).sum(1) + grad_acc[pix]
+        later = _segment_exclusive_suffix(w * dot, pairs.seg_end).to(alpha.dtype)
+        bg_term = (t_final * (grad_out @ background))[pix]
+        grad_alpha = (T * dot - (later + bg_term) / (1.0 - alpha)) * (alpha_raw < ALPHA_MAX)
+        grad_sigma = -grad_alpha * alpha_raw
+        # one scatter for every per-Gaussian gradient: [opacity | conic (3) | mean (2) | values]
+        per_pair = torch.cat([
+            (grad_alpha * falloff)[:, None],
+            torch.stack([0.5 * dx * dx, dx * dy, 0.5 * dy * dy], 1) * grad_sigma[:, None],
+            torch.stack([c[:, 0] * dx + c[:, 1] * dy, c[:, 1] * dx + c[:, 2] * dy], 1) * (-grad_sigma[:, None]),
+            w[:, None] * G,
+        ], dim=1)
+        grads = values.new_zeros(values.shape[0], per_pair.shape[1]).index_add_(0, g, per_pair)
+        return grads[:, 4:6], grads[:, 1:4], grads[:, 0], grads[:, 6:], None, None, None, None
+
+
+def _render_torch(g, camera, sh_degree, colors, features, background):
+    width, height = camera.width, camera.height
+    radii, means2d, depths, conics = project(g, camera)
+    visible = torch.nonzero((radii[0] > 0).all(dim=-1)).squeeze(1)
+    m2 = means2d[0][visible]
+    con = conics[0][visible]
+    opac = g["opacities"][visible]
+    dep = depths[0][visible]
+    pairs = _pairs(m2.detach(), con.detach(), opac.detach(), dep.detach(), width, height)
+    rgb = _torch_colors(g, camera, sh_degree, colors, visible)
+    parts = [rgb]
+    if features is not None:
+        parts.append(features[visible])
+    parts.append(dep[:, None])
+    values = torch.cat(parts, dim=1)
+    bg = torch.cat([background.to(values.dtype), values.new_zeros(values.shape[1] - 3)])
+    out, acc = _Rasterize.apply(m2, con, opac, values, bg, pairs, width, width * height)
+    out = out.reshape(height, width, -1)
+    acc = acc.reshape(height, width)
+    result = {
+        "color": out[..., :3],
+        "alpha": acc,
+        "depth": out[..., -1] / acc.clamp_min(1e-6),
+        "means2d": means2d,
+        "radii": radii,
+        "backend": "torch",
+        "num_pairs": int(pairs.pixel.numel()),
+    }
+    if features is not None:
+        result["features"] = out[..., 3:-1]
+    return result
+
+
+@torch.no_grad()
+def compositing_weights(g: dict[str, torch.Tensor], camera: RenderCamera):
+    """The blending weights of one view as (pixel, gaussian, weight) triples.
+
+    With frozen geometry these never change, so the mask field renders a view as a sparse
+    (pixels x Gaussians) matrix times the per-Gaussian features.
+    """
+    radii, means2d, depths, conics = project(g, camera)
+    visible = torch.nonzero((radii[0] > 0).all(dim=-1)).squeeze(1)
+    m2 = means2d[0][visible]
+    con = conics[0][visible]
+    opac = g["opacities"][visible]
+    pairs = _pairs(m2, con, opac, depths[0][visible], camera.width, camera.height)
+    _, _, _, _, alpha_raw = _pair_geometry(m2, con, opac, pairs, camera.width)
+    alpha = alpha_raw.clamp(max=ALPHA_MAX)
+    T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pairs.seg_start)).to(alpha.dtype)
+    return pairs.pixel, visible[pairs.gaussian], alpha * T
