@@ -240,6 +240,9 @@ class Job:
             self.message = msg[:200]
         elif kind == "result":
             self.results.append(event)
+        elif kind == "cancelled":
+            self.message = str(event.get("message") or "cancelled")
+            self.logs.append(self.message)
         elif kind == "error":
             self.error = str(event.get("message") or "the backend reported an error")
             self.error_kind = str(event.get("kind") or "")

@@ -134,12 +134,13 @@ def describe_info(info: dict) -> str:
     if info.get("error"):
         return "not working"
     parts = []
-    version = info.get("maskfield") or info.get("version")
+    versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
+    version = versions.get("maskfield") or info.get("maskfield") or info.get("version")
     if isinstance(version, dict):
         version = version.get("version")
     if version:
         parts.append(f"maskfield {version}")
-    torch_v = info.get("torch")
+    torch_v = versions.get("torch") or info.get("torch")
     if isinstance(torch_v, dict):
         torch_v = torch_v.get("version")
     if torch_v:
@@ -151,6 +152,8 @@ def describe_info(info: dict) -> str:
         names = []
         for d in devices:
             names.append(d.get("name") or d.get("type") or str(d) if isinstance(d, dict) else str(d))
+        if info.get("cuda_name"):
+            names = [f"cuda ({info['cuda_name']})" if nm == "cuda" else nm for nm in names]
         parts.append("devices: " + ", ".join(names))
     return "; ".join(parts) or "working"
 

@@ -79,7 +79,7 @@ classes = (MaskFieldPrompt, MaskFieldSettings)
 
 
 def register() -> None:
-    bpy.types.Scene.maskfield = PointerProperty(type=MaskFieldSettings)  # type: ignore[attr-defined]
+    bpy.types.Scene.maskfield = PointerProperty(type=MaskFieldSettings)  # type: ignore[attr-defined,func-returns-value]
 
 
 def unregister() -> None:

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import bpy
 import numpy as np
@@ -70,7 +70,7 @@ class RenderSettings:
 # geometry helpers
 
 
-def scene_depsgraph(scene: bpy.types.Scene):
+def scene_depsgraph(scene: Any):
     """An up-to-date evaluated depsgraph of ``scene`` (also when it is not the active one)."""
     ctx = bpy.context
     if getattr(ctx, "scene", None) == scene and getattr(ctx, "view_layer", None) is not None:
@@ -341,7 +341,7 @@ class RenderJob:
                  settings: RenderSettings | None = None, scene: bpy.types.Scene | None = None,
                  depsgraph=None):
         self.settings = settings or RenderSettings()
-        self.scene = scene or bpy.context.scene
+        self.scene: bpy.types.Scene = cast(bpy.types.Scene, scene or bpy.context.scene)
         self.out_dir = os.path.abspath(bpy.path.abspath(out_dir))
         objs = _renderable(objects)
         if not objs:
@@ -387,7 +387,7 @@ class RenderJob:
             self.depsgraph = scene_depsgraph(self.scene)
         lo, hi = world_bounds(self.objects, self.depsgraph)
         center = (lo + hi) / 2.0
-        radius = float(max(np.linalg.norm(hi - lo) / 2.0, 1e-3))
+        radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3)
         try:
             self._build_scene(center, radius)
         except Exception:
@@ -618,16 +618,14 @@ class RenderJob:
             if idb is tmp:
                 continue
             try:
-                coll = {
-                    bpy.types.Object: bpy.data.objects,
-                    bpy.types.Camera: bpy.data.cameras,
-                    bpy.types.Light: bpy.data.lights,
-                    bpy.types.World: bpy.data.worlds,
-                }
-                for cls, data in coll.items():
-                    if isinstance(idb, cls):
-                        data.remove(idb)
-                        break
+                if isinstance(idb, bpy.types.Object):
+                    bpy.data.objects.remove(idb)
+                elif isinstance(idb, bpy.types.Camera):
+                    bpy.data.cameras.remove(idb)
+                elif isinstance(idb, bpy.types.Light):
+                    bpy.data.lights.remove(idb)
+                elif isinstance(idb, bpy.types.World):
+                    bpy.data.worlds.remove(idb)
             except (ReferenceError, RuntimeError):
                 pass
         if self._exr_dir:

@@ -118,6 +118,7 @@ def test_bad_clip_files(tmp_path):
         build_clip(checkpoint=tmp_path / "absent.pt")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_torchscript_archives_are_read(tmp_path):
     """OpenAI's ViT-B-16.pt is a TorchScript archive; its state dict is read from it."""
     module = torch.jit.script(torch.nn.Linear(3, 2))

@@ -54,6 +54,7 @@ SAM_CHECKPOINT_FILES = {  # the official file names, to say which file is expect
     "vit_h": "sam_vit_h_4b8939.pth",
 }
 _SAM_DEPTH = {12: "vit_b", 24: "vit_l", 32: "vit_h"}
+_UPSAMPLE_CHUNK = 32
 
 
 @dataclass
@@ -335,22 +336,25 @@ class SamMaskGenerator:
                 keep = iou_pred >= s.pred_iou_thresh
                 if not bool(keep.any()):
                     continue
-                logits = model.postprocess_masks(low_res[keep][:, None], self.predictor.input_size, (h, w))[:, 0]
-                iou_k, gran_k, pts_k = iou_pred[keep], gran[keep], pts[keep.cpu()]
-                stab = calculate_stability_score(logits, model.mask_threshold, s.stability_score_offset)
-                binary = logits > model.mask_threshold
-                del logits
-                area = binary.flatten(1).sum(1)
-                keep = (stab >= s.stability_score_thresh) & (area >= s.min_area)
-                if not bool(keep.any()):
-                    continue
-                binary = binary[keep]
-                box_all.append(batched_mask_to_box(binary).float().cpu())
-                packed.append(np.packbits(binary.cpu().numpy(), axis=-1))
-                iou_all.append(iou_k[keep].cpu())
-                stab_all.append(stab[keep].float().cpu())
-                gran_all.append(gran_k[keep].cpu())
-                pts_all.append(pts_k[keep.cpu()])
+                low_res, iou_pred, gran, pts = low_res[keep], iou_pred[keep], gran[keep], pts[keep.cpu()]
+                # Upsample a few masks at a time: a 1024 x 1024 float logit map is 4 MB each.
+                for lo in range(0, low_res.shape[0], _UPSAMPLE_CHUNK):
+                    hi = lo + _UPSAMPLE_CHUNK
+                    logits = model.postprocess_masks(low_res[lo:hi, None], self.predictor.input_size, (h, w))[:, 0]
+                    stab = calculate_stability_score(logits, model.mask_threshold, s.stability_score_offset)
+                    binary = logits > model.mask_threshold
+                    del logits
+                    area = binary.flatten(1).sum(1)
+                    ok = (stab >= s.stability_score_thresh) & (area >= s.min_area)
+                    if not bool(ok.any()):
+                        continue
+                    binary = binary[ok]
+                    box_all.append(batched_mask_to_box(binary).float().cpu())
+                    packed.append(np.packbits(binary.cpu().numpy(), axis=-1))
+                    iou_all.append(iou_pred[lo:hi][ok].cpu())
+                    stab_all.append(stab[ok].float().cpu())
+                    gran_all.append(gran[lo:hi][ok].cpu())
+                    pts_all.append(pts[lo:hi][ok.cpu()])
         if not packed:
             return MaskSet(np.zeros((0, h, w), bool), np.zeros(0, np.int8), np.zeros(0, np.float32))
         boxes = torch.cat(box_all)

@@ -138,7 +138,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 strategy.grow_grad2d = grow_grad2d if len(gaussians) < settings.max_gaussians else math.inf
                 strategy.step_post_backward(gaussians.params, optimizers, strategy_state, step, info, packed=False)
                 last_loss = loss.item()
-                bar.update(1, loss=last_loss, gaussians=len(gaussians))
+                bar.update(1, loss=last_loss, gaussians=len(gaussians), pairs=out.get("num_pairs", 0))
                 if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.iterations:
                     _save(run, gaussians, optimizers, strategy_state, step + 1, settings)
         step = settings.iterations

@@ -71,9 +71,10 @@ class Gaussians:
         rng = np.random.default_rng(seed)
         inner = int(count * 0.8)
         points = rng.uniform(-1, 1, size=(inner, 3)) * radius
-        # a fifth on a far shell, so that the photo's background has something to become
+        # a fifth on a far shell beyond the cameras (bounds() gives half their distance), for the
+        # photo's background; shell points near a camera would cover whole images
         shell = rng.normal(size=(count - inner, 3))
-        shell = shell / np.linalg.norm(shell, axis=1, keepdims=True) * radius * rng.uniform(2.0, 4.0, size=(count - inner, 1))
+        shell = shell / np.linalg.norm(shell, axis=1, keepdims=True) * radius * rng.uniform(4.0, 8.0, size=(count - inner, 1))
         points = (np.concatenate([points, shell]) + np.asarray(center)).astype(np.float32)
         colors = rng.integers(0, 256, size=(count, 3), dtype=np.uint8)
         # small initial footprints: a random cloud is sparse, and big splats cost many pixel pairs

@@ -1,0 +1,565 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Blender-side data: read Gaussians from .ply into point objects, split faces, select.
+
+Everything goes through numpy and ``foreach_set`` (no Python loop over points). Objects,
+meshes and collections the add-on makes carry the custom property ``maskfield_owned``, so
+that re-running a prompt removes exactly what the add-on made before and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Iterable, Sequence, cast
+
+import bpy
+import numpy as np
+
+OWNED = "maskfield_owned"
+PROMPT_KEY = "maskfield_prompt"
+COLLECTION_PREFIX = "MaskField: "
+RUN_COLLECTION = "MaskField: run"
+SH_C0 = 0.28209479177387814
+POINTS_GROUP = "MaskField Points"
+POINTS_MATERIAL = "MaskField Points"
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+
+
+class DataError(RuntimeError):
+    """A file that cannot be used; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------
+# PLY
+
+
+def read_ply_vertices(path: str) -> np.ndarray:
+    """The ``vertex`` element of a PLY file as a numpy structured array (binary or ASCII)."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    with fh:
+        if fh.readline().strip() != b"ply":
+            raise DataError(f"{path} is not a PLY file")
+        fmt = None
+        elements: list[tuple[str, int, list[tuple[str, str]]]] = []
+        while True:
+            line = fh.readline()
+            if not line:
+                raise DataError(f"{path}: PLY header has no end_header")
+            words = line.decode("ascii", "replace").split()
+            if not words or words[0] in ("comment", "obj_info"):
+                continue
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                elements.append((words[1], int(words[2]), []))
+            elif words[0] == "property":
+                if not elements:
+                    raise DataError(f"{path}: property before element in the PLY header")
+                if words[1] == "list":
+                    elements[-1][2].append((words[-1], "list"))
+                else:
+                    if words[1] not in _PLY_TYPES:
+                        raise DataError(f"{path}: unknown PLY type {words[1]}")
+                    elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
+            elif words[0] == "end_header":
+                break
+        body_start = fh.tell()
+    if fmt not in ("binary_little_endian", "binary_big_endian", "ascii"):
+        raise DataError(f"{path}: unsupported PLY format {fmt}")
+    offset = 0
+    for name, count, props in elements:
+        if any(t == "list" for _, t in props):
+            if name == "vertex":
+                raise DataError(f"{path}: list properties in the vertex element are not supported")
+            if fmt != "ascii":
+                raise DataError(f"{path}: elements with lists before 'vertex' are not supported")
+        endian = "<" if fmt == "binary_little_endian" else ">"
+        dtype = np.dtype([(p, endian + t) for p, t in props])
+        if name == "vertex":
+            if fmt == "ascii":
+                with open(path, "rb") as fh2:
+                    fh2.seek(body_start)
+                    arr = np.loadtxt(fh2, dtype=np.float64, max_rows=count, ndmin=2)
+                out = np.empty(count, dtype=np.dtype([(p, t) for p, t in props]))
+                for i, (p, _t) in enumerate(props):
+                    out[p] = arr[:, i]
+                return out
+            data = np.fromfile(path, dtype=dtype, count=count, offset=body_start + offset)
+            if len(data) != count:
+                raise DataError(f"{path}: file is shorter than its header says ({len(data)} of {count} points)")
+            return data
+        offset += dtype.itemsize * count
+    raise DataError(f"{path}: no vertex element")
+
+
+def _col(data: np.ndarray, name: str) -> np.ndarray | None:
+    return np.asarray(data[name], dtype=np.float32) if name in (data.dtype.names or ()) else None
+
+
+def gaussian_arrays(data: np.ndarray) -> dict[str, np.ndarray]:
+    """Positions and display attributes of 3DGS (or plain point) PLY data.
+
+    ``co`` (N x 3), ``color`` (N x 4 linear RGBA), ``opacity`` (N, 0..1), ``scale`` (N x 3),
+    ``rotation`` (N x 4, w x y z, unit), ``radius`` (N). Plain point clouds (red/green/blue)
+    get opacity 1 and a small radius.
+    """
+    names = data.dtype.names or ()
+    if not {"x", "y", "z"} <= set(names):
+        raise DataError("the PLY file has no x, y, z vertex properties")
+    n = len(data)
+    co = np.empty((n, 3), dtype=np.float32)
+    co[:, 0], co[:, 1], co[:, 2] = data["x"], data["y"], data["z"]
+    out: dict[str, np.ndarray] = {"co": co}
+    if {"f_dc_0", "f_dc_1", "f_dc_2"} <= set(names):
+        rgb = np.stack([_col(data, f"f_dc_{i}") for i in range(3)], axis=1) * SH_C0 + 0.5  # type: ignore[misc]
+    elif {"red", "green", "blue"} <= set(names):
+        rgb = np.stack([data["red"], data["green"], data["blue"]], axis=1).astype(np.float32)
+        if data["red"].dtype.kind in "ui":
+            rgb /= 255.0
+    else:
+        rgb = np.full((n, 3), 0.8, dtype=np.float32)
+    rgb = np.clip(rgb, 0.0, 1.0)
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    op = _col(data, "opacity")
+    opacity = (1.0 / (1.0 + np.exp(-op))).astype(np.float32) if op is not None else np.ones(n, np.float32)
+    color = np.empty((n, 4), dtype=np.float32)
+    color[:, :3] = lin
+    color[:, 3] = opacity
+    out["color"] = color
+    out["opacity"] = opacity
+    if {"scale_0", "scale_1", "scale_2"} <= set(names):
+        log_s = np.stack([_col(data, f"scale_{i}") for i in range(3)], axis=1)  # type: ignore[misc]
+        scale = np.exp(np.clip(log_s, -30.0, 10.0)).astype(np.float32)
+        out["scale"] = scale
+        out["radius"] = np.clip(scale.mean(axis=1), 1e-5, None).astype(np.float32)
+    else:
+        out["radius"] = np.full(n, 0.005, dtype=np.float32)
+    if {"rot_0", "rot_1", "rot_2", "rot_3"} <= set(names):
+        q = np.stack([_col(data, f"rot_{i}") for i in range(4)], axis=1)  # type: ignore[misc]
+        norm = np.linalg.norm(q, axis=1, keepdims=True)
+        norm[norm == 0] = 1.0
+        out["rotation"] = (q / norm).astype(np.float32)
+    for extra in ("score", "scores", "segment_score"):
+        v = _col(data, extra)
+        if v is not None:
+            out["score"] = v
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# ownership, collections
+
+
+def is_owned(idblock) -> bool:
+    try:
+        return bool(idblock.get(OWNED))
+    except (AttributeError, ReferenceError):
+        return False
+
+
+def _tag(idblock, prompt: str | None = None, run: str | None = None) -> None:
+    idblock[OWNED] = 1
+    if prompt is not None:
+        idblock[PROMPT_KEY] = prompt
+    if run is not None:
+        idblock["maskfield_run"] = run
+
+
+def find_prompt_collection(scene: bpy.types.Scene, prompt: str) -> bpy.types.Collection | None:
+    for coll in _all_collections(scene.collection):
+        if is_owned(coll) and coll.get(PROMPT_KEY) == prompt:
+            return coll
+    return None
+
+
+def _all_collections(root: bpy.types.Collection) -> Iterable[bpy.types.Collection]:
+    for child in root.children:
+        yield child
+        yield from _all_collections(child)
+
+
+def _remove_owned_object(ob: bpy.types.Object) -> None:
+    data = ob.data
+    bpy.data.objects.remove(ob, do_unlink=True)
+    if data is not None and is_owned(data) and data.users == 0:
+        if isinstance(data, bpy.types.Mesh):
+            bpy.data.meshes.remove(data)
+
+
+def clear_prompt(scene: bpy.types.Scene, prompt: str) -> bpy.types.Collection | None:
+    """Remove what the add-on made for ``prompt``; returns the (kept) collection if the user
+    put objects of their own into it, else None."""
+    coll = find_prompt_collection(scene, prompt)
+    if coll is None:
+        return None
+    for ob in list(coll.objects):
+        if is_owned(ob):
+            _remove_owned_object(ob)
+    if len(coll.objects) == 0 and len(coll.children) == 0:
+        bpy.data.collections.remove(coll)
+        return None
+    return coll
+
+
+def clear_all(scene: bpy.types.Scene) -> int:
+    """Remove every object and collection the add-on made in ``scene``; returns how many objects."""
+    count = 0
+    for coll in list(_all_collections(scene.collection)):
+        if not is_owned(coll):
+            continue
+        for ob in list(coll.objects):
+            if is_owned(ob):
+                _remove_owned_object(ob)
+                count += 1
+        if len(coll.objects) == 0 and len(coll.children) == 0:
+            bpy.data.collections.remove(coll)
+    return count
+
+
+def prompt_collection(scene: bpy.types.Scene, prompt: str, run: str | None = None) -> bpy.types.Collection:
+    """The add-on's collection "MaskField: <prompt>" in ``scene`` (made if needed)."""
+    coll = find_prompt_collection(scene, prompt)
+    if coll is None:
+        coll = bpy.data.collections.new(COLLECTION_PREFIX + prompt)
+        _tag(coll, prompt, run)
+        scene.collection.children.link(coll)
+    return coll
+
+
+# ----------------------------------------------------------------------------------------
+# point objects
+
+
+def _points_node_group() -> bpy.types.NodeTree | None:
+    """A geometry-nodes group showing the mesh vertices as points (radius from 'radius')."""
+    ng = bpy.data.node_groups.get(POINTS_GROUP)
+    if ng is not None and is_owned(ng):
+        return ng
+    try:
+        ng = bpy.data.node_groups.new(POINTS_GROUP, "GeometryNodeTree")
+        _tag(ng)
+        if hasattr(ng, "interface"):
+            ng.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+            ng.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        else:  # pragma: no cover - Blender < 4.0
+            getattr(ng, "inputs").new("NodeSocketGeometry", "Geometry")
+            getattr(ng, "outputs").new("NodeSocketGeometry", "Geometry")
+        nodes, links = ng.nodes, ng.links
+        gin = nodes.new("NodeGroupInput")
+        gout = nodes.new("NodeGroupOutput")
+        to_points = nodes.new("GeometryNodeMeshToPoints")
+        radius = cast(Any, nodes.new("GeometryNodeInputNamedAttribute"))
+        radius.data_type = "FLOAT"
+        radius.inputs["Name"].default_value = "radius"
+        set_mat = cast(Any, nodes.new("GeometryNodeSetMaterial"))
+        set_mat.inputs["Material"].default_value = _points_material()
+        links.new(gin.outputs[0], to_points.inputs["Mesh"])
+        links.new(radius.outputs["Attribute"], to_points.inputs["Radius"])
+        links.new(to_points.outputs["Points"], set_mat.inputs["Geometry"])
+        links.new(set_mat.outputs["Geometry"], gout.inputs[0])
+        gin.location, radius.location = (-400, 0), (-400, -150)
+        to_points.location, set_mat.location, gout.location = (-150, 0), (80, 0), (300, 0)
+        return ng
+    except Exception as exc:  # the points still exist as vertices; only the display is missing
+        print(f"MaskField: could not build the point display node group: {exc}")
+        if ng is not None:
+            bpy.data.node_groups.remove(ng)
+        return None
+
+
+def _points_material() -> bpy.types.Material:
+    mat = bpy.data.materials.get(POINTS_MATERIAL)
+    if mat is not None and is_owned(mat):
+        return mat
+    mat = bpy.data.materials.new(POINTS_MATERIAL)
+    _tag(mat)
+    tree = mat.node_tree
+    if tree is None:
+        mat.use_nodes = True
+        tree = mat.node_tree
+    bsdf = next((n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled"), None)
+    if bsdf is not None:
+        attr = tree.nodes.new("ShaderNodeAttribute")
+        attr.attribute_name = "color"
+        attr.location = (-300, 0)
+        tree.links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def points_object(name: str, arrays: dict[str, np.ndarray], collection: bpy.types.Collection,
+                  prompt: str | None = None, run: str | None = None, display: bool = True) -> bpy.types.Object:
+    """A mesh object with one vertex per Gaussian and its attributes (numpy + foreach_set)."""
+    co = arrays["co"]
+    n = len(co)
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(n)
+    me.vertices.foreach_set("co", np.ascontiguousarray(co, dtype=np.float32).ravel())
+    attrs = me.attributes
+
+    def put(attr_name: str, kind: Any, field: str, values: np.ndarray | None) -> None:
+        if values is None:
+            return
+        a = cast(Any, attrs.new(attr_name, kind, "POINT"))
+        a.data.foreach_set(field, np.ascontiguousarray(values, dtype=np.float32).ravel())
+
+    put("opacity", "FLOAT", "value", arrays.get("opacity"))
+    put("radius", "FLOAT", "value", arrays.get("radius"))
+    put("scale", "FLOAT_VECTOR", "vector", arrays.get("scale"))
+    rot = arrays.get("rotation")
+    if rot is not None:
+        try:
+            put("rotation", "QUATERNION", "value", rot)
+        except (TypeError, RuntimeError, AttributeError):  # pragma: no cover - Blender < 4.0
+            put("rotation", "FLOAT_COLOR", "color", rot)
+    put("score", "FLOAT", "value", arrays.get("score"))
+    col = cast(Any, attrs.new("color", "FLOAT_COLOR", "POINT"))
+    col.data.foreach_set("color", np.ascontiguousarray(arrays["color"], dtype=np.float32).ravel())
+    try:
+        attrs.active_color = col
+        me.color_attributes.active_color = col
+    except (AttributeError, TypeError):
+        pass
+    me.update()
+    _tag(me, prompt, run)
+    ob = bpy.data.objects.new(name, me)
+    _tag(ob, prompt, run)
+    collection.objects.link(ob)
+    if display:
+        ng = _points_node_group()
+        if ng is not None:
+            mod = cast(Any, ob.modifiers.new("MaskField points", "NODES"))
+            mod.node_group = ng
+    return ob
+
+
+def import_ply_points(path: str, name: str, collection: bpy.types.Collection, prompt: str | None = None,
+                      run: str | None = None) -> bpy.types.Object:
+    data = read_ply_vertices(path)
+    return points_object(name, gaussian_arrays(data), collection, prompt=prompt, run=run)
+
+
+def import_run(scene: bpy.types.Scene, run_dir: str, ply_name: str = "gaussians.ply") -> bpy.types.Object:
+    """All Gaussians of a run as one point object in the collection "MaskField: run"."""
+    path = os.path.join(run_dir, ply_name)
+    if not os.path.isfile(path):
+        raise DataError(f"no {ply_name} in {run_dir}: train first, or choose the run folder")
+    clear_prompt(scene, "run")
+    coll = prompt_collection(scene, "run", run_dir)
+    coll.name = RUN_COLLECTION
+    return import_ply_points(path, "MaskField Gaussians", coll, prompt="run", run=run_dir)
+
+
+def run_points_object(scene: bpy.types.Scene) -> bpy.types.Object | None:
+    coll = find_prompt_collection(scene, "run")
+    if coll is None:
+        return None
+    for ob in coll.objects:
+        if is_owned(ob) and ob.type == "MESH":
+            return ob
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# faces
+
+
+class FacesMap:
+    """The face table written by :func:`scene_render.export_face_centres` (faces.json)."""
+
+    def __init__(self, info: dict):
+        self.info = info
+        self.objects: list[dict] = list(info.get("objects", []))
+        self.total = int(info.get("total", sum(o["count"] for o in self.objects)))
+
+    @classmethod
+    def load(cls, path: str) -> "FacesMap":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return cls(json.load(fh))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the face table {path}: {exc}") from exc
+
+    def check(self) -> list[str]:
+        """Problems that keep this table from matching the open file (empty list: fine)."""
+        problems = []
+        for entry in self.objects:
+            ob = bpy.data.objects.get(entry["name"])
+            if ob is None:
+                problems.append(f"object '{entry['name']}' is not in this file")
+            elif ob.type != "MESH":
+                problems.append(f"'{entry['name']}' is no longer a mesh")
+            elif len(ob.data.polygons) != entry["count"]:
+                problems.append(f"'{entry['name']}' has {len(ob.data.polygons)} faces, the run has {entry['count']}")
+        return problems
+
+
+def _mesh_keep_faces(src: bpy.types.Mesh, keep: np.ndarray, name: str) -> bpy.types.Mesh:
+    """A copy of ``src`` with only the faces where ``keep`` is True (UVs, materials kept)."""
+    import bmesh
+
+    me = src.copy()
+    me.name = name
+    drop = np.flatnonzero(~keep)
+    if len(drop):
+        bm = bmesh.new()
+        try:
+            bm.from_mesh(me)
+            bm.faces.ensure_lookup_table()
+            faces = bm.faces
+            bmesh.ops.delete(bm, geom=[faces[int(i)] for i in drop], context="FACES")
+            bm.to_mesh(me)
+        finally:
+            bm.free()
+    me.update()
+    return me
+
+
+def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, prompts: Sequence[str],
+                   run: str | None = None) -> dict[str, list[bpy.types.Object]]:
+    """New objects with the faces labelled with each prompt, in "MaskField: <prompt>" collections.
+
+    ``labels`` has one int per face of ``faces`` (-1 background, else index into ``prompts``).
+    The source objects are left untouched.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != faces.total:
+        raise DataError(f"the segmentation has {len(labels)} face labels, the face table {faces.total}; "
+                           "segment again")
+    made: dict[str, list[bpy.types.Object]] = {}
+    for k, prompt in enumerate(prompts):
+        clear_prompt(scene, prompt)
+        made[prompt] = []
+        if not np.any(labels == k):
+            continue
+        coll = prompt_collection(scene, prompt, run)
+        for entry in faces.objects:
+            src = bpy.data.objects.get(entry["name"])
+            if src is None or src.type != "MESH":
+                continue
+            lab = labels[entry["start"]: entry["start"] + entry["count"]]
+            keep = lab == k
+            if not keep.any():
+                continue
+            name = f"{prompt} ({src.name})"
+            me = _mesh_keep_faces(src.data, keep, name)
+            _tag(me, prompt, run)
+            ob = src.copy()
+            ob.data = me
+            ob.name = name
+            ob.animation_data_clear()
+            for key in list(ob.keys()):
+                if key.startswith("maskfield_"):
+                    del ob[key]
+            _tag(ob, prompt, run)
+            ob["maskfield_source"] = src.name
+            coll.objects.link(ob)
+            made[prompt].append(ob)
+    return made
+
+
+def select_faces(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, faces: FacesMap, labels: np.ndarray,
+                 prompt_ids: Sequence[int]) -> int:
+    """Select the faces labelled with any of ``prompt_ids`` (and their objects); returns the count."""
+    labels = np.asarray(labels).reshape(-1)
+    wanted = np.isin(labels, np.asarray(list(prompt_ids), dtype=labels.dtype))
+    total = 0
+    chosen: list[bpy.types.Object] = []
+    for entry in faces.objects:
+        ob = bpy.data.objects.get(entry["name"])
+        if ob is None or ob.type != "MESH":
+            continue
+        me = ob.data
+        mask = wanted[entry["start"]: entry["start"] + entry["count"]]
+        if ob.mode == "EDIT":
+            continue  # edit-mode data would overwrite the selection; such objects are skipped
+        _set_face_selection(me, mask)
+        n = int(mask.sum())
+        total += n
+        if n:
+            chosen.append(ob)
+    names = {ob.name for ob in chosen}
+    for ob in view_layer.objects:
+        try:
+            ob.select_set(ob.name in names)
+        except RuntimeError:
+            pass
+    if chosen:
+        view_layer.objects.active = chosen[0]
+    return total
+
+
+def _set_face_selection(me: bpy.types.Mesh, face_mask: np.ndarray) -> None:
+    npoly, nloop = len(me.polygons), len(me.loops)
+    face_mask = np.asarray(face_mask, dtype=bool)
+    me.polygons.foreach_set("select", face_mask)
+    loop_total = np.empty(npoly, dtype=np.int32)
+    me.polygons.foreach_get("loop_total", loop_total)
+    loop_vert = np.empty(nloop, dtype=np.int32)
+    me.loops.foreach_get("vertex_index", loop_vert)
+    loop_edge = np.empty(nloop, dtype=np.int32)
+    me.loops.foreach_get("edge_index", loop_edge)
+    loop_sel = np.repeat(face_mask, loop_total)
+    vsel = np.zeros(len(me.vertices), dtype=np.bool_)
+    vsel[loop_vert[loop_sel]] = True
+    esel = np.zeros(len(me.edges), dtype=np.bool_)
+    esel[loop_edge[loop_sel]] = True
+    me.vertices.foreach_set("select", vsel)
+    me.edges.foreach_set("select", esel)
+    me.update()
+
+
+def select_points(ob: bpy.types.Object, indices: np.ndarray) -> int:
+    me = ob.data
+    mask = np.zeros(len(me.vertices), dtype=np.bool_)
+    idx = np.asarray(indices, dtype=np.int64)
+    idx = idx[(idx >= 0) & (idx < len(mask))]
+    mask[idx] = True
+    me.vertices.foreach_set("select", mask)
+    me.update()
+    return int(mask.sum())
+
+
+# ----------------------------------------------------------------------------------------
+# segments of the backend
+
+
+def load_segments(out_dir: str) -> dict:
+    path = os.path.join(out_dir, "segments.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"the backend wrote no readable segments.json in {out_dir}: {exc}") from exc
+    for entry in data.get("prompts", []):
+        for key in ("npz", "ply"):
+            value = entry.get(key)
+            if value and not os.path.isabs(value):
+                entry[key] = os.path.join(out_dir, value)
+    pl = data.get("point_labels")
+    if pl and not os.path.isabs(pl):
+        data["point_labels"] = os.path.join(out_dir, pl)
+    return data
+
+
+def export_segments(segments: dict, dest: str) -> list[str]:
+    """Copy the backend's per-prompt .ply files into ``dest``; returns the new paths."""
+    os.makedirs(dest, exist_ok=True)
+    written = []
+    for entry in segments.get("prompts", []):
+        src = entry.get("ply")
+        if not src or not os.path.isfile(src):
+            continue
+        target = os.path.join(dest, os.path.basename(src))
+        if os.path.abspath(target) != os.path.abspath(src):
+            shutil.copyfile(src, target)
+        written.append(target)
+    return written

@@ -1,0 +1,723 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The add-on's operators: render, train, segment, import/export, prompts, cancel.
+
+Long work never blocks Blender: rendering views is a modal operator (one view per timer
+tick, Esc cancels) and the backend runs as a subprocess polled by a timer
+(:mod:`backend_client`). Called without a UI (``execute``: background scripts, tests), the
+rendering runs in one go and the backend job is left to :func:`backend_client.pump`.
+Every check on the input happens before anything is written or changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, StringProperty
+
+from . import backend_client, import_export, preferences, scene_render
+from .backend_client import BackendError
+from .status import STATUS, popup_error
+
+BLENDER_DIR = "blender"  # inside the run folder: what the add-on itself writes there
+SOURCE_FILE = "source.json"
+FACES_NPY = "faces.npy"
+FACES_JSON = "faces.json"
+SEGMENT_DIR = os.path.join("segments", "blender")
+
+
+class UserError(Exception):
+    """Bad input: the message tells the user what to do."""
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+
+
+def mf(context) -> Any:
+    return context.scene.maskfield
+
+
+def abspath(path: str) -> str:
+    path = (path or "").strip()
+    if not path:
+        return ""
+    return os.path.normpath(bpy.path.abspath(path))
+
+
+def run_dir_of(context) -> str:
+    """The run folder as an absolute path. A '//' path of an unsaved file goes to the extension's
+    own folder (runs/<scene>/...)."""
+    raw = mf(context).run_dir.strip()
+    if not raw or (raw.startswith("//") and not bpy.data.filepath):
+        tail = raw[2:].strip("/\\") if raw.startswith("//") else ""
+        base = os.path.join(preferences.extension_user_dir(), "runs", bpy.path.clean_name(context.scene.name))
+        return os.path.normpath(os.path.join(base, tail) if tail else base)
+    return abspath(raw)
+
+
+def find_cameras(scene_dir: str) -> str | None:
+    """Which camera file a scene folder has, or None."""
+    for name in ("transforms.json", "transforms_train.json"):
+        if os.path.isfile(os.path.join(scene_dir, name)):
+            return name
+    for sub in (os.path.join("sparse", "0"), "sparse"):
+        for ext in (".bin", ".txt"):
+            if os.path.isfile(os.path.join(scene_dir, sub, "cameras" + ext)):
+                return os.path.join(sub, "cameras" + ext)
+    return None
+
+
+def source_objects(context) -> list[bpy.types.Object]:
+    objs = [ob for ob in context.selected_objects if ob.type in scene_render.GEOMETRY_TYPES]
+    return sorted(objs, key=lambda o: o.name)
+
+
+def render_settings(context) -> scene_render.RenderSettings:
+    s = mf(context)
+    return scene_render.RenderSettings(views=s.views, resolution=s.resolution, samples=s.samples,
+                                       layout=s.layout, seed=0)
+
+
+def source_signature(objects, settings: scene_render.RenderSettings) -> str:
+    key = json.dumps({"objects": [o.name for o in objects], "views": settings.views,
+                      "resolution": settings.size, "layout": settings.layout, "samples": settings.samples,
+                      "seed": settings.seed}, sort_keys=True)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def read_source(run: str) -> dict:
+    try:
+        with open(os.path.join(run, BLENDER_DIR, SOURCE_FILE), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_source(run: str, info: dict) -> None:
+    os.makedirs(os.path.join(run, BLENDER_DIR), exist_ok=True)
+    with open(os.path.join(run, BLENDER_DIR, SOURCE_FILE), "w", encoding="utf-8") as fh:
+        json.dump(info, fh, indent=1, ensure_ascii=False)
+
+
+def ensure_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".maskfield_write_test")
+        with open(probe, "w", encoding="utf-8") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"Cannot write to the folder '{folder}': {exc.strerror or exc}. Choose another run folder.")
+
+
+def busy_error() -> str | None:
+    if STATUS.render is not None:
+        return "MaskField is rendering views; wait or cancel it first."
+    for kind in ("train", "segment", "setup"):
+        job = backend_client.active_job(kind)
+        if job is not None:
+            return f"MaskField is busy ({job.label}); wait or cancel it first."
+    return None
+
+
+def fail(op: bpy.types.Operator, message: str) -> set[str]:
+    STATUS.set_error(message)
+    op.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
+def enabled_prompts(context) -> list[str]:
+    seen: list[str] = []
+    for item in mf(context).prompts:
+        text = " ".join(item.text.split())
+        if item.enabled and text and text not in seen:
+            seen.append(text)
+    return seen
+
+
+# ----------------------------------------------------------------------------------------
+# training
+
+
+def _common_args(context) -> list[str]:
+    s = mf(context)
+    return ["--events", "jsonl", "--device", s.device]
+
+
+def train_command(context, python: str, scene_dir: str, run: str, from_labels: str | None = None,
+                  gaussians: str | None = None, overwrite: bool = False) -> list[str]:
+    s = mf(context)
+    args = ["train", scene_dir, "--out", run] + _common_args(context)
+    if from_labels:
+        args += ["--from-labels", from_labels]
+    if gaussians:
+        args += ["--gaussians", gaussians]
+    if s.iterations > 0:
+        args += ["--iterations", str(s.iterations)]
+    weights = preferences.weights_dir(context)
+    if weights and not from_labels:
+        args += ["--weights-dir", weights]
+    if overwrite:
+        args += ["--overwrite"]
+    return backend_client.backend_command(python, *args)
+
+
+def start_training(context, python: str, scene_dir: str, run: str, **kwargs) -> backend_client.Job:
+    scene_name = context.scene.name
+    argv = train_command(context, python, scene_dir, run, **kwargs)
+    import_after = mf(context).import_after_train
+
+    def done(job: backend_client.Job) -> None:
+        if job.state == "finished":
+            msg = f"Training finished in {job.elapsed:.0f} s: {run}"
+            fit = job.result("fit")
+            if fit and fit.get("test_psnr") is not None:
+                msg += f" (test PSNR {float(fit['test_psnr']):.1f} dB)"
+            STATUS.set_info(msg)
+            scene = bpy.data.scenes.get(scene_name)
+            if import_after and scene is not None:
+                try:
+                    import_export.import_run(scene, run)
+                except import_export.DataError as exc:
+                    STATUS.set_error(str(exc))
+        elif job.state == "cancelled":
+            STATUS.set_info("Training cancelled; Train again to resume.")
+        else:
+            STATUS.set_error(f"Training failed: {job.error}")
+            popup_error(job.error or "training failed")
+
+    job = backend_client.Job([argv], kind="train", label="Training", env=preferences.backend_env(context),
+                             on_done=done)
+    return backend_client.start(job)
+
+
+class _TrainPlan:
+    """Everything checked and decided before a training starts."""
+
+    def __init__(self, context):
+        s = mf(context)
+        self.python = preferences.resolve_python(context)
+        self.run = run_dir_of(context)
+        self.source = s.source
+        self.objects: list[bpy.types.Object] = []
+        self.scene_dir = ""
+        self.gaussians: str | None = None
+        self.overwrite = False
+        self.settings = render_settings(context)
+        if self.source == "OBJECTS":
+            self.objects = source_objects(context)
+            if not self.objects:
+                raise UserError("No objects selected: select the mesh objects to segment, then press Train.")
+            self.scene_dir = os.path.join(self.run, "scene")
+            prev = read_source(self.run)
+            sig = source_signature(self.objects, self.settings)
+            if prev and prev.get("signature") not in (None, sig) and os.path.exists(
+                    os.path.join(self.run, "gaussians.ply")):
+                raise UserError(f"The run folder '{self.run}' holds a run of other objects or render settings. "
+                                "Choose an empty run folder (or delete that one) to train on this selection.")
+            self.signature = sig
+        else:
+            self.scene_dir = abspath(s.scene_dir)
+            if not self.scene_dir or not os.path.isdir(self.scene_dir):
+                raise UserError(f"The scene folder '{s.scene_dir}' does not exist: choose the folder with your "
+                                "photos and cameras.")
+            if find_cameras(self.scene_dir) is None:
+                raise UserError(f"No cameras found in '{self.scene_dir}': it needs a transforms.json "
+                                "(nerfstudio / Instant-NGP), transforms_train.json (NeRF synthetic) or a COLMAP "
+                                "model in sparse/0 with the photos in images/. Run COLMAP on the photos first.")
+            if self.source == "SPLAT":
+                self.gaussians = abspath(s.splat_path)
+                if not self.gaussians or not os.path.isfile(self.gaussians):
+                    raise UserError(f"The Gaussian file '{s.splat_path}' does not exist: choose a 3DGS .ply.")
+            self.signature = ""
+            if os.path.abspath(self.run).startswith(os.path.abspath(self.scene_dir) + os.sep) or \
+                    os.path.abspath(self.run) == os.path.abspath(self.scene_dir):
+                raise UserError("The run folder must not be the scene folder or inside it; choose another run folder.")
+        ensure_writable(self.run)
+
+    def before_render(self, context) -> None:
+        info = {"source": self.source, "blend": bpy.data.filepath, "scene": context.scene.name,
+                "signature": self.signature, "scene_dir": self.scene_dir,
+                "objects": [o.name for o in self.objects], "blender": bpy.app.version_string}
+        if self.source == "OBJECTS":
+            meshes = [o for o in self.objects if o.type == "MESH"]
+            faces = scene_render.export_face_centres(
+                meshes, os.path.join(self.run, BLENDER_DIR, FACES_NPY),
+                os.path.join(self.run, BLENDER_DIR, FACES_JSON), scene_name=context.scene.name)
+            info["faces"] = {"npy": f"{BLENDER_DIR}/{FACES_NPY}", "json": f"{BLENDER_DIR}/{FACES_JSON}",
+                             "total": faces["total"]}
+        write_source(self.run, info)
+
+    def start(self, context) -> backend_client.Job:
+        labels = os.path.join(self.scene_dir, "labels") if self.source == "OBJECTS" else None
+        return start_training(context, self.python, self.scene_dir, self.run, from_labels=labels,
+                              gaussians=self.gaussians, overwrite=self.overwrite)
+
+
+class MASKFIELD_OT_train(bpy.types.Operator):
+    """Train MaskField on the chosen source (renders the selected objects first)"""
+
+    bl_idname = "maskfield.train"
+    bl_label = "Train MaskField"
+
+    def _plan(self, context) -> _TrainPlan | None:
+        busy = busy_error()
+        if busy:
+            fail(self, busy)
+            return None
+        try:
+            return _TrainPlan(context)
+        except (UserError, BackendError) as exc:
+            fail(self, str(exc))
+            return None
+
+    def execute(self, context):
+        plan = self._plan(context)
+        if plan is None:
+            return {"CANCELLED"}
+        try:
+            plan.before_render(context)
+            if plan.source == "OBJECTS":
+                job = scene_render.RenderJob(plan.objects, plan.scene_dir, plan.settings, scene=context.scene)
+                job.run()
+            plan.start(context)
+        except (UserError, BackendError, scene_render.RenderError, OSError) as exc:
+            return fail(self, str(exc))
+        STATUS.set_info(f"Training started: {plan.run}")
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        plan = self._plan(context)
+        if plan is None:
+            return {"CANCELLED"}
+        if plan.source != "OBJECTS":
+            try:
+                plan.before_render(context)
+                plan.start(context)
+            except (UserError, BackendError, OSError) as exc:
+                return fail(self, str(exc))
+            STATUS.set_info(f"Training started: {plan.run}")
+            return {"FINISHED"}
+        try:
+            plan.before_render(context)
+        except OSError as exc:
+            return fail(self, str(exc))
+        _PENDING_PLAN[0] = plan
+        render_op = getattr(bpy.ops, "maskfield").render_scene  # registered by this add-on
+        result = render_op("INVOKE_DEFAULT", then_train=True, directory=plan.scene_dir)
+        return {"FINISHED"} if ({"RUNNING_MODAL", "FINISHED"} & set(result)) else {"CANCELLED"}
+
+
+_PENDING_PLAN: list[_TrainPlan | None] = [None]
+
+
+class MASKFIELD_OT_render_scene(bpy.types.Operator):
+    """Render the selected objects into a scene folder (images, cameras, labels, points)"""
+
+    bl_idname = "maskfield.render_scene"
+    bl_label = "Render Scene Folder"
+
+    directory: StringProperty(subtype="DIR_PATH", options={"SKIP_SAVE"})  # type: ignore[valid-type]
+    then_train: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})  # type: ignore[valid-type]
+
+    _job: scene_render.RenderJob | None = None
+    _timer = None
+
+    def _prepare(self, context) -> scene_render.RenderJob | None:
+        if not self.then_train:
+            busy = busy_error()
+            if busy:
+                fail(self, busy)
+                return None
+        objects = source_objects(context)
+        if not objects:
+            fail(self, "No objects selected: select the mesh objects to render.")
+            return None
+        folder = abspath(self.directory) if self.directory else os.path.join(run_dir_of(context), "scene")
+        try:
+            ensure_writable(folder)
+            return scene_render.RenderJob(objects, folder, render_settings(context), scene=context.scene)
+        except (UserError, scene_render.RenderError) as exc:
+            fail(self, str(exc))
+            return None
+
+    def execute(self, context):
+        job = self._prepare(context)
+        if job is None:
+            return {"CANCELLED"}
+        try:
+            summary = job.run()
+        except (scene_render.RenderError, OSError, RuntimeError) as exc:
+            return fail(self, f"Rendering failed: {exc}")
+        STATUS.set_info(f"Rendered {summary.get('views')} views into {summary.get('folder')}")
+        return self._after(context)
+
+    def _after(self, context):
+        if self.then_train:
+            plan = _PENDING_PLAN[0]
+            _PENDING_PLAN[0] = None
+            if plan is not None:
+                try:
+                    plan.start(context)
+                except (UserError, BackendError, OSError) as exc:
+                    return fail(self, str(exc))
+                STATUS.set_info(f"Training started: {plan.run}")
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        job = self._prepare(context)
+        if job is None:
+            _PENDING_PLAN[0] = None
+            return {"CANCELLED"}
+        try:
+            job.start()
+        except (scene_render.RenderError, OSError) as exc:
+            _PENDING_PLAN[0] = None
+            return fail(self, f"Rendering failed: {exc}")
+        self._job = job
+        STATUS.render = (0, job.total)
+        STATUS.render_cancel = False
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.01, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _end(self, context) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        STATUS.render = None
+        if self._job is not None:
+            self._job.cleanup()
+
+    def modal(self, context, event):
+        job = self._job
+        if job is None:
+            return {"CANCELLED"}
+        if event.type == "ESC" or STATUS.render_cancel:
+            self._end(context)
+            _PENDING_PLAN[0] = None
+            STATUS.set_info("Rendering cancelled.")
+            return {"CANCELLED"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            more = job.step()
+        except (scene_render.RenderError, OSError, RuntimeError) as exc:
+            self._end(context)
+            _PENDING_PLAN[0] = None
+            return fail(self, f"Rendering failed: {exc}")
+        STATUS.render = (job.done, job.total)
+        from .status import redraw
+
+        redraw()
+        if more:
+            return {"RUNNING_MODAL"}
+        self._end(context)
+        STATUS.set_info(f"Rendered {job.done} views into {job.out_dir}")
+        return self._after(context)
+
+
+# ----------------------------------------------------------------------------------------
+# segmentation
+
+
+def _faces_map(run: str) -> tuple[import_export.FacesMap, str] | None:
+    path = os.path.join(run, BLENDER_DIR, FACES_JSON)
+    npy = os.path.join(run, BLENDER_DIR, FACES_NPY)
+    if not (os.path.isfile(path) and os.path.isfile(npy)):
+        return None
+    return import_export.FacesMap.load(path), npy
+
+
+def check_run(run: str) -> None:
+    if not os.path.isdir(run):
+        raise UserError(f"The run folder '{run}' does not exist: train first, or choose a run folder.")
+    missing = [n for n in ("gaussians.ply", "field.pt") if not os.path.isfile(os.path.join(run, n))]
+    if missing:
+        raise UserError(f"No trained MaskField in '{run}' (missing {', '.join(missing)}): train first, or choose "
+                        "the run folder of a finished training.")
+
+
+def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run: str) -> str:
+    """Bring a finished segmentation into the scene; returns a summary message."""
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        raise UserError(f"the scene '{scene_name}' is gone")
+    seg = import_export.load_segments(out)
+    entries = {e.get("prompt"): e for e in seg.get("prompts", [])}
+    order = [e.get("prompt") for e in seg.get("prompts", [])] or prompts
+    found = [p for p in order if entries.get(p, {}).get("found")]
+    missing = [p for p in order if p not in found]
+    parts: list[str] = []
+    if mode == "POINTS":
+        for p in order:
+            entry = entries.get(p, {})
+            import_export.clear_prompt(scene, p)
+            if not entry.get("found"):
+                continue
+            coll = import_export.prompt_collection(scene, p, run)
+            ply = entry.get("ply")
+            if ply and os.path.isfile(ply):
+                ob = import_export.import_ply_points(ply, p, coll, prompt=p, run=run)
+            else:
+                npz = entry.get("npz")
+                idx = np.load(npz)["indices"] if npz and os.path.isfile(npz) else np.zeros(0, np.int64)
+                data = import_export.read_ply_vertices(os.path.join(run, "gaussians.ply"))
+                ob = import_export.points_object(p, import_export.gaussian_arrays(data[idx]), coll, prompt=p, run=run)
+            parts.append(f"{p}: {len(ob.data.vertices)} points")
+    else:
+        labels_path = seg.get("point_labels")
+        fm = _faces_map(run)
+        if mode in ("FACES", "SELECT") and fm is not None and labels_path:
+            faces, _npy = fm
+            labels = np.load(labels_path)
+            if mode == "FACES":
+                made = import_export.separate_faces(scene, faces, labels, order, run=run)
+                for p in order:
+                    n = sum(len(o.data.polygons) for o in made.get(p, []))
+                    if made.get(p):
+                        parts.append(f"{p}: {n} faces in {len(made[p])} object(s)")
+            else:
+                view_layer = scene.view_layers[0]
+                if bpy.context.scene == scene and bpy.context.view_layer is not None:
+                    view_layer = bpy.context.view_layer
+                ids = list(range(len(order)))
+                n = import_export.select_faces(scene, view_layer, faces, labels, ids)
+                parts.append(f"selected {n} faces")
+                found = [p for k, p in enumerate(order) if np.any(labels == k)]
+                missing = [p for p in order if p not in found]
+        else:  # select points of the run's Gaussians
+            ob = import_export.run_points_object(scene)
+            if ob is None:
+                ob = import_export.import_run(scene, run)
+            all_idx = []
+            for p in found:
+                npz = entries[p].get("npz")
+                if npz and os.path.isfile(npz):
+                    all_idx.append(np.load(npz)["indices"])
+            idx = np.concatenate(all_idx) if all_idx else np.zeros(0, np.int64)
+            n = import_export.select_points(ob, idx)
+            for other in scene.objects:
+                try:
+                    other.select_set(other == ob)
+                except RuntimeError:
+                    pass
+            parts.append(f"selected {n} points of '{ob.name}' (Edit Mode shows them)")
+    msg = "Segmented: " + ("; ".join(parts) if parts else "nothing found")
+    if missing:
+        msg += ". No match for: " + ", ".join(missing)
+    enc = str(seg.get("text_encoder") or "")
+    if enc.startswith("names:"):
+        msg += ". (Offline run: prompts were matched to object names, not CLIP.)"
+    return msg
+
+
+class MASKFIELD_OT_segment(bpy.types.Operator):
+    """Find the prompts in the trained run and bring the result into the scene"""
+
+    bl_idname = "maskfield.segment"
+    bl_label = "Segment"
+
+    def execute(self, context):
+        busy = busy_error()
+        if busy:
+            return fail(self, busy)
+        s = mf(context)
+        prompts = enabled_prompts(context)
+        if not prompts:
+            return fail(self, "Type a prompt first: add one with + and write what to find (e.g. 'chair').")
+        try:
+            python = preferences.resolve_python(context)
+            run = run_dir_of(context)
+            check_run(run)
+            mode = s.mode
+            fm = _faces_map(run)
+            if mode == "FACES":
+                if fm is None:
+                    raise UserError("Faces mode needs a run trained from selected objects of this file "
+                                    "(source 'Selected objects'). Use Points for this run.")
+                problems = fm[0].check()
+                if problems:
+                    raise UserError("This run was made from other objects: " + "; ".join(problems[:4])
+                                    + ". Choose this scene's run folder, or train again.")
+            if mode == "SELECT" and fm is not None and fm[0].check():
+                fm = None  # faces of another file: select the Gaussians instead
+            out = os.path.join(run, SEGMENT_DIR)
+            ensure_writable(out)
+            for name in ("segments.json", "point_labels.npy"):
+                try:
+                    os.remove(os.path.join(out, name))
+                except OSError:
+                    pass
+            args = ["segment", run]
+            for p in prompts:
+                args += ["--prompt", p]
+            if fm is not None and mode in ("FACES", "SELECT"):
+                args += ["--points", fm[1]]
+            args += ["--out", out] + _common_args(context)
+            if s.use_threshold:
+                args += ["--threshold", f"{s.threshold:g}"]
+            argv = backend_client.backend_command(python, *args)
+        except (UserError, BackendError, import_export.DataError) as exc:
+            return fail(self, str(exc))
+
+        scene_name = context.scene.name
+        use_faces = fm is not None
+        eff_mode = mode if (mode == "POINTS" or use_faces) else "SELECT_POINTS"
+
+        def done(job: backend_client.Job) -> None:
+            if job.state == "finished":
+                try:
+                    msg = apply_segments(scene_name, out, prompts, "SELECT" if eff_mode == "SELECT_POINTS" else mode,
+                                         run)
+                except (UserError, import_export.DataError, OSError, ValueError, KeyError) as exc:
+                    STATUS.set_error(f"Could not use the segmentation: {exc}")
+                    return
+                STATUS.set_info(msg)
+            elif job.state == "cancelled":
+                STATUS.set_info("Segmentation cancelled.")
+            else:
+                STATUS.set_error(f"Segmentation failed: {job.error}")
+                popup_error(job.error or "segmentation failed")
+
+        try:
+            backend_client.start(backend_client.Job([argv], kind="segment", label="Segmenting",
+                                                    env=preferences.backend_env(context), on_done=done))
+        except BackendError as exc:
+            return fail(self, str(exc))
+        STATUS.set_info("Segmenting: " + ", ".join(prompts))
+        return {"FINISHED"}
+
+
+# ----------------------------------------------------------------------------------------
+# prompts, results, import/export, cancel
+
+
+class MASKFIELD_OT_prompt_add(bpy.types.Operator):
+    """Add a prompt"""
+
+    bl_idname = "maskfield.prompt_add"
+    bl_label = "Add Prompt"
+    bl_options = {"REGISTER", "UNDO"}
+
+    text: StringProperty(name="Prompt", default="", options={"SKIP_SAVE"})  # type: ignore[valid-type]
+
+    def execute(self, context):
+        s = mf(context)
+        item = s.prompts.add()
+        item.text = self.text
+        s.prompt_index = len(s.prompts) - 1
+        return {"FINISHED"}
+
+
+class MASKFIELD_OT_prompt_remove(bpy.types.Operator):
+    """Remove the active prompt"""
+
+    bl_idname = "maskfield.prompt_remove"
+    bl_label = "Remove Prompt"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return len(mf(context).prompts) > 0
+
+    def execute(self, context):
+        s = mf(context)
+        i = min(max(s.prompt_index, 0), len(s.prompts) - 1)
+        s.prompts.remove(i)
+        s.prompt_index = min(i, len(s.prompts) - 1) if len(s.prompts) else 0
+        return {"FINISHED"}
+
+
+class MASKFIELD_OT_clear_results(bpy.types.Operator):
+    """Remove every object and collection MaskField made in this scene (nothing else)"""
+
+    bl_idname = "maskfield.clear_results"
+    bl_label = "Clear Results"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        n = import_export.clear_all(context.scene)
+        self.report({"INFO"}, f"Removed {n} MaskField object(s)")
+        return {"FINISHED"}
+
+
+class MASKFIELD_OT_import_run(bpy.types.Operator):
+    """Import all Gaussians of the run as a point object"""
+
+    bl_idname = "maskfield.import_run"
+    bl_label = "Import Gaussians"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        run = run_dir_of(context)
+        try:
+            ob = import_export.import_run(context.scene, run)
+        except import_export.DataError as exc:
+            return fail(self, str(exc))
+        msg = f"Imported {len(ob.data.vertices)} Gaussians from {run}"
+        STATUS.set_info(msg)
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+
+class MASKFIELD_OT_export_segments(bpy.types.Operator):
+    """Copy the last segmentation's .ply files (one per prompt, standard 3DGS) into a folder"""
+
+    bl_idname = "maskfield.export_segments"
+    bl_label = "Export Segments"
+
+    directory: StringProperty(subtype="DIR_PATH")  # type: ignore[valid-type]
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        run = run_dir_of(context)
+        out = os.path.join(run, SEGMENT_DIR)
+        dest = abspath(self.directory)
+        if not dest:
+            return fail(self, "Choose a folder to export to.")
+        try:
+            seg = import_export.load_segments(out)
+            written = import_export.export_segments(seg, dest)
+        except (import_export.DataError, OSError) as exc:
+            return fail(self, f"Nothing to export: {exc}. Run Segment first.")
+        if not written:
+            return fail(self, "The last segmentation found nothing to export.")
+        msg = f"Exported {len(written)} segment(s) to {dest}"
+        STATUS.set_info(msg)
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+
+class MASKFIELD_OT_cancel(bpy.types.Operator):
+    """Cancel what MaskField is doing (rendering, training, segmenting, setting up)"""
+
+    bl_idname = "maskfield.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        if STATUS.render is not None:
+            STATUS.render_cancel = True
+        backend_client.cancel_all()
+        return {"FINISHED"}
+
+
+classes = (
+    MASKFIELD_OT_train,
+    MASKFIELD_OT_render_scene,
+    MASKFIELD_OT_segment,
+    MASKFIELD_OT_prompt_add,
+    MASKFIELD_OT_prompt_remove,
+    MASKFIELD_OT_clear_results,
+    MASKFIELD_OT_import_run,
+    MASKFIELD_OT_export_segments,
+    MASKFIELD_OT_cancel,
+)

@@ -1,0 +1,94 @@
+"""Mask losses and the Hungarian matching of queries to one view's 2D masks.
+
+Predictions are logits (K, P) over the P supervised pixels; targets are masks (M, P) in
+[0, 1] (soft where a low-resolution pixel is partly covered).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+DICE_WEIGHT = 0.05
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-mask focal loss (mean over pixels) for matched pairs: logits and targets (M, P)."""
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = FOCAL_ALPHA * targets + (1 - FOCAL_ALPHA) * (1 - targets)
+    return (alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA).mean(dim=1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    num = 2 * (prob * targets).sum(1)
+    den = prob.sum(1) + targets.sum(1)
+    return 1 - (num + 1) / (den + 1)
+
+
+def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Focal loss of every query (K) against every mask (M), as a (K, M) matrix.
+
+    The focal loss is linear in the target for each pixel, so the pairwise form is two
+    matrix products rather than K x M separate losses.
+    """
+    prob = torch.sigmoid(logits)
+    pos = FOCAL_ALPHA * (1 - prob) ** FOCAL_GAMMA * F.binary_cross_entropy_with_logits(
+        logits, torch.ones_like(logits), reduction="none")
+    neg = (1 - FOCAL_ALPHA) * prob ** FOCAL_GAMMA * F.binary_cross_entropy_with_logits(
+        logits, torch.zeros_like(logits), reduction="none")
+    p = logits.shape[1]
+    return (pos @ targets.T + neg @ (1 - targets).T) / p
+
+
+def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    num = 2 * prob @ targets.T
+    den = prob.sum(1)[:, None] + targets.sum(1)[None, :]
+    return 1 - (num + 1) / (den + 1)
+
+
+def embedding_cost(query_embed: torch.Tensor, mask_embed: torch.Tensor) -> torch.Tensor:
+    """(1 - cos) + mean |c - e| for every (query, mask) pair: (K, M)."""
+    c = F.normalize(query_embed, dim=-1)
+    e = F.normalize(mask_embed, dim=-1)
+    cos = c @ e.T
+    l1 = torch.cdist(c, e, p=1) / c.shape[1]
+    return (1 - cos) + l1
+
+
+def matching_cost(logits, targets, query_embed, mask_embed) -> torch.Tensor:
+    return (pairwise_focal_cost(logits, targets) + DICE_WEIGHT * pairwise_dice_cost(logits, targets)
+            + embedding_cost(query_embed, mask_embed))
+
+
+def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal one-to-one assignment (scipy's linear_sum_assignment): query and mask indices."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost_np = cost.detach().cpu().double().numpy()
+    cost_np = np.nan_to_num(cost_np, nan=1e6, posinf=1e6, neginf=-1e6)
+    rows, cols = linear_sum_assignment(cost_np)
+    return rows, cols
+
+
+def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols) -> dict[str, torch.Tensor]:
+    """Focal + 0.05 dice + (1 - cos) on matched pairs; unmatched queries pushed to empty masks."""
+    K = logits.shape[0]
+    matched = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
+    targets_m = targets[torch.as_tensor(cols, dtype=torch.long, device=logits.device)]
+    logits_m = logits[matched]
+    focal = sigmoid_focal_loss(logits_m, targets_m).mean() if len(rows) else logits.sum() * 0
+    dice = dice_loss(logits_m, targets_m).mean() if len(rows) else logits.sum() * 0
+    c = F.normalize(query_embed[matched], dim=-1)
+    e = F.normalize(mask_embed[torch.as_tensor(cols, dtype=torch.long, device=logits.device)], dim=-1)
+    cos = (1 - (c * e).sum(-1)).mean() if len(rows) else logits.sum() * 0
+    unmatched_mask = torch.ones(K, dtype=torch.bool, device=logits.device)
+    unmatched_mask[matched] = False
+    unmatched = torch.sigmoid(logits[unmatched_mask]).square().mean() if unmatched_mask.any() else logits.sum() * 0
+    total = focal + DICE_WEIGHT * dice + cos + unmatched
+    return {"total": total, "focal": focal, "dice": dice, "cos": cos, "unmatched": unmatched}

@@ -1,0 +1,157 @@
+"""Training the mask field on frozen Gaussians (MaskField, arXiv 2407.01220, section 3).
+
+Every Gaussian carries a 16-d mask feature f_g. A view's feature image is F = W f, where
+W (pixels x Gaussians) holds the view's blending weights: with the geometry frozen they
+never change, so they are computed once per view and every step is a sparse product.
+Query i predicts the mask sigmoid(m_i . F); its semantic embedding c_i is matched to the
+view's SAM masks / CLIP embeddings with the Hungarian algorithm.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..events import Cancelled, MaskFieldError, Reporter
+from ..run import RunFolder, save_torch_atomic
+from .data import FieldView
+from .losses import hungarian_match, maskfield_loss, matching_cost
+from .queries import QueryNetworks
+
+
+@dataclass
+class FieldSettings:
+    iterations: int = 1500
+    num_queries: int = 240
+    feature_dim: int = 16
+    supervision_long_side: int = 96  # pixels on the long side of the rendered feature image
+    lr_features: float = 5e-3
+    lr_queries: float = 5e-4
+    lr_final_fraction: float = 0.1
+    feature_init_std: float = 0.1
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    @classmethod
+    def for_device(cls, device: str, **overrides) -> "FieldSettings":
+        """The paper's 5,000 steps on a GPU; 1,500 at a coarser resolution on the CPU (stated in run.json)."""
+        base = dict(iterations=5000, supervision_long_side=160) if device == "cuda" else {}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+class MaskField(torch.nn.Module):
+    """Per-Gaussian features and the query networks: everything segmentation needs."""
+
+    def __init__(self, num_gaussians: int, embed_dim: int, settings: FieldSettings):
+        super().__init__()
+        gen = torch.Generator().manual_seed(settings.seed)
+        self.features = torch.nn.Parameter(
+            torch.randn(num_gaussians, settings.feature_dim, generator=gen) * settings.feature_init_std)
+        torch.manual_seed(settings.seed)
+        self.queries = QueryNetworks(settings.num_queries, settings.feature_dim, embed_dim)
+
+    def render_logits(self, view: FieldView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, supervised pixels) mask logits of one view, and the query embeddings (K, D)."""
+        feat = torch.sparse.mm(view.weights, self.features)[view.supervised]
+        m, c = self.queries()
+        return m @ feat.T, c
+
+
+def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run: RunFolder,
+                settings: FieldSettings, device: str = "cpu", reporter: Reporter | None = None,
+                extra: dict | None = None, resume: bool = True) -> tuple[MaskField, dict]:
+    reporter = reporter or Reporter("none")
+    if views and views[0].embeddings.shape[1] != embed_dim:
+        raise MaskFieldError(f"the priors' embeddings have {views[0].embeddings.shape[1]} dimensions, but the "
+                             f"queries expect {embed_dim}; recompute the priors with one model.")
+    field = MaskField(num_gaussians, embed_dim, settings).to(device)
+    optimizer = torch.optim.Adam([
+        {"params": [field.features], "lr": settings.lr_features},
+        {"params": field.queries.parameters(), "lr": settings.lr_queries},
+    ])
+    gamma = settings.lr_final_fraction ** (1.0 / max(1, settings.iterations))
+    start = 0
+    if resume and run.field_progress.exists():
+        ckpt = torch.load(run.field_progress, map_location=device, weights_only=False)
+        if ckpt.get("settings") == asdict(settings) and ckpt["field"]["features"].shape[0] == num_gaussians:
+            field.load_state_dict(ckpt["field"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start = int(ckpt["step"])
+            reporter.log(f"resuming the mask field at step {start} of {settings.iterations}")
+    rng = np.random.default_rng(settings.seed + start)
+    history: list[float] = []
+    t0 = time.perf_counter()
+    step = start
+    good_state = None
+    try:
+        with reporter.progress("field", settings.iterations, "training the mask field", initial=start) as bar:
+            for step in range(start, settings.iterations):
+                reporter.check_cancel()
+                view = views[int(rng.integers(len(views)))]
+                targets = view.targets[:, view.supervised]
+                logits, c = field.render_logits(view)
+                with torch.no_grad():
+                    cost = matching_cost(logits, targets, c, view.embeddings)
+                rows, cols = hungarian_match(cost)
+                losses = maskfield_loss(logits, targets, c, view.embeddings, rows, cols)
+                loss = losses["total"]
+                if not torch.isfinite(loss):
+                    where = f"step {step}, view {view.name}"
+                    if good_state is not None:
+                        _save(run, good_state[0], good_state[1], good_state[2], settings, extra)
+                    raise MaskFieldError(
+                        f"the mask-field loss became {float(loss)} at {where}; the last good state (step "
+                        f"{good_state[2] if good_state else 0}) is kept in {run.field_progress.name}. "
+                        "Check that view's priors, or lower --field-lr.", kind="nan")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for group in optimizer.param_groups:
+                    group["lr"] *= gamma
+                history.append(loss.item())
+                bar.update(1, loss=history[-1])
+                if (step + 1) % settings.checkpoint_every == 0:
+                    good_state = (field.state_dict(), optimizer.state_dict(), step + 1)
+                    _save(run, *good_state, settings, extra)
+        step = settings.iterations
+    except Cancelled:
+        _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra)
+        reporter.log(f"mask-field training cancelled at step {step}; run again to resume")
+        raise
+    seconds = time.perf_counter() - t0
+    _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra)
+    save_field(run.field_checkpoint, field, settings, extra or {})
+    tail = history[-50:] if history else [float("nan")]
+    return field, {"seconds": round(seconds, 1), "steps": settings.iterations - start,
+                   "final_loss": float(np.mean(tail)), "views": len(views), "settings": asdict(settings)}
+
+
+def save_field(path, field: MaskField, settings: FieldSettings, extra: dict) -> None:
+    save_torch_atomic({
+        "features": field.features.detach().cpu(),
+        "queries": field.queries.state_dict(),
+        "query_config": field.queries.config(),
+        "settings": asdict(settings),
+        **extra,
+    }, path)
+
+
+def load_field(path, device="cpu") -> tuple[torch.Tensor, QueryNetworks, dict]:
+    if not path.exists():
+        raise MaskFieldError(f"no trained mask field at {path}; run `maskfield train-field RUN` first.",
+                             kind="missing_stage")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = ckpt["query_config"]
+    queries = QueryNetworks(cfg["num_queries"], cfg["feature_dim"], cfg["embed_dim"], cfg["num_freqs"], cfg["hidden"])
+    queries.load_state_dict(ckpt["queries"])
+    queries.to(device).eval()
+    return ckpt["features"].to(device), queries, ckpt
+
+
+def _save(run: RunFolder, field_state, optimizer_state, step, settings, extra):
+    save_torch_atomic({"field": field_state, "optimizer": optimizer_state, "step": step,
+                       "settings": asdict(settings), **(extra or {})}, run.field_progress)

@@ -1,0 +1,243 @@
+"""Prompts -> Gaussians: text queries answered directly in 3D on the trained mask field.
+
+For a prompt with text embedding t, each query's relevancy is LERF's pairwise test
+against canonical negatives, min_j softmax(tau [c.t, c.n_j])[0] = sigmoid(tau (c.t - max_j c.n_j)).
+The queries within ``query_margin`` (cosine) of the prompt's best query, and relevant
+enough, make up its mask; Gaussian g belongs to it with score max_i sigmoid(m_i . f_g).
+Several prompts compete: each Gaussian takes the prompt with the highest score, or the
+background when no score passes ``mask_threshold``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .events import MaskFieldError, Reporter
+from .run import RunFolder, write_json_atomic
+
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+
+
+@dataclass
+class SegmentSettings:
+    mask_threshold: float = 0.5
+    relevancy_threshold: float = 0.6
+    query_margin: float = 0.1
+    temperature: float = 10.0
+    point_neighbours: int = 8
+
+
+@dataclass
+class PromptMatch:
+    prompt: str
+    queries: np.ndarray  # indices of the queries that answer it
+    relevancy: np.ndarray  # their relevancy
+    best_similarity: float
+
+    @property
+    def found(self) -> bool:
+        return len(self.queries) > 0
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-")
+    return slug or "prompt"
+
+
+class Segmenter:
+    """Loads a trained run once and answers prompts (what `maskfield serve` keeps alive)."""
+
+    def __init__(self, run: RunFolder | str | Path, device: str = "cpu", settings: SegmentSettings | None = None,
+                 text_encoder=None, weights_dir=None, allow_download: bool = True):
+        from .field.train import load_field
+        from .splats.ply import read_ply
+
+        self.run = run if isinstance(run, RunFolder) else RunFolder(run)
+        self.run.require("gaussians")
+        self.run.require("field")
+        self.device = device
+        self.settings = settings or SegmentSettings()
+        self.gaussians = read_ply(self.run.gaussians_ply)
+        features, queries, ckpt = load_field(self.run.field_checkpoint, device)
+        if features.shape[0] != len(self.gaussians):
+            raise MaskFieldError(f"{self.run.field_checkpoint.name} was trained on {features.shape[0]:,} Gaussians but "
+                                 f"{self.run.gaussians_ply.name} has {len(self.gaussians):,}; retrain the mask field.",
+                                 kind="run_mismatch")
+        self.features = features.float()
+        with torch.no_grad():
+            m, c = queries()
+        self.mask_embed = m.float()
+        self.query_embed = torch.nn.functional.normalize(c.float(), dim=-1)
+        self.embedding_model = ckpt.get("embedding_model", "")
+        self.object_names = ckpt.get("object_names") or []
+        self._text_encoder = text_encoder
+        self._weights_dir = weights_dir
+        self._allow_download = allow_download
+        self._text_cache: dict[str, np.ndarray] = {}
+        # queries that never light up any Gaussian were unmatched in training: their
+        # embeddings carry no meaning, so they may not answer prompts
+        with torch.no_grad():
+            peak = torch.full((m.shape[0],), -torch.inf)
+            for chunk in torch.split(self.features, 262_144):
+                peak = torch.maximum(peak, (chunk @ self.mask_embed.T).max(0).values)
+        self.active = torch.sigmoid(peak) >= self.settings.mask_threshold
+
+    # --- text ---------------------------------------------------------------------------
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        todo = [p for p in dict.fromkeys(prompts + list(CANONICAL_NEGATIVES)) if p not in self._text_cache]
+        if todo:
+            if self._text_encoder is not None:
+                vecs = np.asarray(self._text_encoder(todo), dtype=np.float32)
+            else:
+                from .priors.text import encode_texts
+
+                vecs = encode_texts(todo, self.embedding_model, device=self.device,
+                                    weights_dir=self._weights_dir, allow_download=self._allow_download)
+            for p, v in zip(todo, vecs):
+                self._text_cache[p] = v / max(np.linalg.norm(v), 1e-12)
+        return np.stack([self._text_cache[p] for p in prompts])
+
+    # --- matching -----------------------------------------------------------------------
+    def match(self, prompts: list[str], text: np.ndarray | None = None) -> list[PromptMatch]:
+        s = self.settings
+        text = self.encode(prompts) if text is None else text
+        negatives = torch.as_tensor(self.encode(list(CANONICAL_NEGATIVES)))
+        t = torch.as_tensor(text, dtype=torch.float32)
+        t = torch.nn.functional.normalize(t, dim=-1)
+        sim = self.query_embed @ t.T  # (K, P)
+        neg = (self.query_embed @ negatives.T).max(1).values  # (K,)
+        relevancy = torch.sigmoid(s.temperature * (sim - neg[:, None]))
+        matches = []
+        for j, prompt in enumerate(prompts):
+            sj = sim[:, j].masked_fill(~self.active, -2.0)
+            best = float(sj.max())
+            ok = (sj >= best - s.query_margin) & (relevancy[:, j] >= s.relevancy_threshold) & self.active
+            idx = torch.nonzero(ok).squeeze(1)
+            matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best))
+        return matches
+
+    def label_gaussians(self, matches: list[PromptMatch], features: torch.Tensor | None = None):
+        """Per Gaussian (or per pixel, given features): best prompt index (-1 none) and its score."""
+        features = self.features if features is None else features
+        n = features.shape[0]
+        scores = torch.zeros(n, len(matches))
+        wanted = sorted({int(q) for m in matches for q in m.queries})
+        if wanted:
+            probs = torch.sigmoid(features @ self.mask_embed[wanted].T)  # (N, R)
+            column = {q: i for i, q in enumerate(wanted)}
+            for j, m in enumerate(matches):
+                if m.found:
+                    cols = [column[int(q)] for q in m.queries]
+                    scores[:, j] = probs[:, cols].max(1).values
+        best_score, label = scores.max(1) if len(matches) else (torch.zeros(n), torch.zeros(n, dtype=torch.long))
+        label = torch.where(best_score >= self.settings.mask_threshold, label, torch.full_like(label, -1))
+        return label.numpy().astype(np.int32), best_score.numpy().astype(np.float32), scores.numpy()
+
+    def segment(self, prompts: list[str], text: np.ndarray | None = None):
+        prompts = [p.strip() for p in prompts]
+        if not prompts or any(not p for p in prompts):
+            raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
+        matches = self.match(prompts, text)
+        label, score, all_scores = self.label_gaussians(matches)
+        return matches, label, score, all_scores
+
+    # --- points (mesh faces) and views ----------------------------------------------------------
+    def label_points(self, points: np.ndarray, label: np.ndarray, all_scores: np.ndarray):
+        """A prompt per point (e.g. mesh face centres), from the nearest Gaussians' scores."""
+        from scipy.spatial import cKDTree
+
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise MaskFieldError(f"--points must be an N x 3 array of positions, got shape {points.shape}.")
+        means = self.gaussians.means.detach().numpy()
+        opacity = torch.sigmoid(self.gaussians.params["opacities"].detach()).numpy()
+        solid = opacity > 0.1  # faint floaters should not vote
+        if not solid.any():
+            solid[:] = True
+        index = np.nonzero(solid)[0]
+        k = min(self.settings.point_neighbours, len(index))
+        dist, nn = cKDTree(means[index]).query(points, k=k)
+        dist = dist.reshape(len(points), k)
+        nn = index[nn.reshape(len(points), k)]
+        w = opacity[nn] / (dist + 1e-6)
+        w = w / w.sum(1, keepdims=True)
+        point_scores = np.einsum("nk,nkp->np", w, all_scores[nn]) if all_scores.shape[1] else np.zeros((len(points), 0))
+        if point_scores.shape[1] == 0:
+            return np.full(len(points), -1, np.int32), np.zeros(len(points), np.float32)
+        best = point_scores.argmax(1)
+        best_score = point_scores[np.arange(len(points)), best]
+        labels = np.where(best_score >= self.settings.mask_threshold, best, -1).astype(np.int32)
+        return labels, best_score.astype(np.float32)
+
+    def render_labels(self, camera, matches: list[PromptMatch], min_alpha: float = 0.5):
+        """A 2D label map (H, W) of the prompts for any camera (-1 background), and alpha."""
+        from .splats.render import RenderCamera, render
+
+        with torch.no_grad():
+            out = render(self.gaussians.activated(), RenderCamera.from_camera(camera), colors=torch.zeros(len(self.gaussians), 3),
+                         features=self.features, backend="auto")
+            feats = out["features"].reshape(-1, self.features.shape[1])
+            alpha = out["alpha"].reshape(-1)
+            # composited features are alpha-weighted sums; divide to compare with per-Gaussian ones
+            feats = feats / alpha.clamp_min(1e-6)[:, None]
+            label, score, _ = self.label_gaussians(matches, feats)
+        label = np.where(alpha.numpy() >= min_alpha, label, -1)
+        return label.reshape(camera.height, camera.width), out["alpha"].numpy()
+
+
+def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_file: Path | None = None,
+                   reporter: Reporter | None = None) -> dict:
+    from .splats.ply import write_ply
+
+    reporter = reporter or Reporter("none")
+    t0 = time.perf_counter()
+    matches, label, score, all_scores = seg.segment(prompts)
+    seconds = time.perf_counter() - t0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    used_slugs: set[str] = set()
+    for j, m in enumerate(matches):
+        slug = slugify(m.prompt)
+        while slug in used_slugs:
+            slug += "-2"
+        used_slugs.add(slug)
+        idx = np.nonzero(label == j)[0]
+        entry = {"prompt": m.prompt, "slug": slug, "found": bool(m.found and len(idx) > 0), "count": int(len(idx)),
+                 "queries": [int(q) for q in m.queries], "best_similarity": round(m.best_similarity, 4),
+                 "npz": None, "ply": None}
+        # write nothing misleading: an unmatched prompt leaves no (stale) files behind
+        for stale in (out_dir / f"{slug}.npz", out_dir / f"{slug}.ply"):
+            stale.unlink(missing_ok=True)
+        if entry["found"]:
+            tmp = out_dir / f"{slug}.tmp.npz"
+            np.savez(tmp, indices=idx.astype(np.int64), scores=score[idx].astype(np.float32))
+            tmp.replace(out_dir / f"{slug}.npz")
+            write_ply(out_dir / f"{slug}.ply", seg.gaussians.subset(torch.as_tensor(idx)),
+                      extra={"segment_score": score[idx]})
+            entry["npz"], entry["ply"] = f"{slug}.npz", f"{slug}.ply"
+        else:
+            reporter.log(f"the prompt {m.prompt!r} matches nothing in this scene (best query similarity "
+                         f"{m.best_similarity:.2f}); nothing was written for it.", level="warning")
+        entries.append(entry)
+    summary = {"prompts": entries, "point_labels": None, "text_encoder": seg.embedding_model,
+               "gaussians": len(seg.gaussians), "seconds": round(seconds, 4), "settings": asdict(seg.settings)}
+    if points_file is not None:
+        try:
+            points = np.load(points_file)
+        except Exception as exc:
+            raise MaskFieldError(f"cannot read --points {points_file}: {exc}; give an N x 3 .npy array.") from None
+        plabels, pscores = seg.label_points(points, label, all_scores)
+        for name, arr in (("point_labels", plabels), ("point_scores", pscores)):
+            tmp = out_dir / f"{name}.tmp.npy"
+            np.save(tmp, arr)
+            tmp.replace(out_dir / f"{name}.npy")
+        summary["point_labels"] = "point_labels.npy"
+        summary["point_counts"] = [int((plabels == j).sum()) for j in range(len(matches))]
+    write_json_atomic(out_dir / "segments.json", summary)
+    return summary
