@@ -82,6 +82,7 @@ class Job:
         self.on_done = on_done
         self.on_event = on_event
         self.state = "pending"
+        self.idle = False  # a kept-alive process waiting for requests (not shown as busy)
         self.step_index = 0
         self.stage = ""
         self.done = 0
@@ -388,8 +389,9 @@ def jobs() -> list[Job]:
 
 
 def active_job(kind: str | None = None) -> Job | None:
+    """The newest running job (of ``kind``) that is working, not idly waiting."""
     for job in reversed(_jobs):
-        if job.running and (kind is None or job.kind == kind):
+        if job.running and not job.idle and (kind is None or job.kind == kind):
             return job
     return None
 
@@ -424,19 +426,26 @@ def _ensure_timer() -> None:
     _timer_registered = True
 
 
+_last_view: tuple = ()
+
+
 def tick() -> float | None:
     """Timer callback: poll every job; unregisters itself when nothing runs."""
+    global _last_view
     for job in list(_jobs):
         still = job.poll()
         if not still and job in _jobs:
             _jobs.remove(job)
             _finished.append(job)
             del _finished[:-20]
-    for fn in list(_listeners):
-        try:
-            fn()
-        except Exception:
-            pass
+    view = tuple((id(j), j.state, j.idle, j.stage, j.done, j.total, j.message) for j in _jobs)
+    if view != _last_view:  # tell the UI only when something it shows changed
+        _last_view = view
+        for fn in list(_listeners):
+            try:
+                fn()
+            except Exception:
+                pass
     return TICK_S if _jobs else None
 
 
@@ -453,20 +462,186 @@ def last_finished(kind: str | None = None) -> Job | None:
 def pump(timeout: float = 60.0, until: Callable[[], bool] | None = None) -> bool:
     """Run the poller without Blender's event loop (background mode, tests).
 
-    Returns True when no job is left running (or ``until()`` became true) before ``timeout``.
+    Returns True when no job is left working (an idle server may stay) or ``until()`` became
+    true before ``timeout``.
     """
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         tick()
         if until is not None and until():
             return True
-        if until is None and not _jobs:
+        if until is None and not any(not job.idle for job in _jobs):
             return True
         time.sleep(0.02)
     return False
 
 
+# ----------------------------------------------------------------------------------------
+# a kept-alive `maskfield serve RUN` process
+
+
+class Request:
+    """One segmentation request to the server; ``on_done(request)`` is called once at the end."""
+
+    _next_id = 0
+
+    def __init__(self, payload: dict, on_done: Optional[Callable[["Request"], None]] = None):
+        Request._next_id += 1
+        self.id = f"r{Request._next_id}"
+        self.payload = dict(payload, id=self.id)
+        self.on_done = on_done
+        self.state = "pending"
+        self.error: str | None = None
+        self.results: list[dict] = []
+        self.started_at = time.monotonic()
+        self.ended_at = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("pending", "running")
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def result(self, stage: str | None = None) -> dict | None:
+        for res in reversed(self.results):
+            if stage is None or res.get("stage") == stage:
+                return res
+        return None
+
+    def _end(self, state: str, error: str | None = None) -> None:
+        if not self.running:
+            return
+        self.state = state
+        self.error = error
+        self.ended_at = time.monotonic()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception as exc:  # pragma: no cover - reported, never raised into the timer
+                import traceback
+
+                traceback.print_exc()
+                self.state = "failed"
+                self.error = f"the add-on failed to use the backend's result: {exc}"
+
+
+class ServeSession:
+    """``maskfield serve RUN``: the run and the text encoder stay loaded between requests.
+
+    The server says ``ready`` once loaded, then answers each JSON request line with events
+    that end with a ``result`` (or an ``error``) event carrying the request's id.
+    """
+
+    def __init__(self, argv: Sequence[str], key: Any, env: dict | None = None, label: str = "Segmenting"):
+        self.key = key
+        self.ready = False
+        self.queue: list[Request] = []
+        self.current: Request | None = None
+        self.job = Job([argv], kind="serve", label=label, keep_stdin=True, env=env,
+                       on_event=self._on_event, on_done=self._on_exit)
+        self.job.idle = True
+
+    @property
+    def alive(self) -> bool:
+        return self.job.running
+
+    def start(self) -> "ServeSession":
+        start(self.job)
+        return self
+
+    def submit(self, request: Request) -> Request:
+        self.queue.append(request)
+        self.job.idle = False
+        self._next()
+        return request
+
+    def _next(self) -> None:
+        if not self.ready or self.current is not None or not self.queue or not self.job.running:
+            return
+        self.current = self.queue.pop(0)
+        self.current.state = "running"
+        self.job.stage, self.job.done, self.job.total = "segment", 0, 0
+        self.job.message = ""
+        try:
+            self.job.send(self.current.payload)
+        except BackendError as exc:
+            self._finish_current("failed", str(exc))
+
+    def _finish_current(self, state: str, error: str | None = None) -> None:
+        req, self.current = self.current, None
+        if req is not None:
+            req._end(state, error)
+        self.job.idle = not self.queue
+        self._next()
+
+    def _on_event(self, job: Job, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "ready":
+            self.ready = True
+            job.message = "backend ready"
+            self._next()
+        elif kind == "result" and self.current is not None:
+            if event.get("id") in (None, self.current.id):
+                self.current.results.append(event)
+                self._finish_current("finished")
+        elif kind == "error" and self.ready:
+            # an answer to a request; the server itself goes on
+            message = str(event.get("message") or "the backend reported an error")
+            job.error = None
+            if self.current is not None:
+                self._finish_current("failed", message)
+
+    def _on_exit(self, job: Job) -> None:
+        global _server
+        state = "cancelled" if job.state == "cancelled" else "failed"
+        error = job.error or "the backend process stopped"
+        pending = ([self.current] if self.current is not None else []) + self.queue
+        self.current, self.queue = None, []
+        for req in pending:
+            req._end(state, error)
+        if _server is self:
+            _server = None
+
+    def quit(self) -> None:
+        if self.job.running:
+            try:
+                self.job.send({"cmd": "quit"})
+            except BackendError:
+                pass
+            self.job.cancel(grace=2.0)
+
+
+_server: ServeSession | None = None
+
+
+def server() -> ServeSession | None:
+    return _server if _server is not None and _server.alive else None
+
+
+def serve_request(argv: Sequence[str], key: Any, payload: dict, env: dict | None = None,
+                  on_done: Optional[Callable[[Request], None]] = None) -> Request:
+    """Send ``payload`` to the server for ``key`` (started with ``argv`` if needed)."""
+    global _server
+    if _server is not None and (_server.key != key or not _server.alive):
+        _server.quit()
+        _server = None
+    if _server is None:
+        _server = ServeSession(argv, key, env).start()
+    return _server.submit(Request(payload, on_done))
+
+
+def stop_server() -> None:
+    global _server
+    if _server is not None:
+        _server.quit()
+        _server = None
+
+
 def kill_all() -> None:
+    global _server
+    _server = None
     for job in list(_jobs):
         job.kill()
         job.poll()
@@ -505,5 +680,5 @@ def unregister() -> None:
         bpy.app.timers.unregister(tick)
 
 
-__all__ = ["Job", "BackendError", "backend_command", "child_env", "start", "tick", "pump", "active_job",
+__all__ = ["Job", "Request", "ServeSession", "serve_request", "server", "stop_server", "BackendError", "backend_command", "child_env", "start", "tick", "pump", "active_job",
            "kill_all", "cancel_all", "jobs", "last_finished", "add_listener", "remove_listener"]

@@ -19,6 +19,7 @@ OWNED = "maskfield_owned"
 PROMPT_KEY = "maskfield_prompt"
 COLLECTION_PREFIX = "MaskField: "
 RUN_COLLECTION = "MaskField: run"
+RUN_KEY = "<all gaussians>"  # the prompt key of the whole run's import (no typed prompt looks like it)
 SH_C0 = 0.28209479177387814
 POINTS_GROUP = "MaskField Points"
 POINTS_MATERIAL = "MaskField Points"
@@ -352,14 +353,14 @@ def import_run(scene: bpy.types.Scene, run_dir: str, ply_name: str = "gaussians.
     path = os.path.join(run_dir, ply_name)
     if not os.path.isfile(path):
         raise DataError(f"no {ply_name} in {run_dir}: train first, or choose the run folder")
-    clear_prompt(scene, "run")
-    coll = prompt_collection(scene, "run", run_dir)
+    clear_prompt(scene, RUN_KEY)
+    coll = prompt_collection(scene, RUN_KEY, run_dir)
     coll.name = RUN_COLLECTION
-    return import_ply_points(path, "MaskField Gaussians", coll, prompt="run", run=run_dir)
+    return import_ply_points(path, "MaskField Gaussians", coll, prompt=RUN_KEY, run=run_dir)
 
 
 def run_points_object(scene: bpy.types.Scene) -> bpy.types.Object | None:
-    coll = find_prompt_collection(scene, "run")
+    coll = find_prompt_collection(scene, RUN_KEY)
     if coll is None:
         return None
     for ob in coll.objects:

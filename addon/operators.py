@@ -79,13 +79,29 @@ def source_objects(context) -> list[bpy.types.Object]:
 def render_settings(context) -> scene_render.RenderSettings:
     s = mf(context)
     return scene_render.RenderSettings(views=s.views, resolution=s.resolution, samples=s.samples,
-                                       layout=s.layout, seed=0)
+                                       layout=s.layout, points=s.seed_points, seed=0)
+
+
+def _geometry_digest(ob) -> str:
+    """A hash of what a render of ``ob`` depends on: mesh vertices and faces, transform, materials."""
+    h = hashlib.sha256()
+    h.update(np.array(ob.matrix_world, dtype=np.float32).tobytes())
+    h.update(repr([s.material.name if s.material else None for s in ob.material_slots]).encode("utf-8"))
+    if ob.type == "MESH":
+        me = ob.data
+        co = np.empty(len(me.vertices) * 3, dtype=np.float32)
+        me.vertices.foreach_get("co", co)
+        h.update(co.tobytes())
+        h.update(np.array([len(me.polygons), len(me.loops)], dtype=np.int64).tobytes())
+    else:
+        h.update(np.array([tuple(c) for c in ob.bound_box], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def source_signature(objects, settings: scene_render.RenderSettings) -> str:
-    key = json.dumps({"objects": [o.name for o in objects], "views": settings.views,
+    key = json.dumps({"objects": [(o.name, _geometry_digest(o)) for o in objects], "views": settings.views,
                       "resolution": settings.size, "layout": settings.layout, "samples": settings.samples,
-                      "seed": settings.seed}, sort_keys=True)
+                      "points": settings.points, "seed": settings.seed}, sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
@@ -114,10 +130,13 @@ def ensure_writable(folder: str) -> None:
         raise UserError(f"Cannot write to the folder '{folder}': {exc.strerror or exc}. Choose another run folder.")
 
 
+_LAST_SEGMENT: list[Any] = [None]
+
+
 def busy_error() -> str | None:
     if STATUS.render is not None:
         return "MaskField is rendering views; wait or cancel it first."
-    for kind in ("train", "segment", "setup"):
+    for kind in ("train", "segment", "serve", "setup"):
         job = backend_client.active_job(kind)
         if job is not None:
             return f"MaskField is busy ({job.label}); wait or cancel it first."
@@ -155,15 +174,33 @@ def train_command(context, python: str, scene_dir: str, run: str, from_labels: s
     if from_labels:
         args += ["--from-labels", from_labels]
     if gaussians:
-        args += ["--gaussians", gaussians]
+        args += ["--ply", gaussians]
     if s.iterations > 0:
         args += ["--iterations", str(s.iterations)]
+    if s.field_iterations > 0:
+        args += ["--field-iterations", str(s.field_iterations)]
     weights = preferences.weights_dir(context)
     if weights and not from_labels:
         args += ["--weights-dir", weights]
+    if not preferences.online_allowed():
+        args += ["--offline"]
     if overwrite:
         args += ["--overwrite"]
     return backend_client.backend_command(python, *args)
+
+
+def segment_options(context) -> list[str]:
+    """Options shared by `segment` and `serve`."""
+    s = mf(context)
+    args = _common_args(context)
+    if s.use_threshold:
+        args += ["--threshold", f"{s.threshold:g}"]
+    weights = preferences.weights_dir(context)
+    if weights:
+        args += ["--weights-dir", weights]
+    if not preferences.online_allowed():
+        args += ["--offline"]
+    return args
 
 
 def start_training(context, python: str, scene_dir: str, run: str, **kwargs) -> backend_client.Job:
@@ -190,9 +227,20 @@ def start_training(context, python: str, scene_dir: str, run: str, **kwargs) -> 
             STATUS.set_error(f"Training failed: {job.error}")
             popup_error(job.error or "training failed")
 
+    backend_client.stop_server()
     job = backend_client.Job([argv], kind="train", label="Training", env=preferences.backend_env(context),
                              on_done=done)
     return backend_client.start(job)
+
+
+def _render_complete(scene_dir: str) -> bool:
+    try:
+        with open(os.path.join(scene_dir, "transforms.json"), encoding="utf-8") as fh:
+            frames = json.load(fh).get("frames", [])
+    except (OSError, ValueError):
+        return False
+    return bool(frames) and all(os.path.isfile(os.path.join(scene_dir, f.get("file_path", ""))) for f in frames) \
+        and os.path.isfile(os.path.join(scene_dir, "labels", "objects.json"))
 
 
 class _TrainPlan:
@@ -207,6 +255,8 @@ class _TrainPlan:
         self.scene_dir = ""
         self.gaussians: str | None = None
         self.overwrite = False
+        self.reuse_render = False
+        self.replace_unfinished = False
         self.settings = render_settings(context)
         if self.source == "OBJECTS":
             self.objects = source_objects(context)
@@ -217,9 +267,14 @@ class _TrainPlan:
             sig = source_signature(self.objects, self.settings)
             if prev and prev.get("signature") not in (None, sig) and os.path.exists(
                     os.path.join(self.run, "gaussians.ply")):
-                raise UserError(f"The run folder '{self.run}' holds a run of other objects or render settings. "
-                                "Choose an empty run folder (or delete that one) to train on this selection.")
+                raise UserError(f"The run folder '{self.run}' holds a run of other objects, changed objects or "
+                                "other render settings. Choose an empty run folder (or delete that one) to train "
+                                "on this selection.")
             self.signature = sig
+            # an unfinished run of other objects (no Gaussians yet) is the add-on's own: replace it
+            self.replace_unfinished = bool(prev) and prev.get("signature") != sig
+            # the same objects and settings were rendered already (e.g. training was cancelled): resume
+            self.reuse_render = prev.get("signature") == sig and _render_complete(self.scene_dir)
         else:
             self.scene_dir = abspath(s.scene_dir)
             if not self.scene_dir or not os.path.isdir(self.scene_dir):
@@ -254,6 +309,13 @@ class _TrainPlan:
 
     def start(self, context) -> backend_client.Job:
         labels = os.path.join(self.scene_dir, "labels") if self.source == "OBJECTS" else None
+        # the backend claims only an empty folder (or its own run); a new run folder that holds
+        # nothing but the add-on's own render and face table is the add-on's to claim
+        try:
+            entries = set(os.listdir(self.run))
+        except OSError:
+            entries = set()
+        self.overwrite = ("run.json" not in entries and entries <= {"scene", BLENDER_DIR}) or self.replace_unfinished
         return start_training(context, self.python, self.scene_dir, self.run, from_labels=labels,
                               gaussians=self.gaussians, overwrite=self.overwrite)
 
@@ -281,7 +343,7 @@ class MASKFIELD_OT_train(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             plan.before_render(context)
-            if plan.source == "OBJECTS":
+            if plan.source == "OBJECTS" and not plan.reuse_render:
                 job = scene_render.RenderJob(plan.objects, plan.scene_dir, plan.settings, scene=context.scene)
                 job.run()
             plan.start(context)
@@ -294,7 +356,7 @@ class MASKFIELD_OT_train(bpy.types.Operator):
         plan = self._plan(context)
         if plan is None:
             return {"CANCELLED"}
-        if plan.source != "OBJECTS":
+        if plan.source != "OBJECTS" or plan.reuse_render:
             try:
                 plan.before_render(context)
                 plan.start(context)
@@ -482,6 +544,12 @@ def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run
                     n = sum(len(o.data.polygons) for o in made.get(p, []))
                     if made.get(p):
                         parts.append(f"{p}: {n} faces in {len(made[p])} object(s)")
+                no_faces = [p for p in order if not made.get(p)]
+                missing = [p for p in no_faces if p not in found]
+                weak = [p for p in no_faces if p in found]
+                if weak:
+                    parts.append("Gaussians but no faces for: " + ", ".join(weak)
+                                 + " (try Points mode, a lower threshold, or longer training)")
             else:
                 view_layer = scene.view_layers[0]
                 if bpy.context.scene == scene and bpy.context.view_layer is not None:
@@ -554,15 +622,19 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                     os.remove(os.path.join(out, name))
                 except OSError:
                     pass
+            points = fm[1] if (fm is not None and mode in ("FACES", "SELECT")) else None
             args = ["segment", run]
             for p in prompts:
                 args += ["--prompt", p]
-            if fm is not None and mode in ("FACES", "SELECT"):
-                args += ["--points", fm[1]]
-            args += ["--out", out] + _common_args(context)
-            if s.use_threshold:
-                args += ["--threshold", f"{s.threshold:g}"]
+            if points:
+                args += ["--points", points]
+            args += ["--out", out] + segment_options(context)
             argv = backend_client.backend_command(python, *args)
+            serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
+            field = os.path.join(run, "field.pt")
+            serve_key = (tuple(serve_argv), os.path.getmtime(field) if os.path.exists(field) else 0)
+            prefs = preferences.get_prefs(context)
+            use_serve = bool(prefs is not None and prefs.use_serve)
         except (UserError, BackendError, import_export.DataError) as exc:
             return fail(self, str(exc))
 
@@ -570,7 +642,8 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
         use_faces = fm is not None
         eff_mode = mode if (mode == "POINTS" or use_faces) else "SELECT_POINTS"
 
-        def done(job: backend_client.Job) -> None:
+        def done(job) -> None:  # a Job, or a Request to the kept-alive server
+            _LAST_SEGMENT[0] = job
             if job.state == "finished":
                 try:
                     msg = apply_segments(scene_name, out, prompts, "SELECT" if eff_mode == "SELECT_POINTS" else mode,
@@ -586,8 +659,13 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                 popup_error(job.error or "segmentation failed")
 
         try:
-            backend_client.start(backend_client.Job([argv], kind="segment", label="Segmenting",
-                                                    env=preferences.backend_env(context), on_done=done))
+            if use_serve:
+                payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out}
+                backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
+                                             on_done=done)
+            else:
+                backend_client.start(backend_client.Job([argv], kind="segment", label="Segmenting",
+                                                        env=preferences.backend_env(context), on_done=done))
         except BackendError as exc:
             return fail(self, str(exc))
         STATUS.set_info("Segmenting: " + ", ".join(prompts))

@@ -57,10 +57,15 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
                             description="Size in pixels of the rendered views")
     samples: IntProperty(name="Samples", default=16, min=1, max=4096,  # type: ignore[valid-type]
                          description="Cycles samples per rendered view")
+    seed_points: IntProperty(name="Seed points", default=20000, min=100, max=10000000,  # type: ignore[valid-type]
+                             description="Points sampled on the objects' surfaces to start the Gaussians from")
     layout: EnumProperty(name="Cameras", items=LAYOUT_ITEMS, default="HEMISPHERE")  # type: ignore[valid-type]
     iterations: IntProperty(  # type: ignore[valid-type]
-        name="Iterations", default=0, min=0, max=1000000,
-        description="Training iterations (0: the backend's default)")
+        name="Fit iterations", default=0, min=0, max=1000000,
+        description="Colour-fit steps of the Gaussians (0: the backend's default)")
+    field_iterations: IntProperty(  # type: ignore[valid-type]
+        name="Field iterations", default=0, min=0, max=1000000,
+        description="Mask-field training steps (0: the backend's default)")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")  # type: ignore[valid-type]
     import_after_train: BoolProperty(  # type: ignore[valid-type]
         name="Import Gaussians after training", default=False,

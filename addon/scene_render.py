@@ -201,15 +201,25 @@ def _triangles_world(ob: bpy.types.Object, depsgraph) -> tuple[np.ndarray, np.nd
     try:
         if me is None or not len(me.polygons):
             return None
-        me.calc_loop_triangles()
-        nt = len(me.loop_triangles)
-        nv = len(me.vertices)
+        # fan triangles from each face's own corners: unlike loop_triangles, whose choice of
+        # quad diagonal may change between runs on ties, this depends on the topology only
+        npoly, nloop, nv = len(me.polygons), len(me.loops), len(me.vertices)
         co = np.empty(nv * 3, dtype=np.float32)
         me.vertices.foreach_get("co", co)
-        tri = np.empty(nt * 3, dtype=np.int32)
-        me.loop_triangles.foreach_get("vertices", tri)
-        mat_idx = np.empty(nt, dtype=np.int32)
-        me.loop_triangles.foreach_get("material_index", mat_idx)
+        start = np.empty(npoly, dtype=np.int64)
+        me.polygons.foreach_get("loop_start", start)
+        total = np.empty(npoly, dtype=np.int64)
+        me.polygons.foreach_get("loop_total", total)
+        poly_mat = np.empty(npoly, dtype=np.int32)
+        me.polygons.foreach_get("material_index", poly_mat)
+        loop_vert = np.empty(nloop, dtype=np.int64)
+        me.loops.foreach_get("vertex_index", loop_vert)
+        ntri = np.clip(total - 2, 0, None)
+        owner = np.repeat(np.arange(npoly), ntri)
+        k = np.arange(int(ntri.sum())) - np.repeat(np.cumsum(ntri) - ntri, ntri)
+        s0 = start[owner]
+        tri = np.stack([loop_vert[s0], loop_vert[s0 + k + 1], loop_vert[s0 + k + 2]], axis=1)
+        mat_idx = poly_mat[owner]
         mw = np.array(ob_eval.matrix_world, dtype=np.float64)
         co_w = co.reshape(-1, 3).astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]
         corners = co_w[tri.reshape(-1, 3)]
@@ -324,7 +334,7 @@ def _set_png(settings) -> None:
     if hasattr(settings, "media_type"):
         settings.media_type = "IMAGE"
     settings.file_format = "PNG"
-    settings.color_mode = "RGB"
+    settings.color_mode = "RGBA"
     settings.color_depth = "8"
     settings.compression = 15
 
@@ -418,7 +428,9 @@ class RenderJob:
         r.engine = "CYCLES"
         r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
         r.pixel_aspect_x = r.pixel_aspect_y = 1.0
-        r.film_transparent = False
+        # transparent film: images carry alpha, so the backend composites them over a known
+        # background instead of fitting Gaussians to the world colour
+        r.film_transparent = True
         r.use_persistent_data = True
         try:
             r.use_compositing = False
@@ -594,11 +606,32 @@ class RenderJob:
                 data["ply_file_path"] = points_rel
             with open(os.path.join(self.out_dir, "transforms.json"), "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, ensure_ascii=False)
+            self._remove_stale_frames()
             self.summary.update({"folder": self.out_dir, "views": len(self.frames), "objects": names,
                                  "width": w, "height": h})
         finally:
             self.cleanup()
         return self.summary
+
+    def _remove_stale_frames(self) -> None:
+        """Frames of an earlier render into the same folder that this one did not write."""
+        import re
+
+        pattern = re.compile("^" + re.escape(self.settings.stem_format).replace(r"\{:05d\}", r"\d+")
+                             .replace(r"\{\}", r"\d+") + r"\.png$")
+        keep = {os.path.basename(f["file_path"]) for f in self.frames}
+        for sub in ("images", "labels"):
+            folder = os.path.join(self.out_dir, sub)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if pattern.match(name) and name not in keep:
+                    try:
+                        os.remove(os.path.join(folder, name))
+                    except OSError:
+                        pass
 
     def cancel(self) -> None:
         self.cleanup()

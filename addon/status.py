@@ -108,11 +108,23 @@ def draw_statusbar(self, context) -> None:
     layout.operator("maskfield.cancel", text="", icon="CANCEL", emboss=False)
 
 
+@bpy.app.handlers.persistent
+def _reset_on_load(*_args) -> None:
+    """Another file is loaded: a modal render is gone with the old file's window."""
+    STATUS.render = None
+    STATUS.render_cancel = False
+    STATUS.clear()
+
+
 def register() -> None:
     bpy.types.STATUSBAR_HT_header.append(draw_statusbar)
     backend_client.add_listener(redraw)
+    if _reset_on_load not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_reset_on_load)
 
 
 def unregister() -> None:
     bpy.types.STATUSBAR_HT_header.remove(draw_statusbar)
     backend_client.remove_listener(redraw)
+    if _reset_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_reset_on_load)

@@ -132,3 +132,70 @@ def test_cancel(tmp_path):
     with pytest.raises(Cancelled):
         compute_priors([("a", image(0))], tmp_path, FakeGenerator(), FakeEmbedder(), reporter=reporter)
     assert not list(tmp_path.glob("*.npz"))
+
+
+def test_command_sam_path_wiring(tmp_path, monkeypatch):
+    """`maskfield priors` without labels: models come from load_sam / load_clip (stubbed
+    here: no weights in tests), images from the scene at the downscale, a subset of views."""
+    import argparse
+    import json
+
+    from PIL import Image
+
+    import maskfield.priors.embeddings as embeddings
+    import maskfield.priors.masks as masks
+    from maskfield.priors.command import register, run
+
+    root = tmp_path / "scene"
+    (root / "images").mkdir(parents=True)
+    frames = []
+    for i in range(5):
+        Image.fromarray(image(i, 64, 80)).save(root / "images" / f"v{i}.png")
+        c2w = np.eye(4)
+        c2w[:3, 3] = (i, 0.0, 3.0)
+        frames.append({"file_path": f"images/v{i}.png", "transform_matrix": c2w.tolist()})
+    (root / "transforms.json").write_text(json.dumps(
+        {"fl_x": 60.0, "fl_y": 60.0, "cx": 40, "cy": 32, "w": 80, "h": 64, "frames": frames}))
+
+    loaded = {}
+
+    def fake_load_sam(model_type, weights_dir=None, device="cpu", allow_download=True, reporter=None):
+        loaded["sam"] = (model_type, device, allow_download)
+        return "sam-model"
+
+    def fake_load_clip(model_name="ViT-B-16", pretrained="openai", weights_dir=None, device="cpu",
+                       allow_download=True, reporter=None):
+        loaded["clip"] = (model_name, pretrained, device)
+        return "clip-model"
+
+    class Gen(FakeGenerator):
+        def __init__(self, model, settings, name):
+            super().__init__()
+            assert model == "sam-model"
+            self.settings, self.name = settings, name
+
+    class Emb(FakeEmbedder):
+        def __init__(self, model, mode, name):
+            super().__init__()
+            self.settings, self.name = {"mode": mode}, name
+
+    monkeypatch.setattr(masks, "load_sam", fake_load_sam)
+    monkeypatch.setattr(masks, "SamMaskGenerator", Gen)
+    monkeypatch.setattr(embeddings, "load_clip", fake_load_clip)
+    monkeypatch.setattr(embeddings, "ClipEmbedder", Emb)
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["priors", str(root), "--out", str(tmp_path / "run"), "--prior-views", "2",
+                              "--downscale", "2", "--points-per-side", "8", "--embedding", "crop",
+                              "--device", "cpu", "--offline"])
+    summary = run(args, Reporter("none"))
+    assert loaded == {"sam": ("vit_b", "cpu", False), "clip": ("ViT-B-16", "openai", "cpu")}
+    assert summary["views"] == 2 and summary["computed"] == 2
+    assert summary["mask_model"] == "sam:vit_b" and summary["embedding_model"] == "open_clip:ViT-B-16:openai"
+    files = sorted((tmp_path / "run" / "priors").glob("*.npz"))
+    assert len(files) == 2
+    p = load_priors(files[0])
+    assert p.masks.shape == (2, 32, 40) and p.image_size == (32, 40)  # downscale 2
+    assert p.meta["settings"]["masks"]["points_per_side"] == 8
+    assert p.meta["settings"]["embedding"] == {"mode": "crop"} and p.meta["settings"]["downscale"] == 2.0

@@ -63,8 +63,8 @@ def _mesh(kind: str, name: str, size: float):
         bmesh.ops.create_cone(bm, cap_ends=True, cap_tris=False, segments=24,
                               radius1=size / 2, radius2=size / 2, depth=h)
         bmesh.ops.translate(bm, verts=bm.verts, vec=(0, 0, h / 2))
-    elif kind == "sphere":
-        bmesh.ops.create_uvsphere(bm, u_segments=24, v_segments=12, radius=size / 2)
+    elif kind == "sphere":  # bmesh.ops.create_uvsphere's face order changes from run to run
+        _uv_sphere(bm, radius=size / 2, segments=24, rings=12)
         bmesh.ops.translate(bm, verts=bm.verts, vec=(0, 0, size / 2))
     elif kind == "cone":
         bmesh.ops.create_cone(bm, cap_ends=True, cap_tris=False, segments=24,
@@ -85,6 +85,23 @@ def _mesh(kind: str, name: str, size: float):
     for p in me.polygons:
         p.use_smooth = kind in ("sphere", "torus")
     return me
+
+
+def _uv_sphere(bm, radius: float, segments: int, rings: int) -> None:
+    top = bm.verts.new((0.0, 0.0, radius))
+    bottom = bm.verts.new((0.0, 0.0, -radius))
+    grid = []
+    for r in range(1, rings):
+        theta = math.pi * r / rings
+        z, rr = radius * math.cos(theta), radius * math.sin(theta)
+        grid.append([bm.verts.new((rr * math.cos(2 * math.pi * i / segments),
+                                   rr * math.sin(2 * math.pi * i / segments), z)) for i in range(segments)])
+    for i in range(segments):
+        j = (i + 1) % segments
+        bm.faces.new((top, grid[0][i], grid[0][j]))
+        for r in range(rings - 2):
+            bm.faces.new((grid[r][i], grid[r + 1][i], grid[r + 1][j], grid[r][j]))
+        bm.faces.new((grid[-1][j], grid[-1][i], bottom))
 
 
 def _torus(bm, major: float, minor: float, seg_major: int, seg_minor: int) -> None:

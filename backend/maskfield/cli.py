@@ -28,6 +28,21 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-points", type=int, default=None, help="random seeds when the scene has no points")
 
 
+def _field_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--field-iterations", type=int, default=None, help="mask-field steps (default 5000 CUDA, 1500 CPU)")
+    p.add_argument("--field-resolution", type=int, default=None, help="long side of the supervised feature image")
+    p.add_argument("--queries", type=int, default=None, help="number of scene-level queries (default 240)")
+    p.add_argument("--field-lr", type=float, default=None, help="learning rate of the per-Gaussian features")
+    p.add_argument("--dice-weight", type=float, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
+
+
+def _segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=None, help="mask probability for a Gaussian to count (0.5)")
+    p.add_argument("--relevancy", type=float, default=None, help="query relevancy against negatives (0.6)")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--offline", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskfield", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +54,51 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("info", help="versions and the devices torch sees, as JSON")
+
+    p = sub.add_parser("train-field", help="train the mask field of a fitted run on its priors")
+    p.add_argument("run", help="run folder with gaussians.ply and priors/")
+    _field_options(p)
+    _common(p)
+
+    p = sub.add_parser("train", help="every stage: fit colour, compute priors, train the mask field (each resumes)")
+    p.add_argument("scene")
+    p.add_argument("--out", required=True)
+    _fit_options(p)
+    _field_options(p)
+    p.add_argument("--from-labels", nargs="?", const="", default=None, metavar="DIR",
+                   help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
+    p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
+                   help="with --from-labels: SAM-like noise on the label masks")
+    p.add_argument("--prior-views", type=int, default=None)
+    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
+    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
+    p.add_argument("--ply", default=None, help="start from this 3DGS .ply instead of fitting colour")
+    _common(p)
+
+    p = sub.add_parser("segment", help="select the Gaussians of text prompts")
+    p.add_argument("run")
+    p.add_argument("--prompt", action="append", default=[], required=True, help="a text prompt; repeat for several")
+    p.add_argument("--points", default=None, help="N x 3 .npy of positions (e.g. mesh face centres) to label")
+    p.add_argument("--out", default=None, help="output folder (default RUN/segments)")
+    _segment_options(p)
+    _common(p)
+
+    p = sub.add_parser("serve", help="keep a run loaded and answer JSON requests on stdin (for the add-on)")
+    p.add_argument("run")
+    _segment_options(p)
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="mIoU, mBIoU and accuracy on held-out views against label images")
+    p.add_argument("run")
+    p.add_argument("--labels", required=True, help="folder of <image>.png instance labels + objects.json")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompts to evaluate (default: every object name in objects.json)")
+    p.add_argument("--views", choices=["test", "train", "all"], default="test")
+    _segment_options(p)
+    _common(p)
 
     try:
         from .priors import command as priors_command
@@ -55,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(getattr(args, "events", "tqdm"))
     reporter.install_signal_handlers()
     try:
-        handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+        handler = COMMANDS.get(args.command) or getattr(args, "func", None)
         if handler is None:
             parser.error(f"unknown command {args.command}")
         result = handler(args, reporter)
@@ -125,7 +185,171 @@ def run_info(args, reporter: Reporter) -> dict:
     return info
 
 
-COMMANDS = {"fit": run_fit, "info": run_info}
+def _field_settings(args, device):
+    from .field.train import FieldSettings
+
+    return FieldSettings.for_device(device, iterations=args.field_iterations,
+                                    supervision_long_side=args.field_resolution,
+                                    num_queries=args.queries, lr_features=args.field_lr,
+                                    dice_weight=args.dice_weight)
+
+
+def run_train_field(args, reporter: Reporter, scene=None) -> dict:
+    from .field.data import build_views, load_priors_folder
+    from .field.train import train_field
+    from .run import RunFolder, resolve_device
+    from .scene import load_scene
+    from .splats.ply import read_ply
+
+    device = resolve_device(args.device)
+    run = RunFolder(args.run)
+    run.require("gaussians")
+    run.require("priors")
+    info = run.read()
+    if scene is None:
+        if not info.get("scene"):
+            raise MaskFieldError(f"{run.json_path} does not name its scene; re-run `maskfield fit`.")
+        scene = load_scene(info["scene"], skip_missing=True)
+    gaussians = read_ply(run.gaussians_ply)
+    priors = load_priors_folder(run.priors_dir)
+    models = {p.embedding_model for p in priors.values()}
+    dims = {int(p.embeddings.shape[1]) for p in priors.values() if p.embeddings.ndim == 2}
+    if len(models) > 1 or len(dims) > 1:
+        raise MaskFieldError(f"the priors in {run.priors_dir} mix embedding models {sorted(models)} / sizes "
+                             f"{sorted(dims)}; delete the folder and recompute them with one model.")
+    embedding_model = models.pop()
+    settings = _field_settings(args, device)
+    train_idx = [i for i in range(len(scene)) if i not in set(scene.test_indices)]
+    views = build_views(scene, gaussians, priors, train_idx, settings.supervision_long_side, device, reporter)
+    object_names = sorted({n for p in priors.values() for n in p.meta.get("object_names", [])})
+    reporter.log(f"mask field: {len(gaussians):,} Gaussians, {len(views)} views, {settings.num_queries} queries, "
+                 f"{settings.iterations} steps at {views[0].width}x{views[0].height} on {device}")
+    _, result = train_field(views, len(gaussians), dims.pop(), run, settings, device, reporter,
+                            extra={"embedding_model": embedding_model, "object_names": object_names,
+                                   "num_gaussians": len(gaussians)})
+    result["embedding_model"] = embedding_model
+    run.update_stage("field", **result)
+    summary = {k: result[k] for k in ("seconds", "steps", "final_loss", "views", "embedding_model")}
+    summary["field"] = str(run.field_checkpoint)
+    reporter.result("field", **summary)
+    return summary
+
+
+def run_train(args, reporter: Reporter) -> dict:
+    """fit -> priors -> field, skipping the stages a previous run finished."""
+    from .priors import command as priors_command
+    from .run import RunFolder
+    from .scene import load_scene
+
+    run = RunFolder(args.out)
+    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
+    out: dict = {}
+    if args.ply:
+        import shutil
+
+        from .splats.ply import read_ply
+
+        read_ply(args.ply)  # validates the file before anything is written
+        run.claim(scene, args.scene, overwrite=args.overwrite)
+        shutil.copyfile(args.ply, run.gaussians_ply)
+        run.update_stage("fit", source=str(Path(args.ply).resolve()))
+        reporter.log(f"using the Gaussians of {args.ply}; no colour fit")
+    elif run.gaussians_ply.exists() and run.read().get("stages", {}).get("fit") and not args.overwrite:
+        run.claim(scene, args.scene)
+        reporter.log("colour fit already done; skipping (delete gaussians.ply to redo it)")
+    else:
+        out["fit"] = run_fit(args, reporter)
+    device = args.device
+    priors_args = argparse.Namespace(
+        scene=args.scene, out=args.out, from_labels=args.from_labels, label_noise=args.label_noise,
+        prior_views=args.prior_views, sam_model=args.sam_model,
+        points_per_side=args.points_per_side or (32 if _is_cuda(device) else 16), points_per_batch=64,
+        weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
+        force=False, device=device, events=args.events)
+    out["priors"] = priors_command.run(priors_args, reporter)
+    field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
+                                    field_resolution=args.field_resolution, queries=args.queries,
+                                    field_lr=args.field_lr, dice_weight=args.dice_weight)
+    out["field"] = run_train_field(field_args, reporter, scene=scene)
+    reporter.result("train", run=str(run.path))
+    return out
+
+
+def _is_cuda(device: str) -> bool:
+    from .run import resolve_device
+
+    return resolve_device(device) == "cuda"
+
+
+def _segmenter(args, reporter):
+    from .run import resolve_device
+    from .segment import Segmenter, SegmentSettings
+
+    settings = SegmentSettings()
+    if args.threshold is not None:
+        settings.mask_threshold = args.threshold
+    if args.relevancy is not None:
+        settings.relevancy_threshold = args.relevancy
+    return Segmenter(args.run, device=resolve_device(args.device), settings=settings,
+                     weights_dir=args.weights_dir, allow_download=not args.offline)
+
+
+def run_segment(args, reporter: Reporter) -> dict:
+    from .segment import write_segments
+
+    if not args.prompt or any(not p.strip() for p in args.prompt):
+        raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
+    seg = _segmenter(args, reporter)
+    out = Path(args.out) if args.out else seg.run.segments_dir
+    summary = write_segments(seg, args.prompt, out, Path(args.points) if args.points else None, reporter)
+    summary["out"] = str(out)
+    reporter.result("segment", **summary)
+    return summary
+
+
+def run_serve(args, reporter: Reporter) -> None:
+    """One JSON request per stdin line; every answer ends with a result (or error) event."""
+    from .segment import write_segments
+
+    reporter.mode = "jsonl"
+    seg = _segmenter(args, reporter)
+    reporter.emit("ready", gaussians=len(seg.gaussians), text_encoder=seg.embedding_model)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            request = json.loads(line)
+            cmd = request.get("cmd")
+            if cmd == "quit":
+                break
+            if cmd != "segment":
+                raise MaskFieldError(f"unknown request {cmd!r}; use 'segment' or 'quit'.")
+            out = Path(request.get("out") or seg.run.segments_dir)
+            points = request.get("points")
+            summary = write_segments(seg, list(request.get("prompts") or []), out,
+                                     Path(points) if points else None, reporter)
+            summary["out"] = str(out)
+            reporter.result("segment", id=request.get("id"), **summary)
+        except MaskFieldError as exc:
+            reporter.error(str(exc), kind=exc.kind)
+        except json.JSONDecodeError as exc:
+            reporter.error(f"not a JSON request: {exc}", kind="input")
+    return None
+
+
+def run_evaluate(args, reporter: Reporter) -> dict:
+    from .evaluate import evaluate_run
+
+    seg = _segmenter(args, reporter)
+    result = evaluate_run(seg, Path(args.labels), args.prompt, args.views, reporter)
+    seg.run.update_stage("evaluate", **result)
+    reporter.result("evaluate", **result)
+    return result
+
+
+COMMANDS = {"fit": run_fit, "info": run_info, "train-field": run_train_field, "train": run_train,
+            "segment": run_segment, "serve": run_serve, "evaluate": run_evaluate}
 
 
 if __name__ == "__main__":

@@ -446,3 +446,90 @@ def prompt_labels_to_classes(pred: np.ndarray, background: int = -1) -> np.ndarr
     out = pred + 1
     out[pred == background] = 0
     return out
+
+
+# --------------------------------------------------------------------------------------
+# a trained run against ground-truth label images
+# --------------------------------------------------------------------------------------
+def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None) -> dict:
+    """Render each prompt's 2D masks for the chosen views and score them against the
+    instance-label images (``labels/<image>.png`` + ``objects.json``).
+
+    Also scores the answer in 3D: every Gaussian seen in these views gets the ground-truth
+    object it is most blended into; ``gaussian_accuracy`` is the fraction of those visible
+    Gaussians that the segmentation gives their own object (background ones excluded).
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .events import MaskFieldError, Reporter
+    from .priors.from_labels import find_label_file, load_object_names, read_label_map
+    from .scene import load_scene
+    from .scene.images import resize_labels
+    from .splats.render import RenderCamera, compositing_weights
+
+    reporter = reporter or Reporter("none")
+    labels_dir = Path(labels_dir)
+    objects = load_object_names(labels_dir)
+    if not objects:
+        raise MaskFieldError(f"{labels_dir / 'objects.json'} is missing or empty; it maps label ids to names.")
+    prompts = list(prompts) if prompts else [objects[k] for k in sorted(objects)]
+    matches_gt = match_prompts_to_objects(prompts, objects)
+    info = seg.run.read()
+    scene = load_scene(info["scene"], skip_missing=True)
+    if views == "test":
+        indices = list(scene.test_indices)
+    elif views == "train":
+        indices = list(scene.train_indices)
+    else:
+        indices = list(range(len(scene)))
+    if not indices:
+        raise MaskFieldError("the scene has no held-out views; use --views train or all.")
+    t0 = time.perf_counter()
+    matches, label_g, _, _ = seg.segment(prompts)
+    metrics = SegmentationMetrics(background=0)
+    g = {k: v.detach() for k, v in seg.gaussians.activated().items()}
+    n_obj = max(objects) + 1
+    votes = np.zeros((len(seg.gaussians), n_obj), dtype=np.float64)
+    scored = 0
+    for i in reporter.track(indices, "evaluate", desc="evaluating views"):
+        path = find_label_file(labels_dir, scene.cameras[i].name)
+        if path is None:
+            continue
+        gt = read_label_map(path)
+        cam = scene.camera(i)
+        if gt.shape != (cam.height, cam.width):
+            gt = resize_labels(gt, cam.width, cam.height)
+        pred, _ = seg.render_labels(cam, matches)
+        metrics.update(prompt_labels_to_classes(pred), gt_to_prompt_classes(gt, matches_gt))
+        pixel, gauss, weight = compositing_weights(g, RenderCamera.from_camera(cam))
+        gt_flat = gt.reshape(-1).astype(np.int64)
+        np.add.at(votes, (gauss.numpy(), np.clip(gt_flat[pixel.numpy()], 0, n_obj - 1)), weight.numpy())
+        scored += 1
+    if scored == 0:
+        raise MaskFieldError(f"no label image in {labels_dir} matches the evaluated views.")
+    result = metrics.compute(class_names={k + 1: p for k, p in enumerate(prompts)})
+    # 3D: visible Gaussians (blended with weight >= 0.05 somewhere) that sit on an object
+    visible = votes.sum(1) >= 0.05
+    gt_object = votes.argmax(1)
+    on_object = visible & (gt_object > 0)
+    prompt_of_object = {}
+    for k, ids in enumerate(matches_gt):
+        for oid in ids:
+            prompt_of_object.setdefault(oid, k)
+    expected = np.array([prompt_of_object.get(int(o), -1) for o in gt_object])
+    considered = on_object & (expected >= 0)
+    correct = considered & (label_g == expected)
+    result.update({
+        "prompts": prompts,
+        "views": scored,
+        "view_set": views,
+        "gaussian_accuracy": float(correct.sum() / max(1, considered.sum())),
+        "visible_object_gaussians": int(considered.sum()),
+        "found": [bool(m.found) for m in matches],
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    return json.loads(json.dumps(result, default=float))

@@ -7,6 +7,7 @@ PyTorch. It answers by rules instead of learning:
 
 - ``train SCENE --out RUN``: writes RUN/gaussians.ply (the scene's points.ply as tiny
   Gaussians), RUN/field.pt and RUN/run.json after a few progress events.
+- ``serve RUN``: says ``ready``, then answers JSON request lines like ``segment``.
 - ``segment RUN --prompt P ... [--points F.npy] --out DIR``: a Gaussian belongs to a prompt
   when RUN/fake_truth.json says so (``{"prompt": [indices]}``); with ``--points``, a face
   belongs to the prompt that is part of its object's name (RUN/blender/faces.json).
@@ -92,8 +93,68 @@ def opts(args: list[str], name: str) -> list[str]:
     return [args[i + 1] for i, a in enumerate(args) if a == name and i + 1 < len(args)]
 
 
+def segment(run: str, prompts: list[str], points: str | None, out: str, req_id=None) -> None:
+    os.makedirs(out, exist_ok=True)
+    truth_path = os.path.join(run, "fake_truth.json")
+    truth = json.load(open(truth_path, encoding="utf-8")) if os.path.isfile(truth_path) else {}
+    entries = []
+    emit("progress", stage="segment", done=0, total=len(prompts))
+    for k, p in enumerate(prompts):
+        idx = np.asarray(truth.get(p, []), dtype=np.int64)
+        s = slug(p)
+        np.savez(os.path.join(out, f"{s}.npz"), indices=idx, scores=np.ones(len(idx), np.float32))
+        ply = None
+        if len(idx):
+            ply = f"{s}.ply"
+            write_subset(os.path.join(run, "gaussians.ply"), os.path.join(out, ply), idx)
+        entries.append({"prompt": p, "slug": s, "found": bool(len(idx)), "count": int(len(idx)),
+                        "npz": f"{s}.npz", "ply": ply})
+        emit("progress", stage="segment", done=k + 1, total=len(prompts))
+    point_labels = None
+    if points:
+        pts = np.load(points)
+        faces = json.load(open(os.path.join(os.path.dirname(points), "faces.json"), encoding="utf-8"))
+        labels = np.full(len(pts), -1, dtype=np.int32)
+        for entry in faces["objects"]:
+            for k, p in enumerate(prompts):
+                if p.lower() in entry["name"].lower():
+                    sl = slice(entry["start"], entry["start"] + entry["count"])
+                    labels[sl] = k
+                    if os.environ.get("FAKE_BACKEND_HALF"):  # only the first half of the faces
+                        labels[entry["start"] + entry["count"] // 2: sl.stop] = -1
+                    break
+        np.save(os.path.join(out, "point_labels.npy"), labels)
+        np.save(os.path.join(out, "point_scores.npy"), (labels >= 0).astype(np.float32))
+        point_labels = "point_labels.npy"
+        for k, e in enumerate(entries):
+            if np.any(labels == k):
+                e["found"] = True
+    with open(os.path.join(out, "segments.json"), "w", encoding="utf-8") as fh:
+        json.dump({"prompts": entries, "point_labels": point_labels, "text_encoder": "names:hash-512"}, fh)
+    emit("result", stage="segment", id=req_id, out=out)
+
+
+def fake_tooling(args: list[str]) -> int:
+    """``-m venv DIR`` makes DIR/bin/python (this fake again); ``-m pip ...`` pretends to install."""
+    if args[1] == "venv":
+        env = args[2]
+        os.makedirs(os.path.join(env, "bin"), exist_ok=True)
+        target = os.path.join(env, "bin", "python")
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(f"#!/bin/sh\nexec '{sys.executable}' '{os.path.abspath(__file__)}' \"$@\"\n")
+        os.chmod(target, 0o755)
+        print(f"created virtual environment {env}")
+        return 0
+    print("Collecting things")
+    sys.stderr.write("a pip warning on stderr\n")
+    print("Successfully installed " + " ".join(a for a in args[3:] if not a.startswith("-")))
+    return 0
+
+
 def main() -> int:
     args = sys.argv[1:]
+    if args[:1] == ["-m"] and args[1:2] in (["venv"], ["pip"]):
+        return fake_tooling(args)
     if args[:2] == ["-m", "maskfield.cli"]:
         args = args[2:]
     log = os.environ.get("FAKE_BACKEND_LOG")
@@ -109,7 +170,7 @@ def main() -> int:
         emit("progress", stage="fit", done=1, total=10)
         sys.stderr.write("Traceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: boom\n")
         return 3
-    if mode == "error":
+    if mode == "error" and cmd != "serve":
         emit("error", message="the scene folder has 2 images but 5 cameras: fix transforms.json", kind="input")
         return 2
     if mode == "slow":
@@ -149,47 +210,22 @@ def main() -> int:
         emit("result", stage="train", run=run)
         return 0
     if cmd == "segment":
-        run, out = args[1], opt(args, "--out")
-        prompts = opts(args, "--prompt")
-        os.makedirs(out, exist_ok=True)
-        truth_path = os.path.join(run, "fake_truth.json")
-        truth = json.load(open(truth_path, encoding="utf-8")) if os.path.isfile(truth_path) else {}
-        entries = []
-        emit("progress", stage="segment", done=0, total=len(prompts))
-        for k, p in enumerate(prompts):
-            idx = np.asarray(truth.get(p, []), dtype=np.int64)
-            s = slug(p)
-            np.savez(os.path.join(out, f"{s}.npz"), indices=idx, scores=np.ones(len(idx), np.float32))
-            ply = None
-            if len(idx):
-                ply = f"{s}.ply"
-                write_subset(os.path.join(run, "gaussians.ply"), os.path.join(out, ply), idx)
-            entries.append({"prompt": p, "slug": s, "found": bool(len(idx)), "count": int(len(idx)),
-                            "npz": f"{s}.npz", "ply": ply})
-            emit("progress", stage="segment", done=k + 1, total=len(prompts))
-        point_labels = None
-        points = opt(args, "--points")
-        if points:
-            pts = np.load(points)
-            faces = json.load(open(os.path.join(os.path.dirname(points), "faces.json"), encoding="utf-8"))
-            labels = np.full(len(pts), -1, dtype=np.int32)
-            for entry in faces["objects"]:
-                for k, p in enumerate(prompts):
-                    if p.lower() in entry["name"].lower():
-                        sl = slice(entry["start"], entry["start"] + entry["count"])
-                        labels[sl] = k
-                        if os.environ.get("FAKE_BACKEND_HALF"):  # only the first half of the faces
-                            labels[entry["start"] + entry["count"] // 2: sl.stop] = -1
-                        break
-            np.save(os.path.join(out, "point_labels.npy"), labels)
-            np.save(os.path.join(out, "point_scores.npy"), (labels >= 0).astype(np.float32))
-            point_labels = "point_labels.npy"
-            for k, e in enumerate(entries):
-                if np.any(labels == k):
-                    e["found"] = True
-        with open(os.path.join(out, "segments.json"), "w", encoding="utf-8") as fh:
-            json.dump({"prompts": entries, "point_labels": point_labels, "text_encoder": "names:hash-512"}, fh)
-        emit("result", stage="segment", out=out)
+        segment(args[1], opts(args, "--prompt"), opt(args, "--points"), opt(args, "--out"))
+        return 0
+    if cmd == "serve":
+        run = args[1]
+        emit("ready", gaussians=0, text_encoder="names:hash-512")
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            req = json.loads(line)
+            if req.get("cmd") == "quit":
+                break
+            if mode == "error":
+                emit("error", message="the scene folder has 2 images but 5 cameras: fix transforms.json",
+                     kind="input")
+                continue
+            segment(run, req["prompts"], req.get("points"), req["out"], req.get("id"))
         return 0
     emit("error", message=f"fake backend: unknown command {cmd}", kind="usage")
     return 2

@@ -76,8 +76,13 @@ def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols) -> dict[str, torch.Tensor]:
-    """Focal + 0.05 dice + (1 - cos) on matched pairs; unmatched queries pushed to empty masks."""
+def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
+                   dice_weight: float = DICE_WEIGHT) -> dict[str, torch.Tensor]:
+    """Focal + dice_weight * dice + (1 - cos) on matched pairs; unmatched queries pushed to empty masks.
+
+    The paper weighs dice by 0.05 (the default here, and in the matching cost); the trainer
+    passes its own setting (see FieldSettings.dice_weight).
+    """
     K = logits.shape[0]
     matched = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
     targets_m = targets[torch.as_tensor(cols, dtype=torch.long, device=logits.device)]
@@ -90,5 +95,5 @@ def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols) -> dict
     unmatched_mask = torch.ones(K, dtype=torch.bool, device=logits.device)
     unmatched_mask[matched] = False
     unmatched = torch.sigmoid(logits[unmatched_mask]).square().mean() if unmatched_mask.any() else logits.sum() * 0
-    total = focal + DICE_WEIGHT * dice + cos + unmatched
+    total = focal + dice_weight * dice + cos + unmatched
     return {"total": total, "focal": focal, "dice": dice, "cos": cos, "unmatched": unmatched}

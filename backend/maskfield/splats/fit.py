@@ -58,6 +58,8 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     from gsplat.strategy import DefaultStrategy
 
     reporter = reporter or Reporter("none")
+    if scene.has_alpha:  # transparent images were composited over this colour on load
+        settings.background = tuple(float(c) for c in scene.background)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The scene folder that the add-on renders, through tools/make_tabletop.py (a Blender
+subprocess): files, camera conventions (checked by projecting the surface points into the
+label images), labels, points, determinism."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
+import harness  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
+Image = pytest.importorskip("PIL.Image")
+
+NAMES = {"red mug", "blue box", "green ball", "yellow cone", "purple torus", "table"}
+VIEWS, RES = 12, 64
+
+
+def make_tabletop(out, home, seed=1, views=VIEWS, res=RES):
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_tabletop.py"), "--out", str(out),
+           "--views", str(views), "--resolution", str(res), "--seed", str(seed), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=harness.blender_env(str(home)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def tabletop(tmp_path_factory):
+    home = tmp_path_factory.mktemp("tabletop home")
+    out = tmp_path_factory.mktemp("table tôp") / "scene"
+    seconds = make_tabletop(out, home)
+    print(f"tabletop: {VIEWS} views at {RES} px in {seconds:.1f} s")
+    return out, home
+
+
+def load(folder):
+    with open(os.path.join(folder, "transforms.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_points(path):
+    with open(path, "rb") as fh:
+        header = b""
+        while not header.endswith(b"end_header\n"):
+            header += fh.readline()
+        text = header.decode()
+        n = int(text.split("element vertex ")[1].split()[0])
+        dtype = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        assert "format binary_little_endian" in text
+        for name in ("x", "y", "z", "red", "green", "blue"):
+            assert f" {name}\n" in text
+        return np.frombuffer(fh.read(), dtype=dtype, count=n)
+
+
+def test_files(tabletop):
+    out, _ = tabletop
+    tj = load(out)
+    assert len(tj["frames"]) == VIEWS
+    for key in ("fl_x", "fl_y", "cx", "cy", "w", "h"):
+        assert key in tj
+    assert tj["w"] == RES and tj["h"] == RES and tj["ply_file_path"] == "points.ply"
+    for f in tj["frames"]:
+        m = np.array(f["transform_matrix"])
+        assert m.shape == (4, 4) and np.allclose(m[3], [0, 0, 0, 1])
+        assert np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-5)
+        img = Image.open(os.path.join(out, f["file_path"]))
+        assert img.size == (RES, RES) and img.mode in ("RGB", "RGBA")
+        stem = os.path.splitext(os.path.basename(f["file_path"]))[0]
+        lab = Image.open(os.path.join(out, "labels", stem + ".png"))
+        assert lab.size == (RES, RES) and lab.mode in ("L", "I;16", "I")
+    with open(os.path.join(out, "labels", "objects.json"), encoding="utf-8") as fh:
+        objects = json.load(fh)
+    assert set(objects.values()) == NAMES and set(objects) == {str(i) for i in range(1, 7)}
+
+
+def test_every_object_is_labelled(tabletop):
+    out, _ = tabletop
+    seen = set()
+    for f in load(out)["frames"]:
+        stem = os.path.splitext(os.path.basename(f["file_path"]))[0]
+        seen |= set(np.unique(np.array(Image.open(os.path.join(out, "labels", stem + ".png")))).tolist())
+    assert seen == set(range(7)), seen
+
+
+def test_cameras_project_points_onto_their_labels(tabletop):
+    """OpenGL camera-to-world + fl/cx/cy put every surface point on a labelled pixel, mostly its own."""
+    out, _ = tabletop
+    tj = load(out)
+    pts = read_points(os.path.join(out, "points.ply"))
+    assert len(pts) == 20000
+    xyz = np.stack([pts["x"], pts["y"], pts["z"]], 1).astype(np.float64)
+    rgb = np.stack([pts["red"], pts["green"], pts["blue"]], 1).astype(float)
+    with open(os.path.join(out, "labels", "objects.json"), encoding="utf-8") as fh:
+        objects = {v: int(k) for k, v in json.load(fh).items()}
+    # which object a point is on, from its colour (the materials are distinct)
+    red = (rgb[:, 0] > 180) & (rgb[:, 1] < 80) & (rgb[:, 2] < 80)
+    hit_any, hit_own, n_red = 0, 0, 0
+    total = 0
+    for f in tj["frames"]:
+        c2w = np.array(f["transform_matrix"])
+        w2c = np.linalg.inv(c2w)
+        cam = xyz @ w2c[:3, :3].T + w2c[:3, 3]
+        z = -cam[:, 2]  # OpenGL: the camera looks down -z
+        assert (z > 0).all()
+        u = tj["fl_x"] * cam[:, 0] / z + tj["cx"]
+        v = -tj["fl_y"] * cam[:, 1] / z + tj["cy"]  # image rows go down, camera y goes up
+        inside = (u >= 0) & (u < tj["w"]) & (v >= 0) & (v < tj["h"])
+        stem = os.path.splitext(os.path.basename(f["file_path"]))[0]
+        lab = np.array(Image.open(os.path.join(out, "labels", stem + ".png")))
+        ui, vi = u[inside].astype(int), v[inside].astype(int)
+        got = lab[vi, ui]
+        hit_any += int((got > 0).sum())
+        total += int(inside.sum())
+        r = red[inside]
+        hit_own += int((got[r] == objects["red mug"]).sum())
+        n_red += int(r.sum())
+    assert total > 0.9 * len(xyz) * len(tj["frames"])  # the objects are in view
+    assert hit_any / total > 0.95, hit_any / total
+    assert n_red > 0 and hit_own / n_red > 0.6, hit_own / max(n_red, 1)
+
+
+def test_images_show_the_objects(tabletop):
+    """The red mug's labelled pixels are red in the image."""
+    out, _ = tabletop
+    with open(os.path.join(out, "labels", "objects.json"), encoding="utf-8") as fh:
+        mug = int({v: k for k, v in json.load(fh).items()}["red mug"])
+    reds = []
+    for f in load(out)["frames"]:
+        stem = os.path.splitext(os.path.basename(f["file_path"]))[0]
+        lab = np.array(Image.open(os.path.join(out, "labels", stem + ".png")))
+        img = np.array(Image.open(os.path.join(out, f["file_path"])).convert("RGB")).astype(float)
+        m = lab == mug
+        if m.sum() > 10:
+            c = img[m].mean(0)
+            reds.append(c[0] > 1.5 * c[1] and c[0] > 1.5 * c[2])
+    assert reds and np.mean(reds) > 0.9
+
+
+def _digest(folder):
+    h = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                h[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return h
+
+
+def test_deterministic_for_a_seed(tabletop, tmp_path):
+    out, home = tabletop
+    again = tmp_path / "again"
+    make_tabletop(again, home)
+    a, b = _digest(out), _digest(again)
+    assert set(a) == set(b)
+    same = {k for k in a if a[k] == b[k]}
+    for key in ("transforms.json", "points.ply", os.path.join("labels", "objects.json")):
+        assert key in same, key
+    labels = [k for k in a if k.startswith("labels") and k.endswith(".png")]
+    assert all(k in same for k in labels)
+    # another seed: other cameras
+    other = tmp_path / "other"
+    make_tabletop(other, home, seed=2, views=2)
+    m1 = np.array(load(out)["frames"][0]["transform_matrix"])
+    m2 = np.array(load(other)["frames"][0]["transform_matrix"])
+    assert not np.allclose(m1, m2)
