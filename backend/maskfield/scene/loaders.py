@@ -259,7 +259,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
     _check_sizes(cameras, paths)
     points = colors = None
     if rec.num_points3D() > 0:
-        pts = [(p.xyz, p.color) for p in rec.points3D.values()]
+        pts = [(rec.points3D[pid].xyz, rec.points3D[pid].color) for pid in sorted(rec.points3D)]
         points = np.array([p[0] for p in pts], dtype=np.float32)
         colors = np.array([p[1] for p in pts], dtype=np.uint8)
     train, test = _holdout(len(cameras), holdout_every)

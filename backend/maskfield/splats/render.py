@@ -204,7 +204,9 @@ def _pairs(means2d, conics, opacities, depths, width, height) -> Pairs:
     pair_row = torch.repeat_interleave(torch.arange(row_g.numel(), device=device), per_row)
     local = torch.arange(pair_row.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[pair_row]
     pix = (row_y * width + x0)[pair_row] + local
-    pix_sorted, perm = torch.sort(pix, stable=True)  # stable: keeps depth order inside a pixel
+    # stable: keeps depth order inside a pixel; int32 keys sort about twice as fast
+    pix_sorted, perm = torch.sort(pix.to(torch.int32), stable=True)
+    pix_sorted = pix_sorted.long()
     gid = order[row_g[pair_row[perm]]]
     per_pixel = torch.bincount(pix_sorted, minlength=width * height)
     seg_start = (torch.cumsum(per_pixel, 0) - per_pixel)[pix_sorted]

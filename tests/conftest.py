@@ -1,0 +1,63 @@
+"""Shared fixtures: small scenes built here, the repository root, the shared data folder."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FOX = SHARED / "data" / "fox"
+
+os.environ.setdefault("MASKFIELD_OFFLINE", "1")  # tests never download
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def look_at_c2w_gl(eye, target=(0, 0, 0), up=(0, 0, 1)) -> np.ndarray:
+    """Camera-to-world in OpenGL axes (camera looks down -z), as transforms.json stores it."""
+    eye = np.asarray(eye, float)
+    f = np.asarray(target, float) - eye
+    f /= np.linalg.norm(f)
+    r = np.cross(f, up)
+    r /= np.linalg.norm(r)
+    u = np.cross(r, f)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = r, u, -f, eye
+    return m
+
+
+@pytest.fixture
+def make_transforms_scene(tmp_path):
+    """A transforms.json scene of random images around the origin; returns (folder, frames)."""
+
+    def make(n=6, w=40, h=30, fl=35.0, extra=None, frame_extra=None, rgba=False, name="scene"):
+        folder = tmp_path / name
+        rng = np.random.default_rng(0)
+        frames = []
+        for i in range(n):
+            angle = 2 * np.pi * i / n
+            c2w = look_at_c2w_gl([3 * np.cos(angle), 3 * np.sin(angle), 1.0])
+            img = rng.integers(0, 255, (h, w, 4 if rgba else 3), dtype=np.uint8)
+            write_png(folder / "images" / f"{i:03d}.png", img)
+            frame = {"file_path": f"images/{i:03d}.png", "transform_matrix": c2w.tolist()}
+            frame.update((frame_extra or {}).get(i, {}))
+            frames.append(frame)
+        meta = {"fl_x": fl, "fl_y": fl, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+        meta.update(extra or {})
+        (folder / "transforms.json").write_text(json.dumps(meta))
+        return folder, frames
+
+    return make
+
+
+sys.path.insert(0, str(ROOT / "backend"))

@@ -1,0 +1,154 @@
+"""Scene loading: formats, camera conventions, distortion, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import FOX, look_at_c2w_gl, write_png
+
+from maskfield.events import MaskFieldError
+from maskfield.scene import load_scene
+from maskfield.scene.cameras import Camera, distort_normalized, opengl_to_opencv, undistort_image
+
+
+def test_opengl_camera_sees_the_point_it_looks_at(make_transforms_scene):
+    folder, _ = make_transforms_scene(n=4)
+    scene = load_scene(folder)
+    for cam in scene.cameras:
+        uv, depth = cam.project(np.zeros((1, 3)))
+        assert depth[0] > 0, "the origin must be in front of every camera (OpenCV +z forward)"
+        assert np.allclose(uv[0], [cam.cx, cam.cy], atol=1e-6)
+        # a point above the target appears higher in the image: smaller v (y down)
+        uv_up, _ = cam.project(np.array([[0.0, 0.0, 0.5]]))
+        assert uv_up[0, 1] < cam.cy
+
+
+def test_gl_to_cv_flips_camera_y_and_z_only():
+    c2w = look_at_c2w_gl([1, 2, 3])
+    cv = opengl_to_opencv(c2w)
+    assert np.allclose(cv[:3, 0], c2w[:3, 0])
+    assert np.allclose(cv[:3, 1], -c2w[:3, 1])
+    assert np.allclose(cv[:3, 2], -c2w[:3, 2])
+    assert np.allclose(cv[:3, 3], c2w[:3, 3])
+
+
+def test_fox_loads_with_distortion_and_holdout():
+    scene = load_scene(FOX)
+    assert len(scene) == 50
+    assert scene.test_indices == list(range(0, 50, 8))
+    assert all(c.has_distortion for c in scene.cameras)
+    img = scene.load_image(3, downscale=8)
+    cam = scene.camera(3, downscale=8)
+    assert img.shape == (cam.height, cam.width, 3) == (240, 135, 3)
+    assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    assert not cam.has_distortion  # images are undistorted on load
+    assert cam.fx == pytest.approx(1375.52 * 135 / 1080)
+
+
+def test_missing_frames_are_named_and_can_be_skipped():
+    path = FOX / "transforms_with_missing_frames.json"
+    with pytest.raises(MaskFieldError) as err:
+        load_scene(path)
+    msg = str(err.value)
+    assert "17 image(s)" in msg and "images/0005.jpg" in msg and "--skip-missing" in msg
+    scene = load_scene(path, skip_missing=True)
+    assert len(scene) == 50 and len(scene.skipped) == 17
+
+
+def test_undistortion_inverts_the_distortion_model():
+    cam = Camera("c", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4), np.array([0.1, -0.05, 0.002, -0.001]))
+    # an image whose value is its own (distorted) pixel x coordinate
+    h, w = 48, 64
+    xs = np.tile(np.arange(w, dtype=np.float32), (h, 1))
+    out = undistort_image(xs[..., None].repeat(3, axis=2), cam)
+    v, u = 20, 40
+    x = (u + 0.5 - cam.cx) / cam.fx
+    y = (v + 0.5 - cam.cy) / cam.fy
+    xd, _ = distort_normalized(np.array(x), np.array(y), cam.distortion)
+    assert out[v, u, 0] == pytest.approx(xd * cam.fx + cam.cx - 0.5, abs=1e-3)
+
+
+def test_nan_pose_singular_pose_and_missing_fields(make_transforms_scene):
+    bad = np.full((4, 4), np.nan).tolist()
+    folder, _ = make_transforms_scene(frame_extra={2: {"transform_matrix": bad}}, name="nan")
+    with pytest.raises(MaskFieldError, match="NaN"):
+        load_scene(folder)
+    folder, _ = make_transforms_scene(frame_extra={1: {"transform_matrix": np.zeros((4, 4)).tolist()}}, name="sing")
+    with pytest.raises(MaskFieldError, match="singular"):
+        load_scene(folder)
+    folder, _ = make_transforms_scene(name="nofocal")
+    meta = json.loads((folder / "transforms.json").read_text())
+    del meta["fl_x"], meta["fl_y"]
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskFieldError, match="fl_x"):
+        load_scene(folder)
+
+
+def test_mixed_image_sizes_are_refused(make_transforms_scene):
+    folder, _ = make_transforms_scene(extra={"w": None, "h": None}, name="mixed")
+    write_png(folder / "images" / "002.png", np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(MaskFieldError, match="different sizes"):
+        load_scene(folder)
+
+
+def test_declared_size_must_match_the_image(make_transforms_scene):
+    folder, _ = make_transforms_scene(extra={"w": 80, "h": 60}, name="declared")
+    with pytest.raises(MaskFieldError, match="40x30"):
+        load_scene(folder)
+
+
+def test_nerf_synthetic_rgba_over_background(tmp_path):
+    folder = tmp_path / "synthetic"
+    for split in ("train", "test"):
+        frames = []
+        for i in range(2):
+            img = np.zeros((8, 8, 4), np.uint8)
+            img[..., 0] = 255
+            img[:4, :, 3] = 255  # top half opaque red, bottom half transparent
+            write_png(folder / split / f"r_{i}.png", img)
+            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": look_at_c2w_gl([2, 0, 1 + i]).tolist()})
+        (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
+    scene = load_scene(folder, background=(0.0, 1.0, 0.0))
+    assert scene.source == "nerf-synthetic" and len(scene) == 4
+    assert scene.has_alpha
+    assert [scene.cameras[i].name.split("_")[0] for i in scene.test_indices] == ["test", "test"]
+    img = scene.load_image(0)
+    assert np.allclose(img[0, 0], [1, 0, 0]) and np.allclose(img[7, 0], [0, 1, 0])
+    assert scene.cameras[0].fx == pytest.approx(0.5 * 8 / np.tan(0.5 * 0.69))
+
+
+def _write_colmap_text(folder, c2ws, w=40, h=30, points=True):
+    sparse = folder / "sparse" / "0"
+    sparse.mkdir(parents=True)
+    (sparse / "cameras.txt").write_text(f"1 PINHOLE {w} {h} 35 36 {w / 2} {h / 2}\n")
+    lines = []
+    for i, c2w in enumerate(c2ws):
+        from scipy.spatial.transform import Rotation
+
+        w2c = np.linalg.inv(opengl_to_opencv(c2w))
+        qx, qy, qz, qw = Rotation.from_matrix(w2c[:3, :3]).as_quat()
+        t = w2c[:3, 3]
+        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 {i:03d}.png\n\n")
+        write_png(folder / "images" / f"{i:03d}.png", np.full((h, w, 3), 100, np.uint8))
+    (sparse / "images.txt").write_text("".join(lines))
+    (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 0 0.5\n2 -0.1 0 0 0 255 0 0.5\n" if points else "")
+    return sparse
+
+
+def test_colmap_model_matches_the_same_cameras_in_transforms_json(tmp_path):
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    _write_colmap_text(tmp_path / "colmap", c2ws)
+    scene = load_scene(tmp_path / "colmap")
+    assert scene.source == "colmap" and len(scene) == 3
+    for cam, c2w in zip(scene.cameras, c2ws):
+        assert np.allclose(cam.camtoworld, opengl_to_opencv(c2w), atol=1e-6)
+        assert (cam.fx, cam.fy) == (35, 36)
+    assert scene.points.shape == (2, 3) and np.allclose(scene.points[0], [0.1, 0.2, 0.3])
+    assert tuple(scene.point_colors[0]) == (255, 0, 0)
+
+
+def test_folder_without_cameras_says_what_is_expected(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(MaskFieldError, match="transforms.json"):
+        load_scene(tmp_path / "photos")
