@@ -30,6 +30,15 @@ class SegmentSettings:
     query_margin: float = 0.1
     temperature: float = 10.0
     point_neighbours: int = 8
+    # the best query must be at least this similar to the prompt, or the prompt matches
+    # nothing; None picks by encoder: CLIP text-image cosines are low (about 0.2-0.3 for a
+    # good match), hashed-name cosines of a match are near 1 and of a non-match near 0
+    min_similarity: float | None = None
+
+    def similarity_floor(self, encoder: str) -> float:
+        if self.min_similarity is not None:
+            return self.min_similarity
+        return 0.5 if encoder.startswith("names:") else 0.15
 
 
 @dataclass
@@ -117,6 +126,8 @@ class Segmenter:
             sj = sim[:, j].masked_fill(~self.active, -2.0)
             best = float(sj.max())
             ok = (sj >= best - s.query_margin) & (relevancy[:, j] >= s.relevancy_threshold) & self.active
+            if best < s.similarity_floor(self.embedding_model):
+                ok[:] = False
             idx = torch.nonzero(ok).squeeze(1)
             matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best))
         return matches

@@ -1,0 +1,111 @@
+"""Mask field: query codes, matching, losses, training on constructed views, segmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maskfield.events import MaskFieldError
+from maskfield.field.data import FieldView
+from maskfield.field.losses import (dice_loss, hungarian_match, maskfield_loss, matching_cost,
+                                    pairwise_dice_cost, pairwise_focal_cost, sigmoid_focal_loss)
+from maskfield.field.queries import QueryNetworks, sinusoidal_codes
+from maskfield.field.train import FieldSettings, train_field
+from maskfield.run import RunFolder
+
+
+def test_sinusoidal_codes_are_fixed_distinct_and_bounded():
+    codes = sinusoidal_codes(240, 10)
+    assert codes.shape == (240, 20)
+    assert torch.equal(codes, sinusoidal_codes(240, 10))
+    assert codes.abs().max() <= 1
+    d = torch.cdist(codes, codes) + torch.eye(240) * 10
+    assert d.min() > 1e-3
+    q = QueryNetworks(240, 16, 512)
+    m, c = q()
+    assert m.shape == (240, 16) and c.shape == (240, 512)
+    assert not any(p.requires_grad for p in q.buffers())
+
+
+def test_pairwise_costs_equal_the_per_pair_losses():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 30, generator=gen) * 3
+    targets = (torch.rand(4, 30, generator=gen) > 0.5).float()
+    focal = pairwise_focal_cost(logits, targets)
+    dice = pairwise_dice_cost(logits, targets)
+    for i in range(5):
+        for j in range(4):
+            assert focal[i, j] == pytest.approx(float(sigmoid_focal_loss(logits[i:i + 1], targets[j:j + 1])), abs=1e-6)
+            assert dice[i, j] == pytest.approx(float(dice_loss(logits[i:i + 1], targets[j:j + 1])), abs=1e-6)
+
+
+def test_hungarian_matching_recovers_a_permutation():
+    gen = torch.Generator().manual_seed(1)
+    targets = (torch.rand(4, 50, generator=gen) > 0.5).float()
+    emb = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    perm = [2, 0, 3, 1]
+    logits = torch.full((6, 50), -8.0)
+    q_emb = torch.randn(6, 8, generator=gen)
+    for q, j in enumerate(perm):
+        logits[q] = (targets[j] * 2 - 1) * 8
+        q_emb[q] = emb[j]
+    rows, cols = hungarian_match(matching_cost(logits, targets, q_emb, emb))
+    assert dict(zip(rows.tolist(), cols.tolist())) == {q: j for q, j in enumerate(perm)}
+    losses = maskfield_loss(logits, targets, q_emb, emb, rows, cols)
+    assert losses["cos"] < 1e-5 and losses["focal"] < 1e-3 and losses["dice"] < 0.05
+    assert losses["unmatched"] < 1e-6  # queries 4 and 5 predict empty masks
+
+
+def _constructed_views(num_gaussians=60, seed=0):
+    """Three groups of Gaussians (objects); each view sees all of them through a random
+    sparse weight matrix and carries one mask per object with a distinct embedding."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(3), num_gaussians // 3)
+    emb = np.eye(3, 8, dtype=np.float32)
+    views = []
+    for v in range(4):
+        pixels = 80
+        owner = rng.integers(0, num_gaussians, pixels)  # each pixel mostly one Gaussian
+        rows, cols, vals = [], [], []
+        for p, g in enumerate(owner):
+            rows += [p, p]
+            cols += [g, rng.integers(0, num_gaussians)]
+            vals += [0.9, 0.05]
+        W = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals), (pixels, num_gaussians))
+        targets = torch.tensor(np.stack([(group[owner] == k) for k in range(3)]).astype(np.float32))
+        views.append(FieldView(f"v{v}", W.coalesce().to_sparse_csr(), torch.ones(pixels), targets,
+                               torch.tensor(emb), torch.ones(pixels, dtype=torch.bool), pixels, 1))
+    return views, group, emb
+
+
+def test_training_separates_the_objects_and_segmentation_finds_them(tmp_path):
+    views, group, emb = _constructed_views()
+    settings = FieldSettings(iterations=300, num_queries=12, checkpoint_every=100)
+    run = RunFolder(tmp_path / "run")
+    field, result = train_field(views, 60, 8, run, settings)
+    assert (tmp_path / "run" / "field.pt").exists()
+    with torch.no_grad():
+        m, c = field.queries()
+        probs = torch.sigmoid(field.features @ m.T)  # per-Gaussian, per-query
+        c = torch.nn.functional.normalize(c, dim=-1)
+    for k in range(3):
+        q = int(torch.argmax(c @ torch.tensor(emb[k])))  # the query whose meaning is object k
+        selected = probs[:, q].numpy() >= 0.5
+        iou = (selected & (group == k)).sum() / (selected | (group == k)).sum()
+        assert iou > 0.9, f"object {k}: IoU {iou:.2f}"
+
+
+def test_embedding_size_mismatch_is_refused(tmp_path):
+    views, _, _ = _constructed_views()
+    with pytest.raises(MaskFieldError, match="dimensions"):
+        train_field(views, 60, 512, RunFolder(tmp_path / "r"), FieldSettings(iterations=5, num_queries=4))
+
+
+def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
+    views, _, _ = _constructed_views()
+    bad = views[0]
+    views = [FieldView(bad.name, bad.weights, bad.alpha, bad.targets * float("nan"), bad.embeddings, bad.supervised,
+                       bad.width, bad.height)]
+    with pytest.raises(MaskFieldError, match="step 0, view v0"):
+        train_field(views, 60, 8, RunFolder(tmp_path / "r"), FieldSettings(iterations=5, num_queries=4))
+    assert not (tmp_path / "r" / "field.pt").exists()
