@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MASKFIELD_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.maskfield-stamp"
-want="$(cat "$here/requirements/torch.txt" "$here/requirements/stack.txt" "$here/backend/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$here/requirements/torch.txt" "$here/requirements/stack.txt" "$here/requirements/node.txt" "$here/backend/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   exit 0
 fi
@@ -18,5 +18,11 @@ $pip install -q --upgrade pip >&2
 $pip install -q -r "$here/requirements/torch.txt" >&2
 $pip install -q -r "$here/requirements/stack.txt" >&2
 $pip install -q --no-deps -e "$here/backend" >&2
+# SuperSplat's converter, the outside reader our .ply files are tested against (needs Node)
+if command -v npm >/dev/null; then
+  npm install -s --no-audit --no-fund --prefix "$venv/node" $(grep -v '^#' "$here/requirements/node.txt") >&2
+else
+  echo "[setup] npm not found: the SuperSplat read-back test will fail; install Node.js 18+" >&2
+fi
 echo "$want" > "$stamp"
 echo "[setup] environment ready" >&2

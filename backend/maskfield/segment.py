@@ -77,13 +77,28 @@ class Segmenter:
             raise MaskFieldError(f"{self.run.field_checkpoint.name} was trained on {features.shape[0]:,} Gaussians but "
                                  f"{self.run.gaussians_ply.name} has {len(self.gaussians):,}; retrain the mask field.",
                                  kind="run_mismatch")
+        self._setup(self.gaussians, features, queries, ckpt.get("embedding_model", ""),
+                    ckpt.get("object_names") or [], text_encoder, weights_dir, allow_download)
+
+    @classmethod
+    def from_field(cls, gaussians, features: torch.Tensor, queries, embedding_model: str = "",
+                   settings: SegmentSettings | None = None, text_encoder=None, device: str = "cpu") -> "Segmenter":
+        """A segmenter over a field held in memory (no run folder): for benchmarks and tests."""
+        seg = cls.__new__(cls)
+        seg.run, seg.device, seg.settings = None, device, settings or SegmentSettings()
+        seg._setup(gaussians, features, queries, embedding_model, [], text_encoder, None, False)
+        return seg
+
+    def _setup(self, gaussians, features, queries, embedding_model, object_names, text_encoder,
+               weights_dir, allow_download) -> None:
+        self.gaussians = gaussians
         self.features = features.float()
         with torch.no_grad():
             m, c = queries()
         self.mask_embed = m.float()
         self.query_embed = torch.nn.functional.normalize(c.float(), dim=-1)
-        self.embedding_model = ckpt.get("embedding_model", "")
-        self.object_names = ckpt.get("object_names") or []
+        self.embedding_model = embedding_model
+        self.object_names = object_names
         self._text_encoder = text_encoder
         self._weights_dir = weights_dir
         self._allow_download = allow_download

@@ -65,6 +65,21 @@ class MaskField(torch.nn.Module):
         return m @ feat.T, c
 
 
+def field_loss(field: MaskField, view: FieldView, dice_weight: float) -> torch.Tensor:
+    """One view's loss: render the mask logits, match queries to masks, score the matches."""
+    logits, c = field.render_logits(view)
+    return matched_loss(logits, c, view, dice_weight)
+
+
+def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float) -> torch.Tensor:
+    """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField loss."""
+    targets = view.targets[:, view.supervised]
+    with torch.no_grad():
+        cost = matching_cost(logits, targets, query_embed, view.embeddings)
+    rows, cols = hungarian_match(cost)
+    return maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)["total"]
+
+
 def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run: RunFolder,
                 settings: FieldSettings, device: str = "cpu", reporter: Reporter | None = None,
                 extra: dict | None = None, resume: bool = True) -> tuple[MaskField, dict]:
@@ -96,14 +111,7 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
             for step in range(start, settings.iterations):
                 reporter.check_cancel()
                 view = views[int(rng.integers(len(views)))]
-                targets = view.targets[:, view.supervised]
-                logits, c = field.render_logits(view)
-                with torch.no_grad():
-                    cost = matching_cost(logits, targets, c, view.embeddings)
-                rows, cols = hungarian_match(cost)
-                losses = maskfield_loss(logits, targets, c, view.embeddings, rows, cols,
-                                        dice_weight=settings.dice_weight)
-                loss = losses["total"]
+                loss = field_loss(field, view, settings.dice_weight)
                 if not torch.isfinite(loss):
                     where = f"step {step}, view {view.name}"
                     if good_state is not None:

@@ -1,0 +1,226 @@
+"""The mask field's cost, side by side in one run:
+
+  1. a mask-field training step against an RGB-only (colour fitting) step at the same
+     resolution (target: under 1.5x);
+  2. MaskField against the per-pixel 512-d embedding baseline (LERF / LangSplat style,
+     ``maskfield.field.baseline``): step time and peak memory (target: at least 5x cheaper);
+  3. segmentation latency for 1M Gaussians and 3 prompts once the text is encoded
+     (target: under 50 ms on the CPU).
+
+    python benchmarks/bench_field.py [--gaussians 100000] [--width 240] [--height 135]
+
+Each training method runs in its own process, so that its peak memory (the rise of the
+process's peak RSS over what the shared set-up already holds) is its own. The scene is the
+random one of bench_render.py; the view's 2D masks are two granularities of regions (fine
+cells and coarser groups of them), each with a random unit embedding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_render import make_scene  # noqa: E402
+
+METHODS = {
+    "rgb": "RGB-only step (colour fit: render + L1 + backward + Adam on all Gaussian parameters)",
+    "maskfield": "MaskField step as trained (16-d features, frozen blending weights, Hungarian matching)",
+    "maskfield-rasterised": "MaskField step with the 16-d features rasterised anew each step",
+    "baseline": "per-pixel 512-d embedding distillation (same frozen weights)",
+}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (Linux) and return the current RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_kib("VmRSS")
+
+
+def region_masks(width: int, height: int, fine: int, coarse: int, seed: int = 0) -> np.ndarray:
+    """(fine + coarse, H*W) float masks: a Voronoi partition into ``fine`` cells, and
+    ``coarse`` groups of cells, like SAM's overlapping granularities."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    seeds = rng.uniform([0, 0], [width, height], size=(fine, 2))
+    cell = np.argmin((xs.reshape(-1, 1) - seeds[:, 0]) ** 2 + (ys.reshape(-1, 1) - seeds[:, 1]) ** 2, axis=1)
+    group = rng.integers(coarse, size=fine)
+    masks = [(cell == k) for k in range(fine)] + [np.isin(cell, np.nonzero(group == j)[0]) for j in range(coarse)]
+    return np.stack(masks).astype(np.float32)
+
+
+def make_view(params, camera, embed_dim: int, fine: int, coarse: int):
+    from maskfield.field.data import FieldView
+    from maskfield.splats.render import compositing_weights
+
+    g = {k: v.detach() for k, v in params.items()}
+    pixel, gaussian, weight = compositing_weights(g, camera)
+    n_pix = camera.width * camera.height
+    weights = torch.sparse_coo_tensor(torch.stack([pixel, gaussian]), weight,
+                                      (n_pix, g["means"].shape[0])).coalesce().to_sparse_csr()
+    alpha = torch.zeros(n_pix).index_add_(0, pixel, weight)
+    targets = torch.as_tensor(region_masks(camera.width, camera.height, fine, coarse))
+    gen = torch.Generator().manual_seed(1)
+    embeddings = torch.nn.functional.normalize(torch.randn(len(targets), embed_dim, generator=gen), dim=-1)
+    return FieldView("bench", weights, alpha, targets, embeddings, alpha > 0.5, camera.width, camera.height), len(pixel)
+
+
+def run_child(method: str, args) -> dict:
+    """Time ``args.steps`` training steps of one method; report median time and peak memory."""
+    from maskfield.field.baseline import EmbeddingField, baseline_loss, pixel_embedding_targets
+    from maskfield.field.train import FieldSettings, MaskField, field_loss, matched_loss
+    from maskfield.splats.render import render
+
+    torch.manual_seed(0)
+    params, camera = make_scene(args.gaussians, args.width, args.height)
+    view, pairs = make_view(params, camera, args.embed_dim, args.fine_masks, args.coarse_masks)
+    frozen = {k: v.detach() for k, v in params.items()}
+    base_kib = reset_peak_rss()
+
+    if method == "rgb":
+        target = torch.rand(args.height, args.width, 3)
+        optimizer = torch.optim.Adam(params.values(), lr=1e-3)
+
+        def step():
+            out = render(params, camera, sh_degree=3, backend="torch")
+            return (out["color"] - target).abs().mean()
+    elif method in ("maskfield", "maskfield-rasterised"):
+        settings = FieldSettings()
+        field = MaskField(args.gaussians, args.embed_dim, settings)
+        optimizer = torch.optim.Adam([{"params": [field.features], "lr": settings.lr_features},
+                                      {"params": field.queries.parameters(), "lr": settings.lr_queries}])
+        black = torch.zeros(args.gaussians, 3)
+
+        if method == "maskfield":
+            def step():
+                return field_loss(field, view, settings.dice_weight)
+        else:
+            def step():
+                out = render(frozen, camera, colors=black, features=field.features, backend="torch")
+                feat = out["features"].reshape(-1, settings.feature_dim)[view.supervised]
+                m, c = field.queries()
+                return matched_loss(m @ feat.T, c, view, settings.dice_weight)
+    elif method == "baseline":
+        field = EmbeddingField(args.gaussians, args.embed_dim)
+        optimizer = torch.optim.Adam(field.parameters(), lr=2e-2)
+        target, has = pixel_embedding_targets(view)
+
+        def step():
+            return baseline_loss(field, view, target, has)
+    else:
+        raise SystemExit(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        loss = step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i > 0:  # the first step warms up allocators and caches
+            times.append(time.perf_counter() - t0)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"{method}: the loss is {float(loss)}")
+    peak_kib = _status_kib("VmHWM")
+    return {"method": method, "median_s": float(np.median(times)), "best_s": float(np.min(times)),
+            "peak_extra_mib": (peak_kib - base_kib) / 1024, "pairs": pairs,
+            "supervised_pixels": int(view.supervised.sum()), "masks": len(view.targets)}
+
+
+def segmentation_latency(n: int, repeats: int) -> dict:
+    """segment() on 1M Gaussians and 3 prompts whose text is already encoded."""
+    from maskfield.field.queries import QueryNetworks
+    from maskfield.priors.text import encode_texts
+    from maskfield.segment import Segmenter
+
+    torch.manual_seed(0)
+    queries = QueryNetworks(240, 16, 512)
+    features = torch.randn(n, 16)
+    # the prompts' embeddings are three queries' own, so each prompt is answered by real work
+    with torch.no_grad():
+        _, c = queries()
+    text = torch.nn.functional.normalize(c[[3, 70, 150]], dim=-1).numpy()
+    prompts = ["prompt a", "prompt b", "prompt c"]
+    seg = Segmenter.from_field(None, features, queries, embedding_model="names:hash-512",
+                               text_encoder=lambda texts: encode_texts(texts, "names:hash-512"))
+    matches, label, _, _ = seg.segment(prompts, text)  # encodes the canonical negatives once
+    if not all(m.found for m in matches):
+        raise SystemExit("segmentation benchmark: a prompt matched no query; the set-up is wrong")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matches, label, _, _ = seg.segment(prompts, text)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)), "best_s": float(np.min(times)),
+            "labelled": int((label >= 0).sum()), "queries": [len(m.queries) for m in matches]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gaussians", type=int, default=100_000)
+    ap.add_argument("--width", type=int, default=240)
+    ap.add_argument("--height", type=int, default=135)
+    ap.add_argument("--embed-dim", type=int, default=512)
+    ap.add_argument("--fine-masks", type=int, default=40)
+    ap.add_argument("--coarse-masks", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--segment-gaussians", type=int, default=1_000_000)
+    ap.add_argument("--segment-repeats", type=int, default=20)
+    ap.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args.child, args)))
+        return 0
+
+    passthrough = [f"--gaussians={args.gaussians}", f"--width={args.width}", f"--height={args.height}",
+                   f"--embed-dim={args.embed_dim}", f"--fine-masks={args.fine_masks}",
+                   f"--coarse-masks={args.coarse_masks}", f"--steps={args.steps}"]
+    results = {}
+    for method in METHODS:
+        proc = subprocess.run([sys.executable, __file__, "--child", method, *passthrough],
+                              capture_output=True, text=True, env=os.environ)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"the {method} benchmark failed")
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    seg = segmentation_latency(args.segment_gaussians, args.segment_repeats)
+
+    rgb, mf, mfr, base = (results[k] for k in METHODS)
+    print(f"mask field benchmark: {args.gaussians:,} Gaussians at {args.width}x{args.height} "
+          f"({rgb['pairs']:,} pixel-Gaussian pairs, {mf['supervised_pixels']:,} supervised pixels, "
+          f"{mf['masks']} masks), {torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(f"{'method':<24}{'step (s)':>10}{'peak extra memory (MiB)':>26}")
+    for key in METHODS:
+        r = results[key]
+        print(f"{key:<24}{r['median_s']:>10.3f}{r['peak_extra_mib']:>26.0f}   {METHODS[key]}")
+    print(f"mask-field step / RGB step:             {mf['median_s'] / rgb['median_s']:.2f}x  (target < 1.5x)")
+    print(f"  rasterising the features every step:  {mfr['median_s'] / rgb['median_s']:.2f}x")
+    print(f"baseline / MaskField, step time:        {base['median_s'] / mf['median_s']:.1f}x  (target >= 5x)")
+    print(f"baseline / MaskField, peak memory:      {base['peak_extra_mib'] / max(mf['peak_extra_mib'], 1e-3):.1f}x"
+          "  (target >= 5x)")
+    print(f"segmentation, {args.segment_gaussians:,} Gaussians, 3 prompts (text encoded): median "
+          f"{seg['median_s'] * 1000:.1f} ms, best {seg['best_s'] * 1000:.1f} ms (target < 50 ms); "
+          f"{seg['labelled']:,} Gaussians labelled by {seg['queries']} queries")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"training": results, "segmentation": seg}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

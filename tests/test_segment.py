@@ -1,0 +1,127 @@
+"""Relevancy and segmentation on constructed fields whose answer is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maskfield.events import MaskFieldError
+from maskfield.field.baseline import baseline_labels, pixel_embedding_targets
+from maskfield.field.data import FieldView
+from maskfield.priors.text import encode_texts
+from maskfield.segment import CANONICAL_NEGATIVES, Segmenter, SegmentSettings, write_segments
+from maskfield.splats.model import Gaussians
+
+ENCODER = "names:hash-512"
+
+
+def names(texts):
+    return encode_texts(list(texts), ENCODER)
+
+
+DIM = 5  # up to four named queries; the last feature component is a constant 1
+
+
+def constructed(feature_rows, query_names, extra_queries=2):
+    """A field whose query i (of ``query_names``) lights Gaussians with a positive component i,
+    plus idle queries that light nothing (their mask direction is minus the constant)."""
+    k = len(query_names) + extra_queries
+    m = torch.zeros(k, DIM)
+    for i in range(len(query_names)):
+        m[i, i] = 8.0
+    m[len(query_names):, DIM - 1] = -8.0
+    c = torch.as_tensor(names(query_names + [f"idle {j}" for j in range(extra_queries)]))
+    features = torch.as_tensor(np.asarray(feature_rows, dtype=np.float32))
+    return Segmenter.from_field(None, features, lambda: (m, c), embedding_model=ENCODER, text_encoder=names)
+
+
+def one_hot(index, strength=1.0):
+    v = np.full(DIM, -1.0, dtype=np.float32)
+    v[DIM - 1] = 1.0
+    if index is not None:
+        v[index] = strength
+    return v
+
+
+def test_prompts_select_their_gaussians_and_compete():
+    # Gaussians 0-2 belong to "red mug", 3-5 to "blue box", 6-7 to neither
+    rows = [one_hot(0)] * 3 + [one_hot(1)] * 3 + [one_hot(None)] * 2
+    seg = constructed(rows, ["red mug", "blue box"])
+    matches, label, score, _ = seg.segment(["blue box", "red mug"])
+    assert [m.found for m in matches] == [True, True]
+    assert list(matches[0].queries) == [1] and list(matches[1].queries) == [0]
+    np.testing.assert_array_equal(label, [1, 1, 1, 0, 0, 0, -1, -1])
+    assert (score[:6] > 0.99).all() and (score[6:] < 0.01).all()
+
+    # a Gaussian lit by both queries goes to the stronger one
+    rows = [np.array([1.0, 0.5, -1, -1, 1], np.float32), np.array([0.2, 1.0, -1, -1, 1], np.float32)]
+    seg = constructed(rows, ["red mug", "blue box"])
+    _, label, _, all_scores = seg.segment(["red mug", "blue box"])
+    np.testing.assert_array_equal(label, [0, 1])
+    assert all_scores[0, 0] > all_scores[0, 1] and all_scores[1, 1] > all_scores[1, 0]
+
+
+def test_relevancy_follows_lerf_against_canonical_negatives():
+    seg = constructed([one_hot(0)], ["red mug"])
+    text = seg.encode(["red mug"])
+    neg = seg.encode(list(CANONICAL_NEGATIVES))
+    c = seg.query_embed.numpy()
+    expected = 1 / (1 + np.exp(-10.0 * (c @ text[0] - (c @ neg.T).max(1))))
+    matches = seg.match(["red mug"])
+    np.testing.assert_allclose(matches[0].relevancy, expected[matches[0].queries], rtol=1e-5)
+    assert matches[0].best_similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unmatched_prompt_and_idle_queries_answer_nothing(tmp_path):
+    rows = [one_hot(0)] * 4
+    seg = constructed(rows, ["red mug", "blue box"])
+    # "blue box" has a query but no Gaussian lights it: that query is inactive
+    assert seg.active.tolist() == [True, False, False, False]
+    matches, label, _, _ = seg.segment(["spaceship", "blue box"])
+    assert not matches[0].found and not matches[1].found
+    assert (label == -1).all()
+    with pytest.raises(MaskFieldError, match="empty prompt"):
+        seg.segment(["  "])
+
+
+def test_points_take_the_label_of_their_nearest_gaussians():
+    means = np.array([[0, 0, 0], [0.1, 0, 0], [5, 0, 0], [5.1, 0, 0]], np.float32)
+    g = Gaussians.from_points(means, init_opacity=0.9)
+    seg = constructed([one_hot(0), one_hot(0), one_hot(1), one_hot(1)], ["red mug", "blue box"])
+    seg.gaussians = g
+    seg.settings = SegmentSettings(point_neighbours=2)
+    matches, label, _, all_scores = seg.segment(["red mug", "blue box"])
+    plabels, pscores = seg.label_points(np.array([[0.05, 0.01, 0], [5.05, 0, 0.02]]), label, all_scores)
+    np.testing.assert_array_equal(plabels, [0, 1])
+    assert (pscores > 0.99).all()
+    with pytest.raises(MaskFieldError, match="N x 3"):
+        seg.label_points(np.zeros((3, 2)), label, all_scores)
+
+
+def test_write_segments_writes_found_prompts_only(tmp_path):
+    means = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], np.float32)
+    seg = constructed([one_hot(0), one_hot(1), one_hot(0)], ["red mug", "blue box"])
+    seg.gaussians = Gaussians.from_points(means)
+    (tmp_path / "spaceship.ply").write_text("stale")
+    summary = write_segments(seg, ["red mug", "spaceship"], tmp_path)
+    mug, ship = summary["prompts"]
+    assert mug["found"] and mug["count"] == 2
+    np.testing.assert_array_equal(np.load(tmp_path / "red-mug.npz")["indices"], [0, 2])
+    assert (tmp_path / "red-mug.ply").exists()
+    assert not ship["found"] and ship["ply"] is None and not (tmp_path / "spaceship.ply").exists()
+
+
+def test_baseline_targets_take_the_smallest_covering_mask_and_labels_follow_text():
+    # 4 pixels; a big mask covers all, a small one covers pixel 0; pixel 3 is unsupervised
+    targets = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    emb = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    view = FieldView("v", torch.eye(4).to_sparse_csr(), torch.ones(4), targets, emb,
+                     torch.tensor([True, True, True, False]), 2, 2)
+    target, has = pixel_embedding_targets(view)
+    np.testing.assert_allclose(target.numpy(), [[0, 1], [1, 0], [1, 0]])
+    assert has.tolist() == [True, True, True]
+
+    text = torch.as_tensor(names(["red mug", "blue box"]))
+    negatives = torch.as_tensor(names(list(CANONICAL_NEGATIVES)))
+    features = torch.stack([text[1], text[0], negatives[0]])
+    np.testing.assert_array_equal(baseline_labels(features, text, negatives), [1, 0, -1])
