@@ -90,6 +90,9 @@ def run_child(method: str, args) -> dict:
     params, camera = make_scene(args.gaussians, args.width, args.height)
     view, pairs = make_view(params, camera, args.embed_dim, args.fine_masks, args.coarse_masks)
     frozen = {k: v.detach() for k, v in params.items()}
+    # per-view constants every trainer on frozen weights prepares once (not per step)
+    view.supervised_weights()
+    view.supervised_targets()
     base_kib = reset_peak_rss()
 
     if method == "rgb":
@@ -114,7 +117,7 @@ def run_child(method: str, args) -> dict:
                 out = render(frozen, camera, colors=black, features=field.features, backend="torch")
                 feat = out["features"].reshape(-1, settings.feature_dim)[view.supervised]
                 m, c = field.queries()
-                return matched_loss(m @ feat.T, c, view, settings.dice_weight)
+                return matched_loss(m @ feat.T, c, view, settings.dice_weight)[0]
     elif method == "baseline":
         field = EmbeddingField(args.gaussians, args.embed_dim)
         optimizer = torch.optim.Adam(field.parameters(), lr=2e-2)

@@ -34,6 +34,8 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=None, help="number of scene-level queries (default 240)")
     p.add_argument("--field-lr", type=float, default=None, help="learning rate of the per-Gaussian features")
     p.add_argument("--dice-weight", type=float, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
+    p.add_argument("--gaussian-weight", type=float, default=None,
+                   help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (0 = paper)")
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:
@@ -191,7 +193,7 @@ def _field_settings(args, device):
     return FieldSettings.for_device(device, iterations=args.field_iterations,
                                     supervision_long_side=args.field_resolution,
                                     num_queries=args.queries, lr_features=args.field_lr,
-                                    dice_weight=args.dice_weight)
+                                    dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight)
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:
@@ -269,7 +271,8 @@ def run_train(args, reporter: Reporter) -> dict:
     out["priors"] = priors_command.run(priors_args, reporter)
     field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
                                     field_resolution=args.field_resolution, queries=args.queries,
-                                    field_lr=args.field_lr, dice_weight=args.dice_weight)
+                                    field_lr=args.field_lr, dice_weight=args.dice_weight,
+                                    gaussian_weight=args.gaussian_weight)
     out["field"] = run_train_field(field_args, reporter, scene=scene)
     reporter.result("train", run=str(run.path))
     return out

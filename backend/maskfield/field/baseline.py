@@ -30,7 +30,7 @@ class BaselineSettings:
 def pixel_embedding_targets(view: FieldView) -> tuple[torch.Tensor, torch.Tensor]:
     """(supervised pixels, D) target embeddings and a (supervised pixels,) bool of pixels
     that some mask covers: each pixel takes the smallest mask covering at least half of it."""
-    targets = view.targets[:, view.supervised]  # (M, P)
+    targets = view.supervised_targets()
     covered = targets >= 0.5
     area = targets.sum(1)  # (M,)
     # smallest covering mask: among covering masks, the one with the least area
@@ -48,7 +48,7 @@ class EmbeddingField(torch.nn.Module):
         self.features = torch.nn.Parameter(torch.randn(num_gaussians, embed_dim, generator=gen) * 0.1)
 
     def render(self, view: FieldView) -> torch.Tensor:
-        return torch.sparse.mm(view.weights, self.features)[view.supervised]
+        return view.blend(self.features)
 
 
 def baseline_loss(field: EmbeddingField, view: FieldView, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:

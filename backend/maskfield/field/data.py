@@ -1,7 +1,7 @@
 """Training views for the mask field: frozen compositing weights and low-resolution targets."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,76 @@ class FieldView:
     supervised: torch.Tensor  # (pixels,) bool: covered by the Gaussians
     width: int
     height: int
+    # per visible Gaussian: its blending-weighted share of each mask (see gaussian_shares)
+    gaussian_index: torch.Tensor | None = None  # (V,) Gaussians seen at supervised pixels
+    gaussian_share: torch.Tensor | None = None  # (V, M) sum_p w_pg t_mp
+    gaussian_weight: torch.Tensor | None = None  # (V,) sum_p w_pg
+    _supervised_weights: tuple | None = field(default=None, repr=False)
+    _supervised_targets: torch.Tensor | None = field(default=None, repr=False)
+
+    def supervised_targets(self) -> torch.Tensor:
+        """(M, supervised pixels) targets, selected once."""
+        if self._supervised_targets is None:
+            self._supervised_targets = self.targets[:, self.supervised].contiguous()
+        return self._supervised_targets
+
+    def supervised_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights' rows at supervised pixels as CSR, and their transpose (for the backward)."""
+        if self._supervised_weights is None:
+            coo = self.weights.to_sparse_coo().coalesce()
+            pixel, gaussian = coo.indices()
+            keep = self.supervised[pixel]
+            row = (torch.cumsum(self.supervised.long(), 0) - 1)[pixel[keep]]
+            gaussian, values = gaussian[keep], coo.values()[keep]
+            shape = (int(self.supervised.sum()), self.weights.shape[1])
+            w = torch.sparse_coo_tensor(torch.stack([row, gaussian]), values, shape).coalesce().to_sparse_csr()
+            wt = torch.sparse_coo_tensor(torch.stack([gaussian, row]), values, shape[::-1]).coalesce().to_sparse_csr()
+            self._supervised_weights = (w, wt)
+        return self._supervised_weights
+
+    def blend(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-Gaussian features (N, C) -> composited features at the supervised pixels (P, C)."""
+        w, wt = self.supervised_weights()
+        return _FrozenBlend.apply(features, w, wt)
+
+    def with_gaussian_shares(self) -> "FieldView":
+        if self.gaussian_index is None:
+            self.gaussian_index, self.gaussian_share, self.gaussian_weight = gaussian_shares(
+                self.weights, self.supervised, self.targets)
+        return self
+
+
+class _FrozenBlend(torch.autograd.Function):
+    """W @ f with the backward W^T @ grad from a transpose kept in CSR: autograd's own
+    backward of a CSR product transposes W on every step, which costs 40x the product."""
+
+    @staticmethod
+    def forward(ctx, features, w, wt):
+        ctx.wt = wt
+        return torch.sparse.mm(w, features)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.sparse.mm(ctx.wt, grad.contiguous()), None, None
+
+
+def gaussian_shares(weights: torch.Tensor, supervised: torch.Tensor, targets: torch.Tensor):
+    """What each Gaussian is shown of each mask: with frozen weights these are constants.
+
+    For Gaussian g and mask m, share = sum over supervised pixels p of w_pg * t_mp, and
+    weight = sum_p w_pg; share / weight is the mask's coverage of the pixels g paints.
+    """
+    coo = weights.to_sparse_coo().coalesce()
+    pixel, gaussian = coo.indices()
+    w = coo.values()
+    keep = supervised[pixel]
+    pixel, gaussian, w = pixel[keep], gaussian[keep], w[keep]
+    index, local = torch.unique(gaussian, return_inverse=True)
+    weight = torch.zeros(len(index), dtype=w.dtype, device=w.device).index_add_(0, local, w)
+    share = torch.zeros(len(index), targets.shape[0], dtype=w.dtype, device=w.device)
+    for chunk in torch.split(torch.arange(len(pixel), device=w.device), 1 << 18):
+        share.index_add_(0, local[chunk], w[chunk, None] * targets[:, pixel[chunk]].T)
+    return index, share, weight
 
 
 def supervision_camera(camera, long_side: int):

@@ -30,23 +30,25 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1 - (num + 1) / (den + 1)
 
 
-def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor, prob: torch.Tensor | None = None) -> torch.Tensor:
     """Focal loss of every query (K) against every mask (M), as a (K, M) matrix.
 
-    The focal loss is linear in the target for each pixel, so the pairwise form is two
-    matrix products rather than K x M separate losses.
+    The focal loss is linear in the target for each pixel: with pos / neg its value for a
+    target of 1 / 0, the pair's sum is (pos - neg) . t + sum(neg), one matrix product.
     """
-    prob = torch.sigmoid(logits)
-    pos = FOCAL_ALPHA * (1 - prob) ** FOCAL_GAMMA * F.binary_cross_entropy_with_logits(
-        logits, torch.ones_like(logits), reduction="none")
-    neg = (1 - FOCAL_ALPHA) * prob ** FOCAL_GAMMA * F.binary_cross_entropy_with_logits(
-        logits, torch.zeros_like(logits), reduction="none")
+    prob = torch.sigmoid(logits) if prob is None else prob
+    ce_neg = F.softplus(logits)  # -log(1 - p)
+    ce_pos = ce_neg - logits  # -log(p)
+    pos = FOCAL_ALPHA * (1 - prob).square() * ce_pos if FOCAL_GAMMA == 2.0 else \
+        FOCAL_ALPHA * (1 - prob) ** FOCAL_GAMMA * ce_pos
+    neg = (1 - FOCAL_ALPHA) * prob.square() * ce_neg if FOCAL_GAMMA == 2.0 else \
+        (1 - FOCAL_ALPHA) * prob ** FOCAL_GAMMA * ce_neg
     p = logits.shape[1]
-    return (pos @ targets.T + neg @ (1 - targets).T) / p
+    return ((pos - neg) @ targets.T + neg.sum(1, keepdim=True)) / p
 
 
-def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    prob = torch.sigmoid(logits)
+def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor, prob: torch.Tensor | None = None) -> torch.Tensor:
+    prob = torch.sigmoid(logits) if prob is None else prob
     num = 2 * prob @ targets.T
     den = prob.sum(1)[:, None] + targets.sum(1)[None, :]
     return 1 - (num + 1) / (den + 1)
@@ -61,9 +63,14 @@ def embedding_cost(query_embed: torch.Tensor, mask_embed: torch.Tensor) -> torch
     return (1 - cos) + l1
 
 
-def matching_cost(logits, targets, query_embed, mask_embed) -> torch.Tensor:
-    return (pairwise_focal_cost(logits, targets) + DICE_WEIGHT * pairwise_dice_cost(logits, targets)
-            + embedding_cost(query_embed, mask_embed))
+def matching_cost(logits, targets, query_embed, mask_embed, chunk: int = 64) -> torch.Tensor:
+    """The (K, M) cost the Hungarian matching minimises; queries go in chunks so the
+    temporaries stay at chunk x pixels rather than K x pixels."""
+    parts = []
+    for block in torch.split(logits, chunk):
+        prob = torch.sigmoid(block)
+        parts.append(pairwise_focal_cost(block, targets, prob) + DICE_WEIGHT * pairwise_dice_cost(block, targets, prob))
+    return torch.cat(parts) + embedding_cost(query_embed, mask_embed)
 
 
 def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +101,11 @@ def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
     cos = (1 - (c * e).sum(-1)).mean() if len(rows) else logits.sum() * 0
     unmatched_mask = torch.ones(K, dtype=torch.bool, device=logits.device)
     unmatched_mask[matched] = False
-    unmatched = torch.sigmoid(logits[unmatched_mask]).square().mean() if unmatched_mask.any() else logits.sum() * 0
+    if unmatched_mask.any():
+        # mean of p^2 over the unmatched rows, through row norms: no second K x P copy is kept
+        row_sq = torch.linalg.vector_norm(torch.sigmoid(logits), dim=1).square()
+        unmatched = row_sq[unmatched_mask].sum() / (int(unmatched_mask.sum()) * logits.shape[1])
+    else:
+        unmatched = logits.sum() * 0
     total = focal + dice_weight * dice + cos + unmatched
     return {"total": total, "focal": focal, "dice": dice, "cos": cos, "unmatched": unmatched}

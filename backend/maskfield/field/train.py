@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
@@ -34,6 +35,7 @@ class FieldSettings:
     lr_features: float = 2e-2
     lr_queries: float = 1e-3
     dice_weight: float = 1.0
+    gaussian_weight: float = 0.0
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
@@ -58,26 +60,42 @@ class MaskField(torch.nn.Module):
         torch.manual_seed(settings.seed)
         self.queries = QueryNetworks(settings.num_queries, settings.feature_dim, embed_dim)
 
-    def render_logits(self, view: FieldView) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, supervised pixels) mask logits of one view, and the query embeddings (K, D)."""
-        feat = torch.sparse.mm(view.weights, self.features)[view.supervised]
-        m, c = self.queries()
-        return m @ feat.T, c
+
+def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_weight: float = 0.0) -> torch.Tensor:
+    """One view's loss: render the mask logits, match queries to masks, score the matches;
+    with ``gaussian_weight``, also each visible Gaussian's own mask against what it paints."""
+    feat = view.blend(field.features)
+    m, c = field.queries()
+    loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight)
+    if gaussian_weight > 0 and len(rows):
+        loss = loss + gaussian_weight * gaussian_mask_loss(field.features, m, view.with_gaussian_shares(), rows, cols)
+    return loss
 
 
-def field_loss(field: MaskField, view: FieldView, dice_weight: float) -> torch.Tensor:
-    """One view's loss: render the mask logits, match queries to masks, score the matches."""
-    logits, c = field.render_logits(view)
-    return matched_loss(logits, c, view, dice_weight)
-
-
-def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float) -> torch.Tensor:
-    """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField loss."""
-    targets = view.targets[:, view.supervised]
+def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float):
+    """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField
+    loss, and the matched query and mask indices."""
+    targets = view.supervised_targets()
     with torch.no_grad():
         cost = matching_cost(logits, targets, query_embed, view.embeddings)
     rows, cols = hungarian_match(cost)
-    return maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)["total"]
+    loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)
+    return loss["total"], rows, cols
+
+
+def gaussian_mask_loss(features, mask_embed, view: FieldView, rows, cols) -> torch.Tensor:
+    """Blending-weighted cross-entropy of every visible Gaussian's own mask probability
+    against the matched masks at the pixels it paints.
+
+    The rendered loss only constrains blends of features, so a Gaussian hidden behind or
+    beside others can keep any feature; segmenting in 3D reads each Gaussian alone. Summed
+    over pixels, sum_p w_pg BCE(l_g, t_p) = share * softplus(-l_g) + (weight - share) * softplus(l_g).
+    """
+    logits = features[view.gaussian_index] @ mask_embed[torch.as_tensor(rows)].T  # (V, R)
+    share = view.gaussian_share[:, torch.as_tensor(cols)]
+    weight = view.gaussian_weight[:, None]
+    bce = share * F.softplus(-logits) + (weight - share).clamp_min(0) * F.softplus(logits)
+    return bce.sum() / (view.gaussian_weight.sum() * len(rows))
 
 
 def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run: RunFolder,
@@ -111,7 +129,7 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
             for step in range(start, settings.iterations):
                 reporter.check_cancel()
                 view = views[int(rng.integers(len(views)))]
-                loss = field_loss(field, view, settings.dice_weight)
+                loss = field_loss(field, view, settings.dice_weight, settings.gaussian_weight)
                 if not torch.isfinite(loss):
                     where = f"step {step}, view {view.name}"
                     if good_state is not None:
