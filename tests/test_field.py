@@ -109,3 +109,44 @@ def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
     with pytest.raises(MaskFieldError, match="step 0, view v0"):
         train_field(views, 60, 8, RunFolder(tmp_path / "r"), FieldSettings(iterations=5, num_queries=4))
     assert not (tmp_path / "r" / "field.pt").exists()
+
+
+def test_frozen_blend_matches_a_dense_product_in_value_and_gradient():
+    views, _, _ = _constructed_views()
+    view = views[0]
+    view.supervised = torch.arange(80) % 3 != 0  # some pixels unsupervised
+    dense = view.weights.to_dense()[view.supervised]
+    f = torch.randn(60, 5, dtype=torch.float32, requires_grad=True)
+    f_dense = f.detach().clone().requires_grad_()
+    g = torch.randn(int(view.supervised.sum()), 5)
+    out = view.blend(f)
+    torch.testing.assert_close(out, dense @ f_dense)
+    (out * g).sum().backward()
+    (dense @ f_dense * g).sum().backward()
+    torch.testing.assert_close(f.grad, f_dense.grad)
+    torch.testing.assert_close(view.supervised_targets(), view.targets[:, view.supervised])
+
+
+def test_gaussian_shares_and_the_per_gaussian_loss_by_hand():
+    from maskfield.field.data import gaussian_shares
+    from maskfield.field.train import gaussian_mask_loss
+
+    # pixel 0: Gaussian 0 (0.6) over Gaussian 2 (0.3); pixel 1: Gaussian 2 (1.0); pixel 2 unsupervised
+    W = torch.sparse_coo_tensor(torch.tensor([[0, 0, 1, 2], [0, 2, 2, 1]]), torch.tensor([0.6, 0.3, 1.0, 1.0]),
+                                (3, 3)).coalesce().to_sparse_csr()
+    targets = torch.tensor([[1.0, 0.0, 1.0]])  # one mask: pixel 0 (and unsupervised pixel 2)
+    supervised = torch.tensor([True, True, False])
+    index, share, weight = gaussian_shares(W, supervised, targets)
+    assert index.tolist() == [0, 2]  # Gaussian 1 paints only the unsupervised pixel
+    torch.testing.assert_close(share, torch.tensor([[0.6], [0.3]]))
+    torch.testing.assert_close(weight, torch.tensor([0.6, 1.3]))
+
+    view = FieldView("v", W, torch.ones(3), targets, torch.ones(1, 4), supervised, 3, 1)
+    view.with_gaussian_shares()
+    features = torch.tensor([[2.0], [0.0], [-1.0]])
+    m = torch.tensor([[1.5]])
+    l0, l2 = 3.0, -1.5  # each Gaussian's own logit
+    sp = torch.nn.functional.softplus
+    expected = (0.6 * sp(torch.tensor(-l0)) + 0.3 * sp(torch.tensor(-l2)) + 1.0 * sp(torch.tensor(l2))) / 1.9
+    torch.testing.assert_close(gaussian_mask_loss(features, m, view, np.array([0]), np.array([0])), expected)
+

@@ -35,7 +35,7 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field-lr", type=float, default=None, help="learning rate of the per-Gaussian features")
     p.add_argument("--dice-weight", type=float, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
     p.add_argument("--gaussian-weight", type=float, default=None,
-                   help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (0 = paper)")
+                   help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,11 @@ class FieldSettings:
     lr_features: float = 2e-2
     lr_queries: float = 1e-3
     dice_weight: float = 1.0
-    gaussian_weight: float = 0.0
+    # Not in the paper: each visible Gaussian's own mask against the pixels it paints
+    # (gaussian_mask_loss). On the tabletop (35 views, noisy label priors, 1,500 steps) it
+    # lifts the visible Gaussians labelled with their object from 77% to 97%, and held-out
+    # mIoU from 0.929 to 0.942; 3.0 gives the same. 0 trains as the paper does.
+    gaussian_weight: float = 1.0
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
