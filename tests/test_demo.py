@@ -23,3 +23,10 @@ def test_reduced_demo_writes_blend_plys_picture_and_figures(tmp_path):
     figures = json.loads((out / "figures.json").read_text())
     assert 0 <= figures["evaluate"]["miou"] <= 1 and figures["evaluate"]["miou"] > 0.4
     assert "mIoU" in proc.stdout and "maskfield_demo.blend" in proc.stdout
+    # the faces of the tabletop's own meshes, not of anything else in the file
+    faces = json.loads((out / "faces.json").read_text())
+    assert sorted(o["name"] for o in faces["objects"]) == sorted(
+        ["table", "red mug", "blue box", "green ball", "yellow cone", "purple torus"])
+    # each found prompt's collection holds faces split from its own object
+    right = [p for p, objs in figures["collections"].items() if f"{p} ({p})" in objs]
+    assert len(right) >= 2, figures["collections"]

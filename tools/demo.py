@@ -121,8 +121,9 @@ def main() -> int:
                            "--events", "none", capture=True))
 
     t = time.perf_counter()
-    sh(PY, ROOT / "tools" / "demo_blender.py", "collections", out / "tabletop.blend", out / "faces.json", segs,
-       out / "maskfield_demo.blend")
+    made = sh(PY, ROOT / "tools" / "demo_blender.py", "collections", out / "tabletop.blend", out / "faces.json", segs,
+              out / "maskfield_demo.blend", capture=True)
+    collections = json.loads(made.strip().splitlines()[-1])
     picture(scene, run, PROMPTS, out / "segments.png")
     times["write .blend and picture"] = time.perf_counter() - t
 
@@ -134,9 +135,12 @@ def main() -> int:
     print(f"  held-out colour PSNR: {info['stages']['fit']['test_psnr']:.1f} dB")
     print(f"  held-out mIoU {result['miou']:.3f}, mBIoU {result['mbiou']:.3f}, accuracy {result['accuracy']:.3f}; "
           f"Gaussians labelled with their object: {result['gaussian_accuracy']:.1%}")
+    for prompt, objects in collections.items():
+        print(f"  collection 'MaskField: {prompt}': {', '.join(objects) or 'no faces'} (+ its Gaussians as points)")
     for stage, sec in times.items():
         print(f"  {stage}: {sec:.0f} s")
-    (out / "figures.json").write_text(json.dumps({"times_s": times, "evaluate": result}, indent=2))
+    (out / "figures.json").write_text(json.dumps({"times_s": times, "evaluate": result, "collections": collections},
+                                                 indent=2))
     return 0
 
 

@@ -192,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    scene = bpy.data.scenes.new("tabletop")
+    # an empty file: the startup file's cube, camera and light would otherwise ride along
+    # into the saved .blend (in a second scene that opens first)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.name = "tabletop"
     objs = build_tabletop(args.seed, scene)
     settings = scene_render.RenderSettings(
         views=args.views, resolution=args.resolution, samples=args.samples, points=args.points,
