@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,6 +174,53 @@ def segmentation_latency(n: int, repeats: int) -> dict:
             "labelled": int((label >= 0).sum()), "queries": [len(m.queries) for m in matches]}
 
 
+def quality_on_run(run_dir: Path, labels_dir: Path) -> dict:
+    """Train MaskField and the baseline on a fitted run's views and priors (same steps);
+    seconds and the 3D accuracy of each on the held-out views."""
+    from maskfield.evaluate import gaussian_accuracy, match_prompts_to_objects, object_votes
+    from maskfield.field.baseline import BaselineSettings, baseline_labels, train_baseline
+    from maskfield.field.data import build_views, load_priors_folder
+    from maskfield.field.train import FieldSettings, train_field
+    from maskfield.priors.from_labels import load_object_names
+    from maskfield.priors.text import encode_texts
+    from maskfield.run import RunFolder
+    from maskfield.scene import load_scene
+    from maskfield.segment import CANONICAL_NEGATIVES, Segmenter
+    from maskfield.splats.ply import read_ply
+
+    run = RunFolder(run_dir)
+    scene = load_scene(run.read()["scene"], skip_missing=True)
+    gaussians = read_ply(run.gaussians_ply)
+    priors = load_priors_folder(run.priors_dir)
+    model = next(iter(priors.values())).embedding_model
+    settings = FieldSettings()
+    train_idx = [i for i in range(len(scene)) if i not in set(scene.test_indices)]
+    views = build_views(scene, gaussians, priors, train_idx, settings.supervision_long_side, "cpu")
+    embed_dim = int(views[0].embeddings.shape[1])
+    objects = load_object_names(labels_dir)
+    prompts = [objects[k] for k in sorted(objects)]
+    matches_gt = match_prompts_to_objects(prompts, objects)
+    votes = object_votes(gaussians, scene, scene.test_indices, labels_dir)
+
+    def encoder(texts):
+        return encode_texts(list(texts), model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        field, mf = train_field(views, len(gaussians), embed_dim, RunFolder(tmp), settings, resume=False)
+    seg = Segmenter.from_field(gaussians, field.features.detach(), field.queries, embedding_model=model,
+                               text_encoder=encoder)
+    _, label_mf, _, _ = seg.segment(prompts)
+    baseline, bl = train_baseline(views, len(gaussians), embed_dim, BaselineSettings(iterations=settings.iterations))
+    label_bl = baseline_labels(baseline.features.detach(), torch.as_tensor(encoder(prompts)),
+                               torch.as_tensor(encoder(CANONICAL_NEGATIVES)))
+    acc_mf, considered = gaussian_accuracy(label_mf, votes, matches_gt)
+    acc_bl, _ = gaussian_accuracy(label_bl, votes, matches_gt)
+    return {"run": str(run_dir), "gaussians": len(gaussians), "views": len(views), "steps": settings.iterations,
+            "embedding_model": model, "visible_object_gaussians": considered,
+            "maskfield": {"seconds": mf["seconds"], "gaussian_accuracy": acc_mf},
+            "baseline": {"seconds": bl["seconds"], "gaussian_accuracy": acc_bl}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gaussians", type=int, default=100_000)
@@ -185,6 +233,8 @@ def main() -> int:
     ap.add_argument("--segment-gaussians", type=int, default=1_000_000)
     ap.add_argument("--segment-repeats", type=int, default=20)
     ap.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--run", type=Path, help="also train both methods on this fitted run with priors ...")
+    ap.add_argument("--labels", type=Path, help="... and score their 3D labels against these label images")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.child:
@@ -220,8 +270,19 @@ def main() -> int:
     print(f"segmentation, {args.segment_gaussians:,} Gaussians, 3 prompts (text encoded): median "
           f"{seg['median_s'] * 1000:.1f} ms, best {seg['best_s'] * 1000:.1f} ms (target < 50 ms); "
           f"{seg['labelled']:,} Gaussians labelled by {seg['queries']} queries")
+    quality = None
+    if args.run:
+        if not args.labels:
+            raise SystemExit("--run needs --labels (the scene's label images and objects.json)")
+        quality = quality_on_run(args.run, args.labels)
+        print(f"on {quality['run']} ({quality['gaussians']:,} Gaussians, {quality['views']} views, "
+              f"{quality['steps']} steps, {quality['embedding_model']}): visible Gaussians labelled with their object")
+        for key in ("maskfield", "baseline"):
+            q = quality[key]
+            print(f"  {key:<10} {q['gaussian_accuracy']:.1%}   training {q['seconds']:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"training": results, "segmentation": seg}, indent=2))
+        Path(args.json).write_text(json.dumps({"training": results, "segmentation": seg, "quality": quality},
+                                              indent=2))
     return 0
 
 

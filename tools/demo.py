@@ -43,7 +43,7 @@ def real_priors_available() -> bool:
 
 def picture(scene_dir: Path, run_dir: Path, prompts, out_png: Path, views=3):
     """Held-out views, one row per prompt, the prompt's pixels tinted, its name written on it."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from maskfield.scene import load_scene
     from maskfield.segment import Segmenter
@@ -66,7 +66,7 @@ def picture(scene_dir: Path, run_dir: Path, prompts, out_png: Path, views=3):
             tile = Image.fromarray((np.clip(tint, 0, 1) * 255).astype(np.uint8)).resize((256, 256), Image.NEAREST)
             tiles.append(tile)
         row = Image.new("RGB", (256 * len(tiles) + 150, 256), (20, 20, 20))
-        ImageDraw.Draw(row).text((10, 120), f'"{prompt}"', fill=(255, 255, 255))
+        ImageDraw.Draw(row).text((10, 116), f'"{prompt}"', fill=(255, 255, 255), font=ImageFont.load_default(size=18))
         for k, tile in enumerate(tiles):
             row.paste(tile, (150 + 256 * k, 0))
         rows.append(row)

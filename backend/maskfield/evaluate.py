@@ -463,13 +463,9 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     import time
     from pathlib import Path
 
-    import torch
-
     from .events import MaskFieldError, Reporter
-    from .priors.from_labels import find_label_file, load_object_names, read_label_map
+    from .priors.from_labels import load_object_names
     from .scene import load_scene
-    from .scene.images import resize_labels
-    from .splats.render import RenderCamera, compositing_weights
 
     reporter = reporter or Reporter("none")
     labels_dir = Path(labels_dir)
@@ -495,41 +491,79 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     n_obj = max(objects) + 1
     votes = np.zeros((len(seg.gaussians), n_obj), dtype=np.float64)
     scored = 0
-    for i in reporter.track(indices, "evaluate", desc="evaluating views"):
-        path = find_label_file(labels_dir, scene.cameras[i].name)
-        if path is None:
-            continue
-        gt = read_label_map(path)
-        cam = scene.camera(i)
-        if gt.shape != (cam.height, cam.width):
-            gt = resize_labels(gt, cam.width, cam.height)
+    for cam, gt in labelled_views(scene, reporter.track(indices, "evaluate", desc="evaluating views"), labels_dir):
         pred, _ = seg.render_labels(cam, matches)
         metrics.update(prompt_labels_to_classes(pred), gt_to_prompt_classes(gt, matches_gt))
-        pixel, gauss, weight = compositing_weights(g, RenderCamera.from_camera(cam))
-        gt_flat = gt.reshape(-1).astype(np.int64)
-        np.add.at(votes, (gauss.numpy(), np.clip(gt_flat[pixel.numpy()], 0, n_obj - 1)), weight.numpy())
+        add_object_votes(votes, g, cam, gt)
         scored += 1
     if scored == 0:
         raise MaskFieldError(f"no label image in {labels_dir} matches the evaluated views.")
     result = metrics.compute(class_names={k + 1: p for k, p in enumerate(prompts)})
-    # 3D: visible Gaussians (blended with weight >= 0.05 somewhere) that sit on an object
+    accuracy, considered = gaussian_accuracy(label_g, votes, matches_gt)
+    result.update({
+        "prompts": prompts,
+        "views": scored,
+        "view_set": views,
+        "gaussian_accuracy": accuracy,
+        "visible_object_gaussians": considered,
+        "found": [bool(m.found) for m in matches],
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    return json.loads(json.dumps(result, default=float))
+
+
+def add_object_votes(votes: np.ndarray, g: dict, camera, gt: np.ndarray) -> None:
+    """Add one view's blending weights to votes[gaussian, ground-truth object]."""
+    from .splats.render import RenderCamera, compositing_weights
+
+    pixel, gauss, weight = compositing_weights(g, RenderCamera.from_camera(camera))
+    gt_flat = gt.reshape(-1).astype(np.int64)
+    np.add.at(votes, (gauss.numpy(), np.clip(gt_flat[pixel.numpy()], 0, votes.shape[1] - 1)), weight.numpy())
+
+
+def gaussian_accuracy(label_g: np.ndarray, votes: np.ndarray, matches_gt) -> tuple[float, int]:
+    """Fraction of visible Gaussians on an object that carry that object's prompt.
+
+    A Gaussian is visible when it is blended with total weight >= 0.05 in the views that
+    voted, and its object is the one it is most blended into (background ones excluded).
+    """
     visible = votes.sum(1) >= 0.05
     gt_object = votes.argmax(1)
-    on_object = visible & (gt_object > 0)
     prompt_of_object = {}
     for k, ids in enumerate(matches_gt):
         for oid in ids:
             prompt_of_object.setdefault(oid, k)
     expected = np.array([prompt_of_object.get(int(o), -1) for o in gt_object])
-    considered = on_object & (expected >= 0)
+    considered = visible & (gt_object > 0) & (expected >= 0)
     correct = considered & (label_g == expected)
-    result.update({
-        "prompts": prompts,
-        "views": scored,
-        "view_set": views,
-        "gaussian_accuracy": float(correct.sum() / max(1, considered.sum())),
-        "visible_object_gaussians": int(considered.sum()),
-        "found": [bool(m.found) for m in matches],
-        "seconds": round(time.perf_counter() - t0, 2),
-    })
-    return json.loads(json.dumps(result, default=float))
+    return float(correct.sum() / max(1, considered.sum())), int(considered.sum())
+
+
+def object_votes(gaussians, scene, indices, labels_dir) -> np.ndarray:
+    """votes[gaussian, object] summed over the given views' label images (see gaussian_accuracy)."""
+    from .priors.from_labels import load_object_names
+
+    objects = load_object_names(labels_dir)
+    g = {k: v.detach() for k, v in gaussians.activated().items()}
+    votes = np.zeros((len(gaussians), max(objects) + 1), dtype=np.float64)
+    for cam, gt in labelled_views(scene, indices, labels_dir):
+        add_object_votes(votes, g, cam, gt)
+    return votes
+
+
+def labelled_views(scene, indices, labels_dir):
+    """(camera, label image at the camera's size) for each view that has a label image."""
+    from pathlib import Path
+
+    from .priors.from_labels import find_label_file, read_label_map
+    from .scene.images import resize_labels
+
+    for i in indices:
+        path = find_label_file(Path(labels_dir), scene.cameras[i].name)
+        if path is None:
+            continue
+        cam = scene.camera(i)
+        gt = read_label_map(path)
+        if gt.shape != (cam.height, cam.width):
+            gt = resize_labels(gt, cam.width, cam.height)
+        yield cam, gt
