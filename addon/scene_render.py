@@ -102,6 +102,22 @@ def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[n
     return pts.min(0), pts.max(0)
 
 
+def grey_world(name: str, grey: float, strength: float):
+    """A new world of a uniform grey, set on its Background node too (the node tree is what Cycles renders)."""
+    world = bpy.data.worlds.new(name)
+    world.color = (grey, grey, grey)
+    tree = getattr(world, "node_tree", None)
+    if tree is None and hasattr(world, "use_nodes"):
+        world.use_nodes = True
+        tree = world.node_tree
+    if tree is not None:
+        bg = next((n for n in tree.nodes if n.bl_idname == "ShaderNodeBackground"), None)
+        if bg is not None:
+            bg.inputs["Color"].default_value = (grey, grey, grey, 1.0)
+            bg.inputs["Strength"].default_value = strength
+    return world
+
+
 def camera_intrinsics(cam: bpy.types.Camera, width: int, height: int,
                       pixel_aspect: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
     """Pinhole intrinsics in pixels of a Blender perspective camera, sensor fit handled."""
@@ -500,17 +516,7 @@ class RenderJob:
         self._exr_dir = tempfile.mkdtemp(prefix="maskfield_exr_")
 
     def _studio_light(self, coll, center: np.ndarray, radius: float) -> None:
-        world = self._keep(bpy.data.worlds.new("MaskField world (temporary)"))
-        world.color = (0.6, 0.6, 0.6)
-        tree = getattr(world, "node_tree", None)
-        if tree is None and hasattr(world, "use_nodes"):
-            world.use_nodes = True
-            tree = world.node_tree
-        if tree is not None:
-            bg = next((n for n in tree.nodes if n.bl_idname == "ShaderNodeBackground"), None)
-            if bg is not None:
-                bg.inputs["Color"].default_value = (0.6, 0.6, 0.6, 1.0)
-                bg.inputs["Strength"].default_value = 1.0
+        world = self._keep(grey_world("MaskField world (temporary)", 0.6, 1.0))
         assert self._tmp_scene is not None
         self._tmp_scene.world = world
         sun = self._keep(bpy.data.lights.new("MaskField sun (temporary)", "SUN"))

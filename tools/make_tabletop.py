@@ -161,17 +161,7 @@ def build_tabletop(seed: int = 0, scene: bpy.types.Scene | None = None) -> list[
     sun_ob = bpy.data.objects.new("sun", sun)
     sun_ob.rotation_euler = (math.radians(50), math.radians(-20), math.radians(-30))
     coll.objects.link(sun_ob)
-    world = bpy.data.worlds.new("tabletop world")
-    world.color = (0.35, 0.35, 0.4)
-    tree = getattr(world, "node_tree", None)
-    if tree is None and hasattr(world, "use_nodes"):
-        world.use_nodes = True
-        tree = world.node_tree
-    if tree is not None:
-        bg = next((nd for nd in tree.nodes if nd.bl_idname == "ShaderNodeBackground"), None)
-        if bg is not None:
-            bg.inputs["Color"].default_value = (0.35, 0.35, 0.4, 1.0)
-            bg.inputs["Strength"].default_value = 0.8
+    world = scene_render.grey_world("tabletop world", 0.35, 0.8)
     scene.world = world
     return objs
 
