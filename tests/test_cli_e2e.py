@@ -127,3 +127,27 @@ def test_bad_runs_and_prompts_get_clear_messages(trained, tmp_path):
     proc = run_cli("fit", other, "--out", run, "--iterations", "2", check=False)
     assert proc.returncode == 2 and "another scene" in proc.stderr
     assert (run / "gaussians.ply").stat().st_mtime == before
+
+
+def test_prompts_given_as_embedding_vectors(trained, tmp_path):
+    _, run, _ = trained
+    from maskfield.priors.text import encode_texts
+
+    text = run_cli("segment", run, "--prompt", "red mug", "--out", tmp_path / "text", "--events", "none")
+    assert text.returncode == 0
+    vectors = encode_texts(["red mug", "spaceship"], "names:hash-512")
+    np.savez(tmp_path / "prompts.npz", embeddings=vectors, names=np.array(["my mug", "ship"]))
+    run_cli("segment", run, "--prompt-embeddings", tmp_path / "prompts.npz", "--out", tmp_path / "vec",
+            "--events", "none")
+    summary = json.loads((tmp_path / "vec" / "segments.json").read_text())
+    assert [p["prompt"] for p in summary["prompts"]] == ["my mug", "ship"]
+    assert summary["prompts"][0]["found"] and not summary["prompts"][1]["found"]
+    # the same vector selects exactly what the text selected
+    np.testing.assert_array_equal(np.load(tmp_path / "vec" / "my-mug.npz")["indices"],
+                                  np.load(tmp_path / "text" / "red-mug.npz")["indices"])
+    np.save(tmp_path / "short.npy", vectors[:, :64])
+    proc = run_cli("segment", run, "--prompt-embeddings", tmp_path / "short.npy", check=False)
+    assert proc.returncode == 2 and "64-d vectors" in proc.stderr and "512-d" in proc.stderr
+    proc = run_cli("segment", run, "--prompt-embeddings", tmp_path / "prompts.npz", "--prompt", "one name only",
+                   check=False)
+    assert proc.returncode == 2 and "1 --prompt names for 2 vectors" in proc.stderr

@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="select the Gaussians of text prompts")
     p.add_argument("run")
-    p.add_argument("--prompt", action="append", default=[], required=True, help="a text prompt; repeat for several")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
+    p.add_argument("--prompt-embeddings", default=None, metavar="FILE",
+                   help="prompts as vectors instead of text: a .npy (P x D), or a .npz with 'embeddings' (P x D) "
+                        "and optional 'names'; --prompt then names them")
     p.add_argument("--points", default=None, help="N x 3 .npy of positions (e.g. mesh face centres) to label")
     p.add_argument("--out", default=None, help="output folder (default RUN/segments)")
     _segment_options(p)
@@ -300,14 +303,49 @@ def _segmenter(args, reporter):
 def run_segment(args, reporter: Reporter) -> dict:
     from .segment import write_segments
 
-    if not args.prompt or any(not p.strip() for p in args.prompt):
+    prompts, text = list(args.prompt), None
+    if args.prompt_embeddings:
+        prompts, text = load_prompt_embeddings(Path(args.prompt_embeddings), prompts)
+    if not prompts or any(not p.strip() for p in prompts):
         raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
     seg = _segmenter(args, reporter)
+    if text is not None and text.shape[1] != seg.query_embed.shape[1]:
+        raise MaskFieldError(f"{args.prompt_embeddings} holds {text.shape[1]}-d vectors, but this run's queries are "
+                             f"{seg.query_embed.shape[1]}-d ({seg.embedding_model}); encode the prompts with that model.")
     out = Path(args.out) if args.out else seg.run.segments_dir
-    summary = write_segments(seg, args.prompt, out, Path(args.points) if args.points else None, reporter)
+    summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text)
     summary["out"] = str(out)
     reporter.result("segment", **summary)
     return summary
+
+
+def load_prompt_embeddings(path: Path, names: list[str]) -> tuple[list[str], "np.ndarray"]:
+    """Prompt vectors from a .npy (P x D) or .npz ('embeddings', optional 'names'), and their names."""
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            if "embeddings" not in data:
+                raise ValueError(f"it has no 'embeddings' array (it has {', '.join(data.files) or 'none'})")
+            vectors = data["embeddings"]
+            names = names or ([str(n) for n in data["names"]] if "names" in data else [])
+        else:
+            vectors = data
+    except (OSError, ValueError) as exc:
+        raise MaskFieldError(f"cannot read --prompt-embeddings {path}: {exc}. Give a .npy of shape P x D, or a "
+                             ".npz with 'embeddings' (P x D) and optional 'names'.") from None
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise MaskFieldError(f"--prompt-embeddings {path} must hold a P x D array, got shape {vectors.shape}.")
+    if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
+        raise MaskFieldError(f"--prompt-embeddings {path} has a zero or non-finite vector; every row must be a "
+                             "real embedding.")
+    names = names or [f"embedding {i + 1}" for i in range(len(vectors))]
+    if len(names) != len(vectors):
+        raise MaskFieldError(f"{len(names)} --prompt names for {len(vectors)} vectors in {path}; give one name "
+                             "per row, or none.")
+    return names, vectors
 
 
 def run_serve(args, reporter: Reporter) -> None:

@@ -217,12 +217,12 @@ class Segmenter:
 
 
 def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_file: Path | None = None,
-                   reporter: Reporter | None = None) -> dict:
+                   reporter: Reporter | None = None, text: np.ndarray | None = None) -> dict:
     from .splats.ply import write_ply
 
     reporter = reporter or Reporter("none")
     t0 = time.perf_counter()
-    matches, label, score, all_scores = seg.segment(prompts)
+    matches, label, score, all_scores = seg.segment(prompts, text)
     seconds = time.perf_counter() - t0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
