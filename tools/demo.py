@@ -35,10 +35,26 @@ def maskfield(*args):
     return sh(PY, "-m", "maskfield.cli", *args)
 
 
-def real_priors_available() -> bool:
-    from maskfield.priors.weights import missing_checkpoints
+REAL_PRIOR_WEIGHTS = ["sam_vit_b", "clip_vit_b16_openai"]
 
-    return not missing_checkpoints(["sam_vit_b", "clip_vit_b16_openai"])
+
+def real_priors() -> tuple[bool, str]:
+    """Whether SAM + CLIP weights are present or could be downloaded now, and why not."""
+    from maskfield.events import MaskFieldError
+    from maskfield.priors.weights import default_weights_dir, downloads_allowed, missing_checkpoints, resolve_checkpoint
+
+    missing = missing_checkpoints(REAL_PRIOR_WEIGHTS)
+    if not missing:
+        return True, "weights found"
+    where = default_weights_dir()
+    if not downloads_allowed():
+        return False, f"SAM/CLIP weights not in {where} and downloads are off (MASKFIELD_OFFLINE)"
+    try:
+        for name in missing:
+            resolve_checkpoint(name, allow_download=True, timeout=20)
+    except MaskFieldError as exc:
+        return False, f"SAM/CLIP weights not in {where} and not downloadable here ({str(exc).splitlines()[0]})"
+    return True, "weights downloaded"
 
 
 def picture(scene_dir: Path, run_dir: Path, prompts, out_png: Path, views=3):
@@ -103,12 +119,19 @@ def main() -> int:
     t = time.perf_counter()
     train = ["train", scene, "--out", run, "--iterations", args.fit_iterations,
              "--field-iterations", args.field_iterations, "--overwrite"]
-    if real_priors_available() and os.environ.get("MASKFIELD_OFFLINE") != "1":
-        print("priors: real SAM ViT-B + CLIP ViT-B-16 (weights found); 8 prior views, 16x16 points on the CPU")
-        train += ["--prior-views", "8", "--points-per-side", "16", "--offline"]
+    use_real, why = real_priors()
+    if use_real:
+        import torch
+
+        if torch.cuda.is_available():
+            print(f"priors: real SAM ViT-B + CLIP ViT-B-16 ({why}); every view, 32x32 points on the GPU")
+            train += ["--sam-model", "vit_b", "--offline"]
+        else:
+            print(f"priors: real SAM ViT-B + CLIP ViT-B-16 ({why}); 8 prior views, 16x16 points on the CPU")
+            train += ["--prior-views", "8", "--points-per-side", "16", "--offline"]
     else:
-        print("priors: SAM/CLIP weights not found (see README, 'Weights'); using the object-index pass with "
-              "SAM-like noise instead, and prompts are matched to object NAMES (hashed), not through CLIP")
+        print(f"priors: {why} (see README, 'Weights'); using the object-index pass with SAM-like noise instead, "
+              "and prompts are matched to object NAMES (hashed), not through CLIP")
         train += ["--from-labels", "--label-noise", "0"]
     maskfield(*train)
     times["train (fit + priors + field)"] = time.perf_counter() - t
