@@ -79,7 +79,7 @@ def source_objects(context) -> list[bpy.types.Object]:
 def render_settings(context) -> scene_render.RenderSettings:
     s = mf(context)
     return scene_render.RenderSettings(views=s.views, resolution=s.resolution, samples=s.samples,
-                                       layout=s.layout, points=s.seed_points, seed=0)
+                                       engine=s.engine, layout=s.layout, points=s.seed_points, seed=0)
 
 
 def _geometry_digest(ob) -> str:

@@ -105,6 +105,7 @@ class MASKFIELD_PT_settings(bpy.types.Panel):
         if s.source == "OBJECTS":
             col.prop(s, "views")
             col.prop(s, "resolution")
+            col.prop(s, "engine")
             col.prop(s, "samples")
             col.prop(s, "layout")
             col.prop(s, "seed_points")

@@ -57,6 +57,12 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
                             description="Size in pixels of the rendered views")
     samples: IntProperty(name="Samples", default=16, min=1, max=4096,  # type: ignore[valid-type]
                          description="Cycles samples per rendered view")
+    engine: EnumProperty(  # type: ignore[valid-type]
+        name="Engine", default="CYCLES",
+        items=[("CYCLES", "Cycles", "Path-traced views (the object-index pass comes with them)"),
+               ("EEVEE", "EEVEE", "Fast rasterised views; a 1-sample Cycles pass gives the object index"),
+               ("WORKBENCH", "Workbench", "Flat solid-colour views, fastest; a 1-sample Cycles pass gives the object index")],
+        description="Render engine of the views (the object-index labels always come from Cycles)")
     seed_points: IntProperty(name="Seed points", default=20000, min=100, max=10000000,  # type: ignore[valid-type]
                              description="Points sampled on the objects' surfaces to start the Gaussians from")
     layout: EnumProperty(name="Cameras", items=LAYOUT_ITEMS, default="HEMISPHERE")  # type: ignore[valid-type]

@@ -102,6 +102,24 @@ def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[n
     return pts.min(0), pts.max(0)
 
 
+ENGINES = ("CYCLES", "EEVEE", "WORKBENCH")
+# the engine's identifier by Blender version: EEVEE Next is "BLENDER_EEVEE_NEXT" in 4.2-4.5
+# and "BLENDER_EEVEE" again from 5.0
+ENGINE_IDS = {"CYCLES": ("CYCLES",), "EEVEE": ("BLENDER_EEVEE_NEXT", "BLENDER_EEVEE"),
+              "WORKBENCH": ("BLENDER_WORKBENCH",)}
+
+
+def set_render_engine(render, engine: str) -> str:
+    """Set ``render.engine`` to the running Blender's identifier of ``engine``; returns it."""
+    for ident in ENGINE_IDS[engine]:
+        try:
+            render.engine = ident
+            return ident
+        except TypeError:
+            continue
+    raise RenderError(f"this Blender has no {engine} render engine")
+
+
 def grey_world(name: str, grey: float, strength: float):
     """A new world of a uniform grey, set on its Background node too (the node tree is what Cycles renders)."""
     world = bpy.data.worlds.new(name)
@@ -384,6 +402,7 @@ class RenderJob:
         self._poses: list[Matrix] = []
         self._intr: dict = {}
         self._exr_dir: str | None = None
+        self._engine = "CYCLES"
         self._started = False
         self.summary: dict = {}
 
@@ -393,8 +412,8 @@ class RenderJob:
             return
         self._started = True
         s = self.settings
-        if s.engine != "CYCLES":
-            raise RenderError("scene rendering needs Cycles (it provides the object-index pass)")
+        if s.engine not in ENGINES:
+            raise RenderError(f"unknown render engine {s.engine!r}; use one of {', '.join(ENGINES)}")
         if s.views < 1:
             raise RenderError("the number of views must be at least 1")
         w, h = s.size
@@ -441,6 +460,8 @@ class RenderJob:
         self._tmp_scene = tmp
         w, h = s.size
         r = tmp.render
+        # Cycles settings are made in any case: with another engine, Cycles renders the
+        # object-index pass (EEVEE and Workbench have none)
         r.engine = "CYCLES"
         r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
         r.pixel_aspect_x = r.pixel_aspect_y = 1.0
@@ -472,6 +493,9 @@ class RenderJob:
             tmp.view_settings.gamma = user.view_settings.gamma
         except (TypeError, AttributeError):
             pass
+        self._engine = set_render_engine(r, s.engine)
+        if s.engine == "EEVEE" and hasattr(tmp, "eevee"):
+            tmp.eevee.taa_render_samples = max(1, int(s.samples))
         vl = tmp.view_layers[0]
         vl.use_pass_object_index = bool(s.labels)
         coll = tmp.collection
@@ -560,6 +584,8 @@ class RenderJob:
         frame: dict[str, Any] = {"file_path": img_rel,
                                  "transform_matrix": [list(map(float, row)) for row in pose]}
         if s.labels:
+            if self._engine != "CYCLES":
+                result = self._render_index_pass(tmp)
             exr = os.path.join(self._exr_dir, "view.exr")
             _set_multilayer_exr(tmp.render.image_settings)
             result.save_render(exr, scene=tmp)
@@ -574,6 +600,19 @@ class RenderJob:
             imageio.write_png(os.path.join(self.out_dir, lab_rel), ids.astype(dtype))
             frame["label_path"] = lab_rel
         self.frames.append(frame)
+
+    def _render_index_pass(self, tmp):
+        """Render the object-index pass with Cycles at 1 sample (the index is exact at 1)."""
+        r, samples = tmp.render, tmp.cycles.samples
+        r.engine, tmp.cycles.samples = "CYCLES", 1
+        try:
+            bpy.ops.render.render(write_still=False, scene=tmp.name)
+        finally:
+            r.engine, tmp.cycles.samples = self._engine, samples
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise RenderError("Blender produced no render result for the object-index pass")
+        return result
 
     def finish(self) -> dict:
         s = self.settings

@@ -24,9 +24,9 @@ NAMES = {"red mug", "blue box", "green ball", "yellow cone", "purple torus", "ta
 VIEWS, RES = 12, 64
 
 
-def make_tabletop(out, home, seed=1, views=VIEWS, res=RES):
+def make_tabletop(out, home, seed=1, views=VIEWS, res=RES, engine="CYCLES"):
     cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_tabletop.py"), "--out", str(out),
-           "--views", str(views), "--resolution", str(res), "--seed", str(seed), "--quiet"]
+           "--views", str(views), "--resolution", str(res), "--seed", str(seed), "--engine", engine, "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=harness.blender_env(str(home)))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -172,3 +172,26 @@ def test_deterministic_for_a_seed(tabletop, tmp_path):
     m1 = np.array(load(out)["frames"][0]["transform_matrix"])
     m2 = np.array(load(other)["frames"][0]["transform_matrix"])
     assert not np.allclose(m1, m2)
+
+
+@pytest.mark.parametrize("engine", ["WORKBENCH", "EEVEE"])
+def test_other_engines_render_colour_and_cycles_gives_the_same_labels(tabletop, tmp_path, engine):
+    _, home = tabletop
+    cycles, out = tmp_path / "CYCLES", tmp_path / engine
+    make_tabletop(cycles, home, views=2)  # the camera layout depends on the view count
+    make_tabletop(out, home, views=2, engine=engine)
+    assert load(out)["blender"]["settings"]["engine"] == engine
+    for frame_c, frame_o in zip(load(cycles)["frames"], load(out)["frames"]):
+        assert frame_c["transform_matrix"] == frame_o["transform_matrix"]
+        labels_c = np.asarray(Image.open(os.path.join(cycles, frame_c["label_path"])))
+        labels_o = np.asarray(Image.open(os.path.join(out, frame_o["label_path"])))
+        np.testing.assert_array_equal(labels_o, labels_c)  # the index pass is Cycles' in both
+        assert len(np.unique(labels_o)) >= 4
+        rgba = np.asarray(Image.open(os.path.join(out, frame_o["file_path"])))
+        assert rgba.shape == (RES, RES, 4)
+        # transparent film: the background is see-through, the objects opaque (edges anti-aliased)
+        alpha = rgba[..., 3]
+        assert (alpha[labels_o > 0] > 100).mean() > 0.95 and (alpha[labels_o == 0] < 50).mean() > 0.9
+        # and it is another renderer's picture
+        rgba_c = np.asarray(Image.open(os.path.join(cycles, frame_c["file_path"])))
+        assert np.abs(rgba.astype(int) - rgba_c.astype(int))[..., :3].mean() > 1.0

@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--engine", default="CYCLES", choices=scene_render.ENGINES)
     ap.add_argument("--points", type=int, default=20000)
     ap.add_argument("--layout", default="HEMISPHERE", choices=scene_render.LAYOUTS)
     ap.add_argument("--seed", type=int, default=0)
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     scene.name = "tabletop"
     objs = build_tabletop(args.seed, scene)
     settings = scene_render.RenderSettings(
-        views=args.views, resolution=args.resolution, samples=args.samples, points=args.points,
+        views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine, points=args.points,
         layout=args.layout, seed=args.seed, extra={"generator": "tools/make_tabletop.py"})
 
     def progress(done: int, total: int) -> None:
