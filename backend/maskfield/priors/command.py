@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..events import MaskFieldError, Reporter
+from ..run import resolve_device
 from .from_labels import (
     LabelNoise,
     find_label_file,
@@ -210,19 +211,6 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> arg
     return p
 
 
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskFieldError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MaskFieldError("--device mps was asked for, but this torch has no MPS support; use --device cpu")
-    return device
-
-
 def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:
     """``count`` indices spread evenly over ``indices`` (first and last included), in order."""
     indices = list(indices)
@@ -292,7 +280,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         from .embeddings import ClipEmbedder, load_clip
         from .masks import MaskSettings, SamMaskGenerator, default_sam_model, load_sam
 
-        device = resolve_device(getattr(args, "device", "auto"))
+        device = resolve_device(getattr(args, "device", None) or "auto")
         model_type = args.sam_model or default_sam_model(device)
         settings = MaskSettings(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)
         allow_download = not getattr(args, "offline", False)
