@@ -151,3 +151,30 @@ def test_prompts_given_as_embedding_vectors(trained, tmp_path):
     proc = run_cli("segment", run, "--prompt-embeddings", tmp_path / "prompts.npz", "--prompt", "one name only",
                    check=False)
     assert proc.returncode == 2 and "1 --prompt names for 2 vectors" in proc.stderr
+
+
+def test_train_on_an_existing_splat_file_trains_only_the_mask_field(trained, tmp_path):
+    """Source (c): a 3DGS .ply from elsewhere (here written back by SuperSplat's converter)."""
+    scene, run, _ = trained
+    tool = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
+    outside = tmp_path / "from supersplat.ply"
+    subprocess.run([str(tool), "-w", str(run / "gaussians.ply"), str(outside)], check=True, capture_output=True,
+                   timeout=120)
+    run2 = tmp_path / "run from ply"
+    proc = run_cli("train", scene, "--out", run2, "--ply", outside, "--from-labels", "--label-noise", "0",
+                   "--field-iterations", "300", "--field-resolution", "64", "--events", "jsonl")
+    evs = events(proc.stdout)
+    assert not [e for e in evs if e["event"] == "progress" and e.get("stage") == "fit"]
+    assert any("no colour fit" in e.get("message", "") for e in evs if e["event"] == "log")
+    info = json.loads((run2 / "run.json").read_text())
+    assert info["stages"]["fit"]["source"] == str(outside.resolve())
+    assert (run2 / "field.pt").exists()
+    run_cli("segment", run2, "--prompt", "red mug", "--out", run2 / "seg", "--events", "none")
+    summary = json.loads((run2 / "seg" / "segments.json").read_text())
+    assert summary["prompts"][0]["found"] and summary["prompts"][0]["count"] > 20
+    # a file that is not a 3DGS .ply is refused before anything is written
+    bad = tmp_path / "points.ply"
+    bad.write_bytes((scene / "points.ply").read_bytes())
+    proc = run_cli("train", scene, "--out", tmp_path / "run3", "--ply", bad, "--from-labels", check=False)
+    assert proc.returncode == 2
+    assert not (tmp_path / "run3" / "gaussians.ply").exists()
