@@ -403,13 +403,27 @@ class FacesMap:
         return problems
 
 
+def _refuse_changed_meshes(faces: FacesMap) -> None:
+    """Labels are per face of the meshes as rendered for training: after an edit (or an
+    earlier split in place) they would land on the wrong faces."""
+    problems = faces.check()
+    if problems:
+        raise DataError("the meshes changed since the run was trained (" + "; ".join(problems)
+                        + "): train again, or undo the edit")
+
+
 def _mesh_keep_faces(src: bpy.types.Mesh, keep: np.ndarray, name: str) -> bpy.types.Mesh:
     """A copy of ``src`` with only the faces where ``keep`` is True (UVs, materials kept)."""
-    import bmesh
-
     me = src.copy()
     me.name = name
-    drop = np.flatnonzero(~keep)
+    _delete_faces(me, np.flatnonzero(~keep))
+    return me
+
+
+def _delete_faces(me: bpy.types.Mesh, drop: np.ndarray) -> None:
+    """Delete faces ``drop`` of ``me`` (and the edges and vertices only they used)."""
+    import bmesh
+
     if len(drop):
         bm = bmesh.new()
         try:
@@ -421,20 +435,21 @@ def _mesh_keep_faces(src: bpy.types.Mesh, keep: np.ndarray, name: str) -> bpy.ty
         finally:
             bm.free()
     me.update()
-    return me
 
 
 def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, prompts: Sequence[str],
-                   run: str | None = None) -> dict[str, list[bpy.types.Object]]:
+                   run: str | None = None, in_place: bool = False) -> dict[str, list[bpy.types.Object]]:
     """New objects with the faces labelled with each prompt, in "MaskField: <prompt>" collections.
 
     ``labels`` has one int per face of ``faces`` (-1 background, else index into ``prompts``).
-    The source objects are left untouched.
+    The source objects are left untouched, unless ``in_place``: then the faces that went to
+    a prompt are removed from them (the originals are split, as Blender's Separate does).
     """
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != faces.total:
         raise DataError(f"the segmentation has {len(labels)} face labels, the face table {faces.total}; "
                            "segment again")
+    _refuse_changed_meshes(faces)
     made: dict[str, list[bpy.types.Object]] = {}
     for k, prompt in enumerate(prompts):
         clear_prompt(scene, prompt)
@@ -464,6 +479,16 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
             ob["maskfield_source"] = src.name
             coll.objects.link(ob)
             made[prompt].append(ob)
+    if in_place:
+        taken = (labels >= 0) & (labels < len(prompts))
+        for entry in faces.objects:
+            src = bpy.data.objects.get(entry["name"])
+            keep = ~taken[entry["start"]: entry["start"] + entry["count"]]
+            if src is None or src.type != "MESH" or keep.all():
+                continue
+            if src.data.users > 1:  # a linked duplicate's mesh: split only this object's copy
+                src.data = src.data.copy()
+            _delete_faces(src.data, np.flatnonzero(~keep))
     return made
 
 
@@ -471,6 +496,7 @@ def select_faces(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, faces:
                  prompt_ids: Sequence[int]) -> int:
     """Select the faces labelled with any of ``prompt_ids`` (and their objects); returns the count."""
     labels = np.asarray(labels).reshape(-1)
+    _refuse_changed_meshes(faces)
     wanted = np.isin(labels, np.asarray(list(prompt_ids), dtype=labels.dtype))
     total = 0
     chosen: list[bpy.types.Object] = []

@@ -505,7 +505,8 @@ def check_run(run: str) -> None:
                         "the run folder of a finished training.")
 
 
-def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run: str) -> str:
+def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run: str,
+                   split_in_place: bool = False) -> str:
     """Bring a finished segmentation into the scene; returns a summary message."""
     scene = bpy.data.scenes.get(scene_name)
     if scene is None:
@@ -539,7 +540,13 @@ def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run
             faces, _npy = fm
             labels = np.load(labels_path)
             if mode == "FACES":
-                made = import_export.separate_faces(scene, faces, labels, order, run=run)
+                made = import_export.separate_faces(scene, faces, labels, order, run=run, in_place=split_in_place)
+                if split_in_place:
+                    parts.append("originals split")
+                    try:  # make the split one undo step (there is no undo stack in background mode)
+                        bpy.ops.ed.undo_push(message="MaskField: split faces")
+                    except RuntimeError:
+                        pass
                 for p in order:
                     n = sum(len(o.data.polygons) for o in made.get(p, []))
                     if made.get(p):
@@ -639,6 +646,7 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
             return fail(self, str(exc))
 
         scene_name = context.scene.name
+        split_in_place = bool(mf(context).split_in_place)
         use_faces = fm is not None
         eff_mode = mode if (mode == "POINTS" or use_faces) else "SELECT_POINTS"
 
@@ -647,7 +655,7 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
             if job.state == "finished":
                 try:
                     msg = apply_segments(scene_name, out, prompts, "SELECT" if eff_mode == "SELECT_POINTS" else mode,
-                                         run)
+                                         run, split_in_place=split_in_place)
                 except (UserError, import_export.DataError, OSError, ValueError, KeyError) as exc:
                     STATUS.set_error(f"Could not use the segmentation: {exc}")
                     return

@@ -133,6 +133,8 @@ class MASKFIELD_PT_segment(bpy.types.Panel):
         col.operator("maskfield.prompt_add", icon="ADD", text="")
         col.operator("maskfield.prompt_remove", icon="REMOVE", text="")
         layout.prop(s, "mode", expand=True)
+        if s.mode == "FACES":
+            layout.prop(s, "split_in_place")
         row = layout.row(align=True)
         row.prop(s, "use_threshold", text="")
         sub = row.row()

@@ -79,6 +79,10 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
     prompts: CollectionProperty(type=MaskFieldPrompt)  # type: ignore[valid-type]
     prompt_index: IntProperty(default=0)  # type: ignore[valid-type]
     mode: EnumProperty(name="Result", items=MODE_ITEMS, default="POINTS")  # type: ignore[valid-type]
+    split_in_place: BoolProperty(  # type: ignore[valid-type]
+        name="Split originals", default=False,
+        description="Faces mode: also remove the segmented faces from the original objects, splitting them "
+                    "(undo with Ctrl+Z); off, the originals are left untouched")
     use_threshold: BoolProperty(name="Threshold", default=False,  # type: ignore[valid-type]
                                 description="Use a custom threshold instead of the backend's")
     threshold: FloatProperty(name="Threshold", default=0.5, min=0.0, max=1.0,  # type: ignore[valid-type]

@@ -630,6 +630,41 @@ def main() -> None:
         bpy.data.cameras.remove(cam_data)
         check("intrinsics_match_blender", worst < 1e-3, worst)
 
+    # -- 10b. split in place (last: it changes the user's meshes, as asked) ---------------
+    with section("split_in_place"):
+        os.environ["FAKE_BACKEND_HALF"] = "1"  # the first half of the cube's faces are "red"
+        set_prompts("red")
+        s.mode, s.run_dir, s.split_in_place = "FACES", run_b, True
+        n_cube = len(cube.data.polygons)
+        other_user = bpy.data.objects.new("Cube twin", cube.data)  # a linked duplicate shares the mesh
+        bpy.context.scene.collection.objects.link(other_user)
+        res, ok, job = run_segment("split")
+        check("split_job", ok and job.state == "finished", job and job.error)
+        red = [o for o in next(c for c in bpy.data.collections if c.get("maskfield_prompt") == "red").objects
+               if o.get("maskfield_owned")]
+        half = n_cube - n_cube // 2
+        check("split_new_object", len(red) == 1 and len(red[0].data.polygons) == half,
+              [(o.name, len(o.data.polygons)) for o in red])
+        check("split_original_keeps_the_rest", len(cube.data.polygons) == n_cube - half, len(cube.data.polygons))
+        check("split_twin_untouched", len(other_user.data.polygons) == n_cube and other_user.data != cube.data)
+        check("split_reported", "originals split" in STATUS.info, STATUS.info)
+        # the face table no longer fits the split mesh: a re-run is refused, nothing changes
+        before_split = len(cube.data.polygons)
+        n_objects = len(bpy.data.objects)
+        ok, msg = expect_error(lambda: bpy.ops.maskfield.segment(), "Red Cube", "train again")
+        check("split_rerun_refused", ok and len(cube.data.polygons) == before_split, msg)
+        # and if the mesh changes while a segmentation runs, applying its result is refused too
+        faces = mf.import_export.FacesMap.load(os.path.join(run_b, "blender", "faces.json"))
+        try:
+            mf.import_export.separate_faces(bpy.context.scene, faces, np.zeros(faces.total, np.int32), ["red"])
+            refused = "no error"
+        except mf.import_export.DataError as exc:
+            refused = str(exc)
+        check("split_apply_refused", "meshes changed" in refused and len(bpy.data.objects) == n_objects
+              and len(cube.data.polygons) == before_split, refused)
+        os.environ.pop("FAKE_BACKEND_HALF")
+        s.split_in_place = False
+
     # -- 11. kill on exit ----------------------------------------------------------------
     with section("kill_all"):
         os.environ["FAKE_BACKEND_MODE"] = "slow"
