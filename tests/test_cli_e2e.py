@@ -178,3 +178,19 @@ def test_train_on_an_existing_splat_file_trains_only_the_mask_field(trained, tmp
     proc = run_cli("train", scene, "--out", tmp_path / "run3", "--ply", bad, "--from-labels", check=False)
     assert proc.returncode == 2
     assert not (tmp_path / "run3" / "gaussians.ply").exists()
+
+
+def test_train_with_real_priors_states_cpu_settings_and_names_missing_weights(trained, tmp_path):
+    scene, run, _ = trained
+    env_weights = tmp_path / "no weights"
+    env_weights.mkdir()
+    proc = subprocess.run([PY, "-m", "maskfield.cli", "train", str(scene), "--out", str(tmp_path / "r"), "--ply",
+                           str(run / "gaussians.ply"), "--offline", "--weights-dir", str(env_weights),
+                           "--events", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    n_train = len(json.loads((run / "run.json").read_text())["train_indices"])
+    stated = [m for m in logs if m.startswith("priors: SAM vit_b")]
+    assert stated and f"on 8 of {n_train} training views (CPU defaults" in stated[0] and "16x16" in stated[0]
+    error = [e for e in events(proc.stdout) if e["event"] == "error"][0]["message"]
+    assert "sam_vit_b_01ec64.pth" in error and str(env_weights) in error

@@ -240,6 +240,9 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     return summary
 
 
+CPU_PRIOR_VIEWS = 8  # SAM + CLIP views on a CPU unless --prior-views says otherwise
+
+
 def run_train(args, reporter: Reporter) -> dict:
     """fit -> priors -> field, skipping the stages a previous run finished."""
     from .priors import command as priors_command
@@ -265,10 +268,26 @@ def run_train(args, reporter: Reporter) -> dict:
     else:
         out["fit"] = run_fit(args, reporter)
     device = args.device
+    cuda = _is_cuda(device)
+    prior_views, points_per_side = args.prior_views, args.points_per_side or (32 if cuda else 16)
+    if args.from_labels is None:
+        # SAM takes about a minute per photo on a CPU: a spread subset of the views keeps the
+        # stage in minutes; on a GPU every training view, as the paper
+        n_train = len(scene.train_indices)
+        if prior_views is None and not cuda:
+            prior_views = min(CPU_PRIOR_VIEWS, n_train)
+        from .priors.masks import default_sam_model
+        from .run import resolve_device
+
+        sam = args.sam_model or default_sam_model(resolve_device(device))
+        reporter.log(f"priors: SAM {sam} with {points_per_side}x"
+                     f"{points_per_side} points on {min(prior_views or n_train, n_train)} of {n_train} training "
+                     f"views ({'GPU' if cuda else 'CPU'} defaults; --prior-views, --points-per-side, --sam-model "
+                     "to change)")
     priors_args = argparse.Namespace(
         scene=args.scene, out=args.out, from_labels=args.from_labels, label_noise=args.label_noise,
-        prior_views=args.prior_views, sam_model=args.sam_model,
-        points_per_side=args.points_per_side or (32 if _is_cuda(device) else 16), points_per_batch=64,
+        prior_views=prior_views, sam_model=args.sam_model,
+        points_per_side=points_per_side, points_per_batch=64,
         weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
         force=False, device=device, events=args.events)
     out["priors"] = priors_command.run(priors_args, reporter)
