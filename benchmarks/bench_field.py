@@ -146,21 +146,31 @@ def run_child(method: str, args) -> dict:
             "supervised_pixels": int(view.supervised.sum()), "masks": len(view.targets)}
 
 
-def segmentation_latency(n: int, repeats: int) -> dict:
-    """segment() on 1M Gaussians and 3 prompts whose text is already encoded."""
-    from maskfield.field.queries import QueryNetworks
+def segmentation_latency(n: int, repeats: int, objects: int = 60, queries_per_object: int = 4) -> dict:
+    """segment() on ``n`` Gaussians and 3 prompts whose text is already encoded.
+
+    The field is built like a trained one: Gaussians in ``objects`` groups, each group's
+    features near its own direction, ``queries_per_object`` queries per group (parts and
+    granularities) whose masks light that group, and whose meanings are the group's name.
+    So each prompt selects its object's queries, and every other query is a competitor
+    (SegmentSettings.exclusive), as in a real scene.
+    """
     from maskfield.priors.text import encode_texts
     from maskfield.segment import Segmenter
 
-    torch.manual_seed(0)
-    queries = QueryNetworks(240, 16, 512)
-    features = torch.randn(n, 16)
-    # the prompts' embeddings are three queries' own, so each prompt is answered by real work
-    with torch.no_grad():
-        _, c = queries()
-    text = torch.nn.functional.normalize(c[[3, 70, 150]], dim=-1).numpy()
-    prompts = ["prompt a", "prompt b", "prompt c"]
-    seg = Segmenter.from_field(None, features, queries, embedding_model="names:hash-512",
+    gen = torch.Generator().manual_seed(0)
+    dim = 16
+    directions = torch.nn.functional.normalize(torch.randn(objects, dim - 1, generator=gen), dim=-1)
+    group = torch.randint(objects, (n,), generator=gen)
+    features = torch.cat([directions[group] + 0.15 * torch.randn(n, dim - 1, generator=gen),
+                          torch.ones(n, 1)], dim=1)  # the last component is a constant: a mask bias
+    owner = torch.arange(objects * queries_per_object) // queries_per_object
+    mask_embed = torch.cat([10.0 * directions[owner], torch.full((len(owner), 1), -5.0)], dim=1)
+    names = [f"object {k}" for k in range(objects)]
+    meaning = torch.as_tensor(encode_texts(names, "names:hash-512"))[owner]
+    prompts = [names[3], names[25], names[48]]
+    text = encode_texts(prompts, "names:hash-512")
+    seg = Segmenter.from_field(None, features, lambda: (mask_embed, meaning), embedding_model="names:hash-512",
                                text_encoder=lambda texts: encode_texts(texts, "names:hash-512"))
     matches, label, _, _ = seg.segment(prompts, text)  # encodes the canonical negatives once
     if not all(m.found for m in matches):
@@ -170,8 +180,10 @@ def segmentation_latency(n: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         matches, label, _, _ = seg.segment(prompts, text)
         times.append(time.perf_counter() - t0)
+    expected = sum(int((group == k).sum()) for k in (3, 25, 48))
     return {"median_s": float(np.median(times)), "best_s": float(np.min(times)),
-            "labelled": int((label >= 0).sum()), "queries": [len(m.queries) for m in matches]}
+            "labelled": int((label >= 0).sum()), "expected": expected,
+            "queries": [len(m.queries) for m in matches], "competitors": [len(m.competitors) for m in matches]}
 
 
 def quality_on_run(run_dir: Path, labels_dir: Path) -> dict:
@@ -269,7 +281,8 @@ def main() -> int:
           "  (target >= 5x)")
     print(f"segmentation, {args.segment_gaussians:,} Gaussians, 3 prompts (text encoded): median "
           f"{seg['median_s'] * 1000:.1f} ms, best {seg['best_s'] * 1000:.1f} ms (target < 50 ms); "
-          f"{seg['labelled']:,} Gaussians labelled by {seg['queries']} queries")
+          f"{seg['labelled']:,} Gaussians labelled ({seg['expected']:,} in the prompted objects) by "
+          f"{seg['queries']} queries against {seg['competitors']} competitors")
     quality = None
     if args.run:
         if not args.labels:

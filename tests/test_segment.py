@@ -125,3 +125,26 @@ def test_baseline_targets_take_the_smallest_covering_mask_and_labels_follow_text
     negatives = torch.as_tensor(names(list(CANONICAL_NEGATIVES)))
     features = torch.stack([text[1], text[0], negatives[0]])
     np.testing.assert_array_equal(baseline_labels(features, text, negatives), [1, 0, -1])
+
+
+def test_a_query_that_also_lights_a_neighbour_yields_to_the_neighbours_own_query():
+    # Gaussians 0-3: the box; 4-7: the table beside it. Query 0 is the box's; query 1 was
+    # trained on box+table masks (its meaning is mostly "box", its mask covers both, weakly
+    # on the table); query 2 is the table's own.
+    box, table = names(["blue box", "table"])
+    mixed = box + 0.45 * table
+    c = torch.as_tensor(np.stack([box, mixed / np.linalg.norm(mixed), table]))
+    m = torch.tensor([[8.0, 0, 0], [0, 8.0, 0], [0, 0, 8.0]])
+    f = np.zeros((8, 3), np.float32)
+    f[:4] = [1.0, 1.0, -1.0]  # box: lit by queries 0 and 1
+    f[4:] = [-1.0, 0.15, 1.0]  # table: lit strongly by query 2, weakly (p ~ 0.77) by query 1
+
+    def labels(exclusive):
+        seg = Segmenter.from_field(None, torch.as_tensor(f), lambda: (m, c), embedding_model=ENCODER,
+                                   text_encoder=names, settings=SegmentSettings(exclusive=exclusive))
+        matches, label, _, _ = seg.segment(["blue box"])
+        assert sorted(matches[0].queries.tolist()) == [0, 1] and matches[0].competitors.tolist() == [2]
+        return label
+
+    np.testing.assert_array_equal(labels(False), [0] * 8)  # the mixed query leaks onto the table
+    np.testing.assert_array_equal(labels(True), [0] * 4 + [-1] * 4)
