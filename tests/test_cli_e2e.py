@@ -194,3 +194,16 @@ def test_train_with_real_priors_states_cpu_settings_and_names_missing_weights(tr
     assert stated and f"on 8 of {n_train} training views (CPU defaults" in stated[0] and "16x16" in stated[0]
     error = [e for e in events(proc.stdout) if e["event"] == "error"][0]["message"]
     assert "sam_vit_b_01ec64.pth" in error and str(env_weights) in error
+
+
+def test_exclusive_rule_can_be_turned_off(trained, tmp_path):
+    _, run, _ = trained
+    counts = {}
+    for flag in ([], ["--no-exclusive"]):
+        out = tmp_path / ("plain" if flag else "exclusive")
+        run_cli("segment", run, "--prompt", "red mug", *flag, "--out", out, "--events", "none")
+        summary = json.loads((out / "segments.json").read_text())
+        assert summary["settings"]["exclusive"] is (not flag)
+        counts[bool(flag)] = [p["count"] for p in summary["prompts"]]
+    # for a single prompt the rule only ever removes Gaussians
+    assert 0 < counts[False][0] <= counts[True][0], counts

@@ -41,6 +41,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
 def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="mask probability for a Gaussian to count (0.5)")
     p.add_argument("--relevancy", type=float, default=None, help="query relevancy against negatives (0.6)")
+    p.add_argument("--no-exclusive", action="store_true",
+                   help="let a prompt keep Gaussians that a query of another meaning lights more strongly "
+                        "(the plain union of the prompt's queries)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--offline", action="store_true")
 
@@ -315,6 +318,7 @@ def _segmenter(args, reporter):
         settings.mask_threshold = args.threshold
     if args.relevancy is not None:
         settings.relevancy_threshold = args.relevancy
+    settings.exclusive = not args.no_exclusive
     return Segmenter(args.run, device=resolve_device(args.device), settings=settings,
                      weights_dir=args.weights_dir, allow_download=not args.offline)
 
