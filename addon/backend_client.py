@@ -57,7 +57,28 @@ def child_env(offline: bool = False, extra: dict | None = None) -> dict:
     return env
 
 
-class Job:
+class _Outcome:
+    """What a Job and a server Request share: result events and timing."""
+
+    results: list[dict]
+    started_at: float
+    ended_at: float
+
+    @property
+    def elapsed(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def result(self, stage: str | None = None) -> dict | None:
+        """The last result event (of ``stage`` if given)."""
+        for res in reversed(self.results):
+            if stage is None or res.get("stage") == stage:
+                return res
+        return None
+
+
+class Job(_Outcome):
     """One backend process (or a chain of processes run one after another).
 
     ``steps`` is a list of argv lists; each starts when the previous one exited with 0.
@@ -128,19 +149,6 @@ class Job:
         if self.total > 0:
             return f"{stage} {self.done}/{self.total}"
         return stage
-
-    @property
-    def elapsed(self) -> float:
-        if not self.started_at:
-            return 0.0
-        return (self.ended_at or time.monotonic()) - self.started_at
-
-    def result(self, stage: str | None = None) -> dict | None:
-        """The last result event (of ``stage`` if given)."""
-        for res in reversed(self.results):
-            if stage is None or res.get("stage") == stage:
-                return res
-        return None
 
     # -- process -------------------------------------------------------------------------
     def start(self) -> "Job":
@@ -480,7 +488,7 @@ def pump(timeout: float = 60.0, until: Callable[[], bool] | None = None) -> bool
 # a kept-alive `maskfield serve RUN` process
 
 
-class Request:
+class Request(_Outcome):
     """One segmentation request to the server; ``on_done(request)`` is called once at the end."""
 
     _next_id = 0
@@ -499,16 +507,6 @@ class Request:
     @property
     def running(self) -> bool:
         return self.state in ("pending", "running")
-
-    @property
-    def elapsed(self) -> float:
-        return (self.ended_at or time.monotonic()) - self.started_at
-
-    def result(self, stage: str | None = None) -> dict | None:
-        for res in reversed(self.results):
-            if stage is None or res.get("stage") == stage:
-                return res
-        return None
 
     def _end(self, state: str, error: str | None = None) -> None:
         if not self.running:

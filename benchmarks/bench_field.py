@@ -66,19 +66,14 @@ def region_masks(width: int, height: int, fine: int, coarse: int, seed: int = 0)
 
 
 def make_view(params, camera, embed_dim: int, fine: int, coarse: int):
-    from maskfield.field.data import FieldView
-    from maskfield.splats.render import compositing_weights
+    from maskfield.field.data import FieldView, blend_matrix
 
-    g = {k: v.detach() for k, v in params.items()}
-    pixel, gaussian, weight = compositing_weights(g, camera)
-    n_pix = camera.width * camera.height
-    weights = torch.sparse_coo_tensor(torch.stack([pixel, gaussian]), weight,
-                                      (n_pix, g["means"].shape[0])).coalesce().to_sparse_csr()
-    alpha = torch.zeros(n_pix).index_add_(0, pixel, weight)
+    weights, alpha = blend_matrix({k: v.detach() for k, v in params.items()}, camera)
     targets = torch.as_tensor(region_masks(camera.width, camera.height, fine, coarse))
     gen = torch.Generator().manual_seed(1)
     embeddings = torch.nn.functional.normalize(torch.randn(len(targets), embed_dim, generator=gen), dim=-1)
-    return FieldView("bench", weights, alpha, targets, embeddings, alpha > 0.5, camera.width, camera.height), len(pixel)
+    view = FieldView("bench", weights, alpha, targets, embeddings, alpha > 0.5, camera.width, camera.height)
+    return view, int(weights.values().numel())
 
 
 def run_child(method: str, args) -> dict:

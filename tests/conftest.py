@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# SuperSplat's converter, installed by scripts/ensure_env.sh (npm)
+SPLAT_TRANSFORM = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
 SHARED = ROOT.parent / "shared"
 FOX = SHARED / "data" / "fox"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SPLAT_TRANSFORM
 
 PY = sys.executable
 
@@ -156,9 +156,8 @@ def test_prompts_given_as_embedding_vectors(trained, tmp_path):
 def test_train_on_an_existing_splat_file_trains_only_the_mask_field(trained, tmp_path):
     """Source (c): a 3DGS .ply from elsewhere (here written back by SuperSplat's converter)."""
     scene, run, _ = trained
-    tool = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
     outside = tmp_path / "from supersplat.ply"
-    subprocess.run([str(tool), "-w", str(run / "gaussians.ply"), str(outside)], check=True, capture_output=True,
+    subprocess.run([str(SPLAT_TRANSFORM), "-w", str(run / "gaussians.ply"), str(outside)], check=True, capture_output=True,
                    timeout=120)
     run2 = tmp_path / "run from ply"
     proc = run_cli("train", scene, "--out", run2, "--ply", outside, "--from-labels", "--label-noise", "0",

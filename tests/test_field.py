@@ -136,13 +136,14 @@ def test_gaussian_shares_and_the_per_gaussian_loss_by_hand():
                                 (3, 3)).coalesce().to_sparse_csr()
     targets = torch.tensor([[1.0, 0.0, 1.0]])  # one mask: pixel 0 (and unsupervised pixel 2)
     supervised = torch.tensor([True, True, False])
-    index, share, weight = gaussian_shares(W, supervised, targets)
+    view = FieldView("v", W, torch.ones(3), targets, torch.ones(1, 4), supervised, 3, 1)
+    index, share, weight = gaussian_shares(view.supervised_weights()[1], view.supervised_targets())
     assert index.tolist() == [0, 2]  # Gaussian 1 paints only the unsupervised pixel
     torch.testing.assert_close(share, torch.tensor([[0.6], [0.3]]))
     torch.testing.assert_close(weight, torch.tensor([0.6, 1.3]))
 
-    view = FieldView("v", W, torch.ones(3), targets, torch.ones(1, 4), supervised, 3, 1)
     view.with_gaussian_shares()
+    assert view.gaussian_index.tolist() == [0, 2]
     features = torch.tensor([[2.0], [0.0], [-1.0]])
     m = torch.tensor([[1.5]])
     l0, l2 = 3.0, -1.5  # each Gaussian's own logit

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ import torch
 from maskfield.splats.model import Gaussians
 from maskfield.splats.ply import read_ply, write_ply
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
+from conftest import SPLAT_TRANSFORM as TOOL
 
 
 def splat_transform(*args):

@@ -56,7 +56,7 @@ class FieldView:
     def with_gaussian_shares(self) -> "FieldView":
         if self.gaussian_index is None:
             self.gaussian_index, self.gaussian_share, self.gaussian_weight = gaussian_shares(
-                self.weights, self.supervised, self.targets)
+                self.supervised_weights()[1], self.supervised_targets())
         return self
 
 
@@ -74,22 +74,18 @@ class _FrozenBlend(torch.autograd.Function):
         return torch.sparse.mm(ctx.wt, grad.contiguous()), None, None
 
 
-def gaussian_shares(weights: torch.Tensor, supervised: torch.Tensor, targets: torch.Tensor):
+def gaussian_shares(weights_t: torch.Tensor, targets: torch.Tensor):
     """What each Gaussian is shown of each mask: with frozen weights these are constants.
 
-    For Gaussian g and mask m, share = sum over supervised pixels p of w_pg * t_mp, and
-    weight = sum_p w_pg; share / weight is the mask's coverage of the pixels g paints.
+    ``weights_t``: the (Gaussians x supervised pixels) transposed blending weights (CSR);
+    ``targets``: (M, supervised pixels). For Gaussian g and mask m, share = sum_p w_pg t_mp,
+    and weight = sum_p w_pg; share / weight is the mask's coverage of the pixels g paints.
+    Returned for the Gaussians that paint some supervised pixel only.
     """
-    coo = weights.to_sparse_coo().coalesce()
-    pixel, gaussian = coo.indices()
-    w = coo.values()
-    keep = supervised[pixel]
-    pixel, gaussian, w = pixel[keep], gaussian[keep], w[keep]
-    index, local = torch.unique(gaussian, return_inverse=True)
-    weight = torch.zeros(len(index), dtype=w.dtype, device=w.device).index_add_(0, local, w)
-    share = torch.zeros(len(index), targets.shape[0], dtype=w.dtype, device=w.device)
-    for chunk in torch.split(torch.arange(len(pixel), device=w.device), 1 << 18):
-        share.index_add_(0, local[chunk], w[chunk, None] * targets[:, pixel[chunk]].T)
+    index = torch.nonzero(weights_t.crow_indices().diff()).squeeze(1)
+    share = torch.sparse.mm(weights_t, targets.T.contiguous())[index]
+    weight = torch.sparse.mm(weights_t, torch.ones(targets.shape[1], 1, dtype=targets.dtype,
+                                                   device=targets.device))[index, 0]
     return index, share, weight
 
 
@@ -101,11 +97,15 @@ def supervision_camera(camera, long_side: int):
 
 def weights_matrix(g: dict[str, torch.Tensor], camera, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse (pixels x Gaussians) blending weights of one view, and the accumulated alpha."""
-    rc = RenderCamera.from_camera(camera, device)
-    pixel, gaussian, weight = compositing_weights(g, rc)
+    return blend_matrix(g, RenderCamera.from_camera(camera, device))
+
+
+def blend_matrix(g: dict[str, torch.Tensor], camera: RenderCamera) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same for a render camera: the CSR weights and the accumulated alpha per pixel."""
+    pixel, gaussian, weight = compositing_weights(g, camera)
     n_pix = camera.width * camera.height
     coo = torch.sparse_coo_tensor(torch.stack([pixel, gaussian]), weight, (n_pix, g["means"].shape[0]))
-    alpha = torch.zeros(n_pix, device=device).index_add_(0, pixel, weight)
+    alpha = torch.zeros(n_pix, device=weight.device).index_add_(0, pixel, weight)
     return coo.coalesce().to_sparse_csr(), alpha
 
 

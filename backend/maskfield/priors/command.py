@@ -109,11 +109,7 @@ def compute_priors(
                                 scores=found.scores, image_size=tuple(image.shape[:2]), meta=meta)
                 cache.store(name, priors)
                 summary["computed"] += 1
-            summary["views"] += 1
-            summary["masks"] += priors.count
-            summary["empty"] += int(priors.count == 0)
-            summary["files"].append(str(cache.path_for(name)))
-            bar.update(1, masks=priors.count)
+            _count_view(summary, cache, name, priors, bar)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
 
@@ -159,11 +155,7 @@ def compute_label_priors(
                     reporter.log(f"{name}: no labelled objects in view; writing an empty priors file", level="warning")
             else:
                 summary["cached"] += 1
-            summary["views"] += 1
-            summary["masks"] += priors.count
-            summary["empty"] += int(priors.count == 0)
-            summary["files"].append(str(cache.path_for(name)))
-            bar.update(1, masks=priors.count)
+            _count_view(summary, cache, name, priors, bar)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
 
@@ -209,6 +201,15 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> arg
                        help="torch device (default auto)")
     p.set_defaults(func=run)
     return p
+
+
+def _count_view(summary: dict, cache: PriorsCache, name: str, priors: Priors, bar) -> None:
+    """Add one finished view (computed or kept) to the stage summary and the progress bar."""
+    summary["views"] += 1
+    summary["masks"] += priors.count
+    summary["empty"] += int(priors.count == 0)
+    summary["files"].append(str(cache.path_for(name)))
+    bar.update(1, masks=priors.count)
 
 
 def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:
