@@ -9,7 +9,6 @@ background when no score passes ``mask_threshold``.
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -112,10 +111,10 @@ class Segmenter:
         self._weights_dir = weights_dir
         self._allow_download = allow_download
         self._text_cache: dict[str, np.ndarray] = {}
-        # queries that never light up any Gaussian were unmatched in training: their
-        # embeddings carry no meaning, so they may not answer prompts
-        # Each Gaussian's strongest queries are kept too (TOP_QUERIES of them): whether a query
-        # of another meaning beats a prompt's is then a lookup, not a product with every query.
+        # One pass over the Gaussians for two things. Queries that never light up any Gaussian
+        # were unmatched in training: their embeddings carry no meaning, so they may not answer
+        # prompts (self.active). And each Gaussian's strongest queries (TOP_QUERIES) are kept:
+        # whether a query of another meaning beats a prompt's is then a lookup.
         k = min(TOP_QUERIES, m.shape[0])
         peak = torch.full((m.shape[0],), -torch.inf)
         top_logits, top_queries = [], []
@@ -206,7 +205,7 @@ class Segmenter:
         Gaussians themselves their strongest queries were kept at load time; for other
         features (rendered pixels) the competitors' logits are computed.
         """
-        threshold = math.log(self.settings.mask_threshold / (1 - self.settings.mask_threshold))
+        threshold = float(torch.logit(torch.tensor(self.settings.mask_threshold, dtype=torch.float64)))
         own = logits[:, j]
         rows = torch.nonzero(own >= threshold).squeeze(1)
         if len(rows) == 0:
