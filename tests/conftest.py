@@ -63,3 +63,6 @@ def make_transforms_scene(tmp_path):
 
 
 sys.path.insert(0, str(ROOT / "backend"))
+# subprocesses (`python -m maskfield.cli`, tools/, benchmarks/) test this checkout's backend too,
+# not whichever copy an editable install in the environment points at
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "backend"), os.environ.get("PYTHONPATH")) if p)
