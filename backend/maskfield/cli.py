@@ -20,6 +20,8 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="divide the image size by this (default: 1, or so the long side is <= 1600 px)")
     p.add_argument("--iterations", type=int, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="LLFF scenes: the image folder to use (images, images_4, images_8; default images)")
     p.add_argument("--holdout-every", type=int, default=8, help="every Nth image is held out for PSNR (0: none)")
     p.add_argument("--renderer", choices=["auto", "gsplat", "torch"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another scene in --out")
@@ -149,7 +151,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .splats.fit import FitSettings, fit
 
     device = resolve_device(args.device)
-    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
+    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
+                       images=args.images)
     if scene.skipped:
         reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing: {', '.join(scene.skipped[:5])}"
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
@@ -217,7 +220,7 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     if scene is None:
         if not info.get("scene"):
             raise MaskFieldError(f"{run.json_path} does not name its scene; re-run `maskfield fit`.")
-        scene = load_scene(info["scene"], skip_missing=True)
+        scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
     gaussians = read_ply(run.gaussians_ply)
     priors = load_priors_folder(run.priors_dir)
     models = {p.embedding_model for p in priors.values()}
@@ -253,7 +256,8 @@ def run_train(args, reporter: Reporter) -> dict:
     from .scene import load_scene
 
     run = RunFolder(args.out)
-    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
+    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
+                       images=args.images)
     out: dict = {}
     if args.ply:
         import shutil
@@ -292,7 +296,7 @@ def run_train(args, reporter: Reporter) -> dict:
         prior_views=prior_views, sam_model=args.sam_model,
         points_per_side=points_per_side, points_per_batch=64,
         weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
-        force=False, device=device, events=args.events)
+        force=False, device=device, events=args.events, images=args.images)
     out["priors"] = priors_command.run(priors_args, reporter)
     field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
                                     field_resolution=args.field_resolution, queries=args.queries,
