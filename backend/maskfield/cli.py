@@ -339,6 +339,8 @@ def run_segment(args, reporter: Reporter) -> dict:
     if text is not None and text.shape[1] != seg.query_embed.shape[1]:
         raise MaskFieldError(f"{args.prompt_embeddings} holds {text.shape[1]}-d vectors, but this run's queries are "
                              f"{seg.query_embed.shape[1]}-d ({seg.embedding_model}); encode the prompts with that model.")
+    if args.prompt_embeddings:
+        seg.negative_vectors = load_negative_embeddings(Path(args.prompt_embeddings), seg.query_embed.shape[1])
     out = Path(args.out) if args.out else seg.run.segments_dir
     summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text)
     summary["out"] = str(out)
@@ -373,6 +375,25 @@ def load_prompt_embeddings(path: Path, names: list[str]) -> tuple[list[str], "np
         raise MaskFieldError(f"{len(names)} --prompt names for {len(vectors)} vectors in {path}; give one name "
                              "per row, or none.")
     return names, vectors
+
+
+def load_negative_embeddings(path: Path, dim: int) -> "np.ndarray | None":
+    """Optional 'negatives' (N x D) beside the prompt vectors in a .npz: relevancy is measured
+    against them instead of the canonical phrases (which a model of the user's cannot encode)."""
+    import numpy as np
+
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if "negatives" not in data:
+            return None
+        vectors = np.asarray(data["negatives"], dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) == 0 or not np.isfinite(vectors).all() \
+            or (np.linalg.norm(vectors, axis=1) == 0).any():
+        raise MaskFieldError(f"'negatives' in {path} must be an N x {dim} array of real, non-zero vectors, got "
+                             f"shape {vectors.shape}; leave it out to measure relevancy against the scene's mean "
+                             "query.")
+    return vectors
 
 
 def run_serve(args, reporter: Reporter) -> None:
