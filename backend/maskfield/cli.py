@@ -50,6 +50,24 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true")
 
 
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Every stage's options, for `train` and `benchmark`."""
+    _fit_options(p)
+    _field_options(p)
+    p.add_argument("--from-labels", nargs="?", const="", default=None, metavar="DIR",
+                   help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
+    p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
+                   help="with --from-labels: SAM-like noise on the label masks")
+    p.add_argument("--prior-views", type=int, default=None)
+    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
+    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
+    p.add_argument("--ply", default=None, help="start from this 3DGS .ply instead of fitting colour")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskfield", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,20 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="every stage: fit colour, compute priors, train the mask field (each resumes)")
     p.add_argument("scene")
     p.add_argument("--out", required=True)
-    _fit_options(p)
-    _field_options(p)
-    p.add_argument("--from-labels", nargs="?", const="", default=None, metavar="DIR",
-                   help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
-    p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
-                   help="with --from-labels: SAM-like noise on the label masks")
-    p.add_argument("--prior-views", type=int, default=None)
-    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
-    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
-    p.add_argument("--weights-dir", default=None)
-    p.add_argument("--offline", action="store_true", help="never download weights")
-    p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
-    p.add_argument("--ply", default=None, help="start from this 3DGS .ply instead of fitting colour")
-    _common(p)
+    _train_options(p)
+
+    p = sub.add_parser("benchmark", help="train, query and score the scenes of 3D-OVS or LERF-Mask in their "
+                                         "published layout, beside the paper's figures")
+    p.add_argument("layout", choices=("3d-ovs", "lerf-mask"))
+    p.add_argument("dir", help="the data set's folder (one folder per scene) or one scene's folder")
+    p.add_argument("--scene", action="append", default=[], help="only this scene (repeat for several)")
+    p.add_argument("--out", required=True, help="folder for one run per scene, predictions and benchmark.json")
+    _train_options(p)
 
     p = sub.add_parser("segment", help="select the Gaussians of text prompts")
     p.add_argument("run")
@@ -438,7 +451,14 @@ def run_evaluate(args, reporter: Reporter) -> dict:
 
 
 COMMANDS = {"fit": run_fit, "info": run_info, "train-field": run_train_field, "train": run_train,
-            "segment": run_segment, "serve": run_serve, "evaluate": run_evaluate}
+            "segment": run_segment, "serve": run_serve, "evaluate": run_evaluate,
+            "benchmark": lambda args, reporter: _benchmark(args, reporter)}
+
+
+def _benchmark(args, reporter: Reporter) -> dict:
+    from .benchmark import run_benchmark
+
+    return run_benchmark(args, reporter)
 
 
 if __name__ == "__main__":
