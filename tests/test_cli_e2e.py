@@ -206,3 +206,87 @@ def test_exclusive_rule_can_be_turned_off(trained, tmp_path):
         counts[bool(flag)] = [p["count"] for p in summary["prompts"]]
     # for a single prompt the rule only ever removes Gaussians
     assert 0 < counts[False][0] <= counts[True][0], counts
+
+
+def test_priors_from_a_model_of_ones_own(trained, tmp_path):
+    """Priors whose embeddings come from a model MaskField cannot run (here: the name code seen
+    through a fixed random 64-d projection, named 'user:made-up-64'): training accepts them,
+    text prompts are refused with the way out, vectors from that model select the object."""
+    import shutil
+
+    from maskfield.priors.store import load_priors, save_priors
+    from maskfield.priors.text import encode_texts
+
+    scene, run, _ = trained
+    rng = np.random.default_rng(7)
+    projection = rng.normal(size=(512, 64)).astype(np.float32)
+
+    def made_up_model(vectors):
+        out = np.asarray(vectors, np.float32) @ projection
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    own = tmp_path / "own model run"
+    own.mkdir()
+    for name in ("gaussians.ply", "run.json"):
+        shutil.copy(run / name, own / name)
+    for path in sorted((run / "priors").glob("*.npz")):
+        p = load_priors(path)
+        p.embeddings = made_up_model(p.embeddings) if p.count else np.zeros((0, 64), np.float32)
+        p.meta = {**p.meta, "embedding_model": "user:made-up-64"}
+        save_priors(own / "priors" / path.name, p)
+    proc = run_cli("train-field", own, "--field-iterations", "300", "--field-resolution", "64", "--events", "none")
+    info = json.loads((own / "run.json").read_text())
+    assert info["stages"]["field"]["embedding_model"] == "user:made-up-64"
+
+    proc = run_cli("segment", own, "--prompt", "red mug", check=False)
+    assert proc.returncode == 2
+    assert "cannot run on text" in proc.stderr and "--prompt-embeddings" in proc.stderr
+    assert not (own / "segments" / "segments.json").exists()
+
+    vectors = made_up_model(encode_texts(["red mug", "spaceship"], "names:hash-512"))
+    np.savez(tmp_path / "prompts.npz", embeddings=vectors, names=np.array(["red mug", "spaceship"]))
+    run_cli("segment", own, "--prompt-embeddings", tmp_path / "prompts.npz", "--out", tmp_path / "vec",
+            "--events", "none")
+    by_prompt = {p["prompt"]: p for p in json.loads((tmp_path / "vec" / "segments.json").read_text())["prompts"]}
+    assert by_prompt["red mug"]["found"] and by_prompt["red mug"]["count"] > 20
+    assert not by_prompt["spaceship"]["found"]
+    # the mug's Gaussians: mostly the ones the name-code run gives the mug
+    run_cli("segment", run, "--prompt", "red mug", "--out", tmp_path / "text", "--events", "none")
+    ours = set(np.load(tmp_path / "vec" / "red-mug.npz")["indices"].tolist())
+    reference = set(np.load(tmp_path / "text" / "red-mug.npz")["indices"].tolist())
+    assert len(ours & reference) / len(ours | reference) > 0.7
+
+    # negatives given as vectors are used instead of the scene's mean query; malformed ones are refused
+    negatives = made_up_model(encode_texts(["object", "things"], "names:hash-512"))
+    np.savez(tmp_path / "with_neg.npz", embeddings=vectors[:1], names=np.array(["red mug"]), negatives=negatives)
+    run_cli("segment", own, "--prompt-embeddings", tmp_path / "with_neg.npz", "--out", tmp_path / "neg",
+            "--events", "none")
+    assert json.loads((tmp_path / "neg" / "segments.json").read_text())["prompts"][0]["found"]
+    np.savez(tmp_path / "bad_neg.npz", embeddings=vectors[:1], negatives=negatives[:, :10])
+    proc = run_cli("segment", own, "--prompt-embeddings", tmp_path / "bad_neg.npz", check=False)
+    assert proc.returncode == 2 and "'negatives'" in proc.stderr and "N x 64" in proc.stderr
+
+
+def test_field_on_partial_low_resolution_priors_of_unknown_granularity(trained, tmp_path):
+    """Priors for only some views, masks at half the image's resolution, granularity -1."""
+    import shutil
+
+    from maskfield.priors.store import load_priors, save_priors
+
+    scene, run, _ = trained
+    part = tmp_path / "partial"
+    part.mkdir()
+    for name in ("gaussians.ply", "run.json"):
+        shutil.copy(run / name, part / name)
+    files = sorted((run / "priors").glob("*.npz"))[::2]
+    for path in files:
+        p = load_priors(path)
+        p.masks = p.masks[:, ::2, ::2].copy()
+        p.granularity = np.full(p.count, -1, np.int8)
+        save_priors(part / "priors" / path.name, p)
+    run_cli("train-field", part, "--field-iterations", "300", "--field-resolution", "64", "--events", "none")
+    info = json.loads((part / "run.json").read_text())
+    assert info["stages"]["field"]["views"] == len(files)
+    run_cli("segment", part, "--prompt", "red mug", "--out", part / "seg", "--events", "none")
+    found = json.loads((part / "seg" / "segments.json").read_text())["prompts"][0]
+    assert found["found"] and found["count"] > 20

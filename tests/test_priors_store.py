@@ -80,7 +80,7 @@ def _write_raw(path, **overrides):
     (dict(meta=np.array("not json")), "not a JSON string"),
     (dict(meta=np.array(json.dumps({"image": "x"}))), "lacks image_sha256"),
     (dict(meta=np.array(json.dumps({**make_priors().meta, "format": 99}))), "format 99"),
-    (dict(meta=np.array(json.dumps({**make_priors().meta, "embedding_model": "bert"}))), "unknown embedding_model"),
+    (dict(meta=np.array(json.dumps({**make_priors().meta, "embedding_model": "open_clip:bert"}))), "unknown embedding_model"),
     (dict(embeddings=hash_embed(["a", "b", "c"], dim=64)), "512-d"),
 ])
 def test_validation_errors_name_the_file_and_the_problem(tmp_path, overrides, message):

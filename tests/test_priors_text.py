@@ -57,6 +57,21 @@ def test_encode_texts_dispatch_names():
 def test_parse_encoder_name():
     assert parse_encoder_name("names:hash-512") == ("names", (512,))
     assert parse_encoder_name("open_clip:ViT-B-16:openai") == ("open_clip", ("ViT-B-16", "openai"))
-    for bad in ("clip", "names:word2vec", "open_clip:ViT-B-16", ""):
-        with pytest.raises(MaskFieldError, match="unknown text encoder"):
+    for bad in ("names:word2vec", "open_clip:ViT-B-16", ""):
+        with pytest.raises(MaskFieldError, match="unknown embedding model"):
             parse_encoder_name(bad)
+
+
+def test_encoder_names_of_ones_own_model():
+    from maskfield.priors.text import can_encode_text
+
+    assert parse_encoder_name("user:siglip-so400m") == ("user", ("user:siglip-so400m",))
+    assert parse_encoder_name("dino-v2") == ("user", ("dino-v2",))
+    assert not can_encode_text("user:siglip-so400m")
+    assert can_encode_text("names:hash-64") and can_encode_text("open_clip:ViT-B-16:openai")
+    # the two prefixes MaskField runs itself are checked strictly: a damaged name is an error
+    for damaged in ("open_clip:ViT-B-16", "names:hash-x", "", "   "):
+        with pytest.raises(MaskFieldError, match="unknown embedding model"):
+            parse_encoder_name(damaged)
+    with pytest.raises(MaskFieldError, match="cannot run on text.*--prompt-embeddings"):
+        encode_texts(["chair"], "user:siglip-so400m")

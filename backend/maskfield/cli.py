@@ -20,6 +20,8 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="divide the image size by this (default: 1, or so the long side is <= 1600 px)")
     p.add_argument("--iterations", type=int, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="LLFF scenes: the image folder to use (images, images_4, images_8; default images)")
     p.add_argument("--holdout-every", type=int, default=8, help="every Nth image is held out for PSNR (0: none)")
     p.add_argument("--renderer", choices=["auto", "gsplat", "torch"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another scene in --out")
@@ -48,6 +50,24 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true")
 
 
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Every stage's options, for `train` and `benchmark`."""
+    _fit_options(p)
+    _field_options(p)
+    p.add_argument("--from-labels", nargs="?", const="", default=None, metavar="DIR",
+                   help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
+    p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
+                   help="with --from-labels: SAM-like noise on the label masks")
+    p.add_argument("--prior-views", type=int, default=None)
+    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
+    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
+    p.add_argument("--ply", default=None, help="start from this 3DGS .ply instead of fitting colour")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskfield", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,20 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="every stage: fit colour, compute priors, train the mask field (each resumes)")
     p.add_argument("scene")
     p.add_argument("--out", required=True)
-    _fit_options(p)
-    _field_options(p)
-    p.add_argument("--from-labels", nargs="?", const="", default=None, metavar="DIR",
-                   help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
-    p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
-                   help="with --from-labels: SAM-like noise on the label masks")
-    p.add_argument("--prior-views", type=int, default=None)
-    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
-    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
-    p.add_argument("--weights-dir", default=None)
-    p.add_argument("--offline", action="store_true", help="never download weights")
-    p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
-    p.add_argument("--ply", default=None, help="start from this 3DGS .ply instead of fitting colour")
-    _common(p)
+    _train_options(p)
+
+    p = sub.add_parser("benchmark", help="train, query and score the scenes of 3D-OVS or LERF-Mask in their "
+                                         "published layout, beside the paper's figures")
+    p.add_argument("layout", choices=("3d-ovs", "lerf-mask"))
+    p.add_argument("dir", help="the data set's folder (one folder per scene) or one scene's folder")
+    p.add_argument("--scene", action="append", default=[], help="only this scene (repeat for several)")
+    p.add_argument("--out", required=True, help="folder for one run per scene, predictions and benchmark.json")
+    _train_options(p)
 
     p = sub.add_parser("segment", help="select the Gaussians of text prompts")
     p.add_argument("run")
@@ -149,7 +164,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .splats.fit import FitSettings, fit
 
     device = resolve_device(args.device)
-    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
+    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
+                       images=args.images)
     if scene.skipped:
         reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing: {', '.join(scene.skipped[:5])}"
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
@@ -217,7 +233,7 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     if scene is None:
         if not info.get("scene"):
             raise MaskFieldError(f"{run.json_path} does not name its scene; re-run `maskfield fit`.")
-        scene = load_scene(info["scene"], skip_missing=True)
+        scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
     gaussians = read_ply(run.gaussians_ply)
     priors = load_priors_folder(run.priors_dir)
     models = {p.embedding_model for p in priors.values()}
@@ -253,7 +269,8 @@ def run_train(args, reporter: Reporter) -> dict:
     from .scene import load_scene
 
     run = RunFolder(args.out)
-    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
+    scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
+                       images=args.images)
     out: dict = {}
     if args.ply:
         import shutil
@@ -292,7 +309,7 @@ def run_train(args, reporter: Reporter) -> dict:
         prior_views=prior_views, sam_model=args.sam_model,
         points_per_side=points_per_side, points_per_batch=64,
         weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
-        force=False, device=device, events=args.events)
+        force=False, device=device, events=args.events, images=args.images)
     out["priors"] = priors_command.run(priors_args, reporter)
     field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
                                     field_resolution=args.field_resolution, queries=args.queries,
@@ -335,6 +352,8 @@ def run_segment(args, reporter: Reporter) -> dict:
     if text is not None and text.shape[1] != seg.query_embed.shape[1]:
         raise MaskFieldError(f"{args.prompt_embeddings} holds {text.shape[1]}-d vectors, but this run's queries are "
                              f"{seg.query_embed.shape[1]}-d ({seg.embedding_model}); encode the prompts with that model.")
+    if args.prompt_embeddings:
+        seg.negative_vectors = load_negative_embeddings(Path(args.prompt_embeddings), seg.query_embed.shape[1])
     out = Path(args.out) if args.out else seg.run.segments_dir
     summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text)
     summary["out"] = str(out)
@@ -369,6 +388,25 @@ def load_prompt_embeddings(path: Path, names: list[str]) -> tuple[list[str], "np
         raise MaskFieldError(f"{len(names)} --prompt names for {len(vectors)} vectors in {path}; give one name "
                              "per row, or none.")
     return names, vectors
+
+
+def load_negative_embeddings(path: Path, dim: int) -> "np.ndarray | None":
+    """Optional 'negatives' (N x D) beside the prompt vectors in a .npz: relevancy is measured
+    against them instead of the canonical phrases (which a model of the user's cannot encode)."""
+    import numpy as np
+
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if "negatives" not in data:
+            return None
+        vectors = np.asarray(data["negatives"], dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) == 0 or not np.isfinite(vectors).all() \
+            or (np.linalg.norm(vectors, axis=1) == 0).any():
+        raise MaskFieldError(f"'negatives' in {path} must be an N x {dim} array of real, non-zero vectors, got "
+                             f"shape {vectors.shape}; leave it out to measure relevancy against the scene's mean "
+                             "query.")
+    return vectors
 
 
 def run_serve(args, reporter: Reporter) -> None:
@@ -413,7 +451,14 @@ def run_evaluate(args, reporter: Reporter) -> dict:
 
 
 COMMANDS = {"fit": run_fit, "info": run_info, "train-field": run_train_field, "train": run_train,
-            "segment": run_segment, "serve": run_serve, "evaluate": run_evaluate}
+            "segment": run_segment, "serve": run_serve, "evaluate": run_evaluate,
+            "benchmark": lambda args, reporter: _benchmark(args, reporter)}
+
+
+def _benchmark(args, reporter: Reporter) -> dict:
+    from .benchmark import run_benchmark
+
+    return run_benchmark(args, reporter)
 
 
 if __name__ == "__main__":

@@ -475,7 +475,7 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     prompts = list(prompts) if prompts else [objects[k] for k in sorted(objects)]
     matches_gt = match_prompts_to_objects(prompts, objects)
     info = seg.run.read()
-    scene = load_scene(info["scene"], skip_missing=True)
+    scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
     if views == "test":
         indices = list(scene.test_indices)
     elif views == "train":

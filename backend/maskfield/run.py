@@ -117,6 +117,8 @@ class RunFolder:
             "train_indices": list(scene.train_indices),
             "test_indices": list(scene.test_indices),
         })
+        if scene.source == "llff":  # which of images/, images_4/, ... the run was made from
+            data["image_folder"] = scene.image_paths[0].parent.name
         data.setdefault("stages", {})
         data["versions"] = versions()
         write_json_atomic(self.json_path, data)

@@ -2,6 +2,11 @@
 
 For a prompt with text embedding t, each query's relevancy is LERF's pairwise test
 against canonical negatives, min_j softmax(tau [c.t, c.n_j])[0] = sigmoid(tau (c.t - max_j c.n_j)).
+The negatives are the phrases "object", "things", "stuff", "texture" through the run's text
+encoder. Priors from a model this package cannot run on text (``user:...``) take prompts as
+vectors; their negatives are vectors given beside them (``Segmenter.negative_vectors``), or
+else the scene's mean query embedding: relevancy then says how much more a query resembles
+the prompt than it resembles this scene's average query.
 The queries within ``query_margin`` (cosine) of the prompt's best query, and relevant
 enough, make up its mask; Gaussian g belongs to it with score max_i sigmoid(m_i . f_g).
 Several prompts compete: each Gaussian takes the prompt with the highest score, or the
@@ -43,7 +48,10 @@ class SegmentSettings:
     def similarity_floor(self, encoder: str) -> float:
         if self.min_similarity is not None:
             return self.min_similarity
-        return 0.5 if encoder.startswith("names:") else 0.15
+        if encoder.startswith("names:"):
+            return 0.5
+        # CLIP's text-image cosines; of another model's we know only that a match points the same way
+        return 0.15 if encoder.startswith("open_clip:") else 0.0
 
 
 @dataclass
@@ -111,6 +119,7 @@ class Segmenter:
         self._weights_dir = weights_dir
         self._allow_download = allow_download
         self._text_cache: dict[str, np.ndarray] = {}
+        self.negative_vectors: np.ndarray | None = None  # (N, D) relevancy negatives given as vectors
         # One pass over the Gaussians for two things. Queries that never light up any Gaussian
         # were unmatched in training: their embeddings carry no meaning, so they may not answer
         # prompts (self.active). And each Gaussian's strongest queries (TOP_QUERIES) are kept:
@@ -144,11 +153,27 @@ class Segmenter:
                 self._text_cache[p] = v / max(np.linalg.norm(v), 1e-12)
         return np.stack([self._text_cache[p] for p in prompts])
 
+    def negatives(self) -> torch.Tensor:
+        """The relevancy negatives (N, D): given vectors, the canonical phrases through the run's
+        text encoder, or, for a model that cannot encode text, the scene's mean query."""
+        if self.negative_vectors is not None:
+            vectors = torch.as_tensor(np.asarray(self.negative_vectors, dtype=np.float32)).reshape(-1, self.query_embed.shape[1])
+            return torch.nn.functional.normalize(vectors, dim=-1)
+        if self._text_encoder is not None or self._encodes_text():
+            return torch.as_tensor(self.encode(list(CANONICAL_NEGATIVES)))
+        pool = self.query_embed[self.active] if bool(self.active.any()) else self.query_embed
+        return torch.nn.functional.normalize(pool.mean(0, keepdim=True), dim=-1)
+
+    def _encodes_text(self) -> bool:
+        from .priors.text import can_encode_text
+
+        return bool(self.embedding_model) and can_encode_text(self.embedding_model)
+
     # --- matching -----------------------------------------------------------------------
     def match(self, prompts: list[str], text: np.ndarray | None = None) -> list[PromptMatch]:
         s = self.settings
         text = self.encode(prompts) if text is None else text
-        negatives = torch.as_tensor(self.encode(list(CANONICAL_NEGATIVES)))
+        negatives = self.negatives()
         t = torch.as_tensor(text, dtype=torch.float32)
         t = torch.nn.functional.normalize(t, dim=-1)
         sim = self.query_embed @ t.T  # (K, P)

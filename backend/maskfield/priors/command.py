@@ -193,6 +193,8 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> arg
     p.add_argument("--embedding", choices=("dense", "crop"), default="dense",
                    help="dense MaskCLIP features averaged over the mask (default), or the CLIP embedding of a masked crop")
     p.add_argument("--downscale", type=float, default=1.0, metavar="N", help="compute on images downscaled by N")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="LLFF scenes: the image folder to use (images, images_4, ...)")
     p.add_argument("--force", action="store_true", help="recompute every view, ignoring files already there")
     if not parents:
         p.add_argument("--events", choices=("tqdm", "jsonl", "none"), default=argparse.SUPPRESS,
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """The ``priors`` command. Returns (and reports as a ``result`` event) the summary."""
     from ..scene import load_scene
 
-    scene = load_scene(args.scene, skip_missing=False)
+    scene = load_scene(args.scene, skip_missing=False, images=getattr(args, "images", None))
     downscale = float(getattr(args, "downscale", 1.0) or 1.0)
     if downscale <= 0:
         raise MaskFieldError("--downscale must be positive")

@@ -189,7 +189,8 @@ def validate_priors(priors: Priors, source: str | os.PathLike = "priors") -> Pri
         kind, params = parse_encoder_name(meta["embedding_model"])
     except MaskFieldError:
         raise bad(f"unknown embedding_model {meta['embedding_model']!r} (expected "
-                  "'open_clip:<model>:<pretrained>' or 'names:hash-<dim>')") from None
+                  "'open_clip:<model>:<pretrained>', 'names:hash-<dim>' or a model of your own, "
+                  "e.g. 'user:siglip-so400m')") from None
     if kind == "names" and m and emb.shape[1] != params[0]:
         raise bad(f"embedding_model {meta['embedding_model']} means {params[0]}-d embeddings, got {emb.shape[1]}-d")
     return priors

@@ -6,6 +6,10 @@ that they live in the same space as the mask embeddings:
 
 - ``open_clip:<model>:<pretrained>`` (``open_clip:ViT-B-16:openai`` by default): the CLIP
   text tower of the same model that embedded the masks.
+- ``user:<name>`` (or any other name, e.g. ``user:siglip-so400m``): embeddings from a model
+  this package cannot run (SigLIP, DINO, a segmenter of one's own). Training accepts them;
+  prompts must then come as vectors from that same model (``segment --prompt-embeddings``),
+  and text prompts are refused with a message that says so.
 - ``names:hash-<D>`` (``names:hash-512``): a deterministic, offline embedding of *names*.
   Used for priors made from labelled renders (object names from Blender) when no CLIP
   weights exist. It is not CLIP and knows nothing of meaning: it matches spelling, so
@@ -29,6 +33,7 @@ from ..events import MaskFieldError
 
 HASH_ENCODER = "names:hash-512"
 CLIP_ENCODER = "open_clip:ViT-B-16:openai"
+TEXT_KINDS = ("open_clip", "names")  # encoders this package can run on text
 
 _BLENDER_SUFFIX = re.compile(r"\.\d{3,}$")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -79,19 +84,41 @@ def hash_embed(texts: Sequence[str], dim: int = 512) -> np.ndarray:
 
 
 def parse_encoder_name(encoder_name: str) -> tuple[str, tuple[Any, ...]]:
-    """'names:hash-512' -> ('names', (512,)); 'open_clip:ViT-B-16:openai' -> ('open_clip', ('ViT-B-16', 'openai'))."""
-    parts = str(encoder_name).split(":")
-    if len(parts) == 2 and parts[0] == "names":
-        match = re.fullmatch(r"hash-(\d+)", parts[1])
+    """'names:hash-512' -> ('names', (512,)); 'open_clip:ViT-B-16:openai' -> ('open_clip', ('ViT-B-16', 'openai'));
+    any other non-empty name, e.g. 'user:siglip-so400m' -> ('user', ('user:siglip-so400m',)).
+
+    The two prefixes this package runs itself are checked strictly, so that a damaged name of
+    one of them is caught rather than taken for a model of the user's.
+    """
+    name = str(encoder_name).strip()
+    parts = name.split(":")
+    if parts[0] == "names":
+        match = re.fullmatch(r"hash-(\d+)", parts[1]) if len(parts) == 2 else None
         if match:
             return "names", (int(match.group(1)),)
-    if len(parts) == 3 and parts[0] == "open_clip" and parts[1] and parts[2]:
-        return "open_clip", (parts[1], parts[2])
+    elif parts[0] == "open_clip":
+        if len(parts) == 3 and parts[1] and parts[2]:
+            return "open_clip", (parts[1], parts[2])
+    elif name:
+        return "user", (name,)
     raise MaskFieldError(
-        f"unknown text encoder {encoder_name!r}: expected 'open_clip:<model>:<pretrained>' "
-        f"(e.g. {CLIP_ENCODER!r}) or 'names:hash-<dim>' (e.g. {HASH_ENCODER!r}). "
-        "The priors' meta.embedding_model names it; recompute the priors if it is damaged."
+        f"unknown embedding model {encoder_name!r}: expected 'open_clip:<model>:<pretrained>' "
+        f"(e.g. {CLIP_ENCODER!r}), 'names:hash-<dim>' (e.g. {HASH_ENCODER!r}) or a name of your own model "
+        "such as 'user:siglip-so400m'. The priors' meta.embedding_model names it; recompute the priors if it "
+        "is damaged."
     )
+
+
+def can_encode_text(encoder_name: str) -> bool:
+    """Whether this package can turn text into that model's embedding space."""
+    return parse_encoder_name(encoder_name)[0] in TEXT_KINDS
+
+
+def text_refused_message(encoder_name: str) -> str:
+    return (f"this run's mask embeddings come from {encoder_name!r}, which MaskField cannot run on text. "
+            "Give the prompts as vectors from that same model: `maskfield segment RUN --prompt-embeddings "
+            "FILE` (.npy P x D, or .npz with 'embeddings', optional 'names' and 'negatives'), or select by "
+            "position.")
 
 
 def encode_texts(
@@ -113,6 +140,8 @@ def encode_texts(
     """
     prompts = [str(p) for p in prompts]
     kind, params = parse_encoder_name(encoder_name)
+    if kind == "user":
+        raise MaskFieldError(text_refused_message(encoder_name), kind="text_unsupported")
     if kind == "names":
         return hash_embed(prompts, dim=params[0])
     model_name, pretrained = params

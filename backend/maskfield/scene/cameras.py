@@ -3,7 +3,8 @@
 Internally every camera is stored in the OpenCV convention (x right, y down, z forward)
 as a camera-to-world matrix. transforms.json files (nerfstudio, Instant-NGP,
 NeRF-synthetic) and Blender use OpenGL axes (x right, y up, camera looking down -z);
-COLMAP stores world-to-camera in OpenCV axes.
+COLMAP stores world-to-camera in OpenCV axes; LLFF's ``poses_bounds.npy`` stores
+camera-to-world 3x4 blocks whose rotation columns are (down, right, back).
 """
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ def opengl_to_opencv(c2w_gl: np.ndarray) -> np.ndarray:
 
 def opencv_to_opengl(c2w_cv: np.ndarray) -> np.ndarray:
     return np.asarray(c2w_cv, dtype=np.float64) @ GL_TO_CV
+
+
+def llff_to_opencv(pose_3x4: np.ndarray) -> np.ndarray:
+    """An LLFF camera-to-world block (columns down, right, back, centre) -> 4x4 OpenCV c2w.
+
+    (down, right, back) -> OpenGL (right, up, back) = (c1, -c0, c2), then the usual flip.
+    """
+    pose = np.asarray(pose_3x4, dtype=np.float64)[:3, :4]
+    c2w_gl = np.eye(4)
+    c2w_gl[:3, 0], c2w_gl[:3, 1], c2w_gl[:3, 2], c2w_gl[:3, 3] = pose[:, 1], -pose[:, 0], pose[:, 2], pose[:, 3]
+    return opengl_to_opencv(c2w_gl)
+
+
+def opencv_to_llff(c2w_cv: np.ndarray) -> np.ndarray:
+    """The inverse of ``llff_to_opencv``: 4x4 OpenCV c2w -> LLFF 3x4 (down, right, back, centre)."""
+    gl = opencv_to_opengl(c2w_cv)
+    return np.stack([-gl[:3, 1], gl[:3, 0], gl[:3, 2], gl[:3, 3]], axis=1)
 
 
 def world_to_camera_to_c2w(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Readers for the camera files users bring: transforms.json (nerfstudio / Instant-NGP),
-NeRF-synthetic transforms_{train,val,test}.json, and COLMAP sparse models (pycolmap)."""
+NeRF-synthetic transforms_{train,val,test}.json, COLMAP sparse models (pycolmap), and LLFF
+``poses_bounds.npy`` (the format of 3D-OVS and of the MaskField authors' code)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..events import MaskFieldError
-from .cameras import Camera, opengl_to_opencv, world_to_camera_to_c2w
+from .cameras import Camera, llff_to_opencv, opengl_to_opencv, world_to_camera_to_c2w
 from .images import image_size
 from .scene import Scene
 
@@ -17,8 +18,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".exr", ".ti
 
 
 def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int = 8,
-               background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Scene:
-    """Load a scene folder (or a transforms .json file) in any supported form."""
+               background: tuple[float, float, float] = (1.0, 1.0, 1.0), images: str | None = None) -> Scene:
+    """Load a scene folder (or a transforms .json file) in any supported form.
+
+    ``images`` names the image folder of an LLFF scene (``images``, ``images_4``, ...); by
+    default the full-size ``images`` folder, or the least downscaled one present.
+    """
     path = Path(path)
     if not path.exists():
         raise MaskFieldError(f"scene not found: {path}. Give a folder with transforms.json, "
@@ -36,9 +41,11 @@ def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int 
     for sparse in (path / "sparse" / "0", path / "sparse", path / "colmap" / "sparse" / "0"):
         if (sparse / "cameras.bin").exists() or (sparse / "cameras.txt").exists():
             return _load_colmap(sparse, path, skip_missing, holdout_every, background)
+    if (path / "poses_bounds.npy").exists():
+        return _load_llff(path, images, holdout_every, background)
     raise MaskFieldError(
         f"no cameras found in {path}: expected transforms.json (nerfstudio / Instant-NGP), "
-        "transforms_train.json (NeRF-synthetic) or a COLMAP model in sparse/0/. "
+        "transforms_train.json (NeRF-synthetic), a COLMAP model in sparse/0/ or LLFF's poses_bounds.npy. "
         "Run COLMAP or nerfstudio's ns-process-data on your photos first."
     )
 
@@ -285,3 +292,69 @@ def _colmap_intrinsics(cam, image_name: str):
     raise MaskFieldError(
         f"COLMAP camera model {model} (image {image_name}) is not supported; run COLMAP's image_undistorter "
         "and use its PINHOLE model, or use SIMPLE_RADIAL / RADIAL / OPENCV.")
+
+
+# --- LLFF --------------------------------------------------------------------------------
+
+def _load_llff(root: Path, images: str | None, holdout_every: int, background) -> Scene:
+    """``poses_bounds.npy`` (N x 17: a 3x5 block per image — camera-to-world with rotation
+    columns (down, right, back), then (H, W, focal) of the full-size photos — and near/far
+    depths) beside ``images/`` and its downscaled copies ``images_<factor>/``. Images pair
+    with poses in sorted file-name order, as LLFF's own tools write them."""
+    file = root / "poses_bounds.npy"
+    try:
+        data = np.load(file, allow_pickle=False)
+    except Exception as exc:  # numpy raises several kinds for a damaged file
+        raise MaskFieldError(f"cannot read {file}: {exc}. Re-run LLFF's imgs2poses.py on the photos.") from None
+    if data.ndim != 2 or data.shape[1] != 17 or len(data) == 0:
+        raise MaskFieldError(f"{file} must be an N x 17 array (LLFF poses and bounds), got shape {data.shape}.")
+    if not np.all(np.isfinite(data)):
+        raise MaskFieldError(f"{file} holds NaN or infinite values; re-run LLFF's imgs2poses.py.")
+    folder = _llff_image_folder(root, images)
+    paths = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if len(paths) != len(data):
+        raise MaskFieldError(
+            f"{folder} has {len(paths)} images but {file.name} has {len(data)} poses; LLFF pairs them in sorted "
+            "file-name order, so the folder must hold exactly the posed images (remove extra files, or re-run "
+            "imgs2poses.py).")
+    poses = data[:, :15].reshape(-1, 3, 5)
+    cameras: list[Camera] = []
+    for index, (pose, path) in enumerate(zip(poses, paths)):
+        height_full, width_full, focal = (float(v) for v in pose[:, 4])
+        if min(height_full, width_full, focal) <= 0:
+            raise MaskFieldError(f"{file.name}, pose {index}: height, width and focal must be positive, got "
+                                 f"{height_full:g}, {width_full:g}, {focal:g}.")
+        c2w = llff_to_opencv(pose[:, :4])
+        _check_pose(c2w, f"{file.name}, pose {index} ({path.name})", file)
+        width, height = image_size(path)
+        sx, sy = width / width_full, height / height_full
+        if abs(sx - sy) > 0.02 * max(sx, sy):
+            raise MaskFieldError(f"{path} is {width}x{height}, which is not the {width_full:g}x{height_full:g} of "
+                                 f"{file.name} scaled evenly; use the images the poses were made for.")
+        cameras.append(Camera(path.stem, width, height, focal * sx, focal * sy, width / 2.0, height / 2.0, c2w))
+    _check_sizes(cameras, paths)
+    train, test = _holdout(len(cameras), holdout_every)
+    return Scene(root=root, cameras=cameras, image_paths=paths, train_indices=train, test_indices=test,
+                 source="llff", background=background, depth_bounds=data[:, 15:17].astype(np.float64))
+
+
+def _llff_image_folder(root: Path, images: str | None) -> Path:
+    if images is not None:
+        folder = root / images
+        if not folder.is_dir():
+            raise MaskFieldError(f"image folder {folder} does not exist; LLFF scenes keep their photos in images/ "
+                                 "and downscaled copies in images_<factor>/.")
+        return folder
+    candidates = [root / "images"] + sorted((p for p in root.glob("images_*") if p.is_dir()),
+                                            key=lambda p: _factor(p.name))
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise MaskFieldError(f"{root} has poses_bounds.npy but no images/ (or images_<factor>/) folder beside it.")
+
+
+def _factor(name: str) -> float:
+    try:
+        return float(name.split("_", 1)[1])
+    except ValueError:
+        return math.inf

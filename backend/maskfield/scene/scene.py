@@ -22,6 +22,7 @@ class Scene:
     source: str = "transforms"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     skipped: list[str] = field(default_factory=list)  # frames left out by --skip-missing
+    depth_bounds: np.ndarray | None = None  # N x 2 near/far depth per camera (LLFF), if known
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -57,6 +58,11 @@ class Scene:
             return (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2)
         centers = np.stack([c.center for c in self.cameras])
         dirs = np.stack([c.camtoworld[:3, 2] for c in self.cameras])
+        if self.depth_bounds is not None:
+            # forward-facing captures: the rays barely cross, but the depths are known
+            near, far = np.median(self.depth_bounds, axis=0)
+            focus = centers.mean(0) + dirs.mean(0) / max(np.linalg.norm(dirs.mean(0)), 1e-12) * 0.5 * (near + far)
+            return focus, float(0.5 * (far - near) + np.linalg.norm(centers - centers.mean(0), axis=1).max())
         focus = _closest_point_to_rays(centers, dirs)
         radius = float(np.median(np.linalg.norm(centers - focus, axis=1)))
         return focus, radius * 0.5
