@@ -234,7 +234,8 @@ def run_pip(args: Sequence[str], stage: str, log: str | None = None,
     _event(event="progress", stage=stage, done=0, total=4)
     proc = runner(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
                   errors="replace", env=clean_env(dict(os.environ)))
-    phase, tail = 0, []
+    phase = 0
+    tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy mo
 
 @pytest.fixture(scope="module")
 def setup_run(tmp_path_factory):
-    version = harness.blender_versions()[0]
-    blender = harness.Blender(version, harness.blender_python(version))
+    blender = harness.one_blender("oldest")
+    version = blender.version
     home = tmp_path_factory.mktemp("set up")
     # the backend's own subprocesses must not see this checkout through PYTHONPATH: they run the
     # copy that the set-up installed from the zip

@@ -121,6 +121,13 @@ def blender(request) -> Blender:
     return Blender(request.param, blender_python(request.param))
 
 
+def one_blender(which: str = "newest") -> Blender:
+    """One Blender of the matrix, for the tests too costly to run in each (real training)."""
+    versions = blender_versions()
+    version = versions[-1] if which == "newest" else versions[0]
+    return Blender(version, blender_python(version))
+
+
 @functools.lru_cache(maxsize=None)
 def built_zip() -> str:
     """Build the extension zip (validated by Blender's tool) into a temporary folder."""
@@ -139,6 +146,9 @@ def blender_env(home: str, extra: dict | None = None) -> dict:
     env["XDG_CACHE_HOME"] = os.path.join(home, "cache")
     env["XDG_CONFIG_HOME"] = os.path.join(home, "config")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # EEVEE compiles its shaders through Mesa here (software GL): kept between runs, its second
+    # render of the same scene takes seconds instead of minutes
+    env.setdefault("MESA_SHADER_CACHE_DIR", os.path.join(ROOT, ".gl", "mesa-shader-cache"))
     env.pop("PYTHONPATH", None)
     if extra:
         env.update(extra)
