@@ -229,9 +229,8 @@ def setup_steps(context) -> tuple[list[list[str]], list[str]]:
         torch.append("--fallback")
     steps.append(torch)
     labels.append(f"installing PyTorch ({plan.variant})")
-    extras = "[priors,cuda]" if prefs is not None and prefs.install_cuda_extra else "[priors]"
     steps.append([py, SETUP_SCRIPT, "pip", "--stage", "installing the backend", "--log", log, "--",
-                  src + extras, "-c", pins])
+                  src + "[priors]", "-c", pins])
     labels.append("installing the backend")
     steps.append(backend_client.backend_command(py, "info"))
     labels.append("checking")
@@ -336,9 +335,6 @@ class MaskFieldPreferences(bpy.types.AddonPreferences):
                ("CPU", "CPU only (smaller)", "PyTorch's CPU-only build (about 1 GB installed)"),
                ("CUDA", "CUDA (NVIDIA)", "PyTorch's CUDA build (about 7 GB installed; needs an NVIDIA driver)")],
         default="AUTO")
-    install_cuda_extra: BoolProperty(  # type: ignore[valid-type]
-        name="Install gsplat (CUDA)", default=False,
-        description="Also install gsplat, the CUDA rasteriser (needs an NVIDIA GPU and a CUDA toolkit)")
     use_serve: BoolProperty(  # type: ignore[valid-type]
         name="Keep backend loaded", default=True,
         description="Keep a backend process with the trained field loaded between Segment clicks (faster)")
@@ -387,7 +383,6 @@ class MaskFieldPreferences(bpy.types.AddonPreferences):
         sub = col.column(heading="Set-up")
         sub.prop(self, "setup_python")
         sub.prop(self, "torch_variant")
-        sub.prop(self, "install_cuda_extra")
         col.separator()
         col.prop(self, "weights_dir")
         if not online_allowed():

@@ -119,7 +119,7 @@ def main() -> None:
         common.RESULTS["setup_log_tail"] = {"ok": True, "detail": "\n".join(list(job.logs)[-25:]) if job else ""}
         listing = subprocess.run([env_python, "-m", "pip", "list", "--format", "json"], capture_output=True,
                                  text=True, timeout=300)
-        pkgs = {p["name"].lower(): p["version"] for p in json.loads(listing.stdout or "[]")}
+        pkgs = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listing.stdout or "[]")}
         common.RESULTS["installed"] = {"ok": True, "detail": json.dumps(pkgs)}
         common.TIMES["env_gb"] = du(env_dir) / 1024 ** 3
         pins = mf.backend_setup.read_pins(os.path.join(mf.preferences.backend_source_dir(), "constraints.txt"))
@@ -127,7 +127,7 @@ def main() -> None:
               and pkgs.get("torchvision", "").split("+")[0] == pins["torchvision"]
               and pkgs.get("numpy") == pins.get("numpy", pkgs.get("numpy")), (pins, pkgs))
         check("setup_backend_installed", "maskfield" in pkgs and "segment-anything" in pkgs
-              and "open-clip-torch" in pkgs, sorted(pkgs))
+              and "open-clip-torch" in pkgs and "gsplat" in pkgs, sorted(pkgs))
 
     with section("check_backend"):
         res = bpy.ops.maskfield.detect_backend()
@@ -140,7 +140,7 @@ def main() -> None:
               and "devices: " in described and "cpu" in described.split("devices: ")[1]
               and f"torch {pins['torch']}" in described, (prefs.backend_info, STATUS.error))
 
-    with section("train_with_new_env"):
+    with section("train_and_segment"):
         bpy.ops.wm.read_homefile(use_empty=True)
         scene = bpy.context.scene
         objs = make_tabletop.build_tabletop(seed=0, scene=scene)
