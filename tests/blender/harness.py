@@ -148,7 +148,9 @@ def blender_env(home: str, extra: dict | None = None) -> dict:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     # EEVEE compiles its shaders through Mesa here (software GL): kept between runs, its second
     # render of the same scene takes seconds instead of minutes
-    env.setdefault("MESA_SHADER_CACHE_DIR", os.path.join(ROOT, ".gl", "mesa-shader-cache"))
+    if "MESA_SHADER_CACHE_DIR" not in env:
+        env["MESA_SHADER_CACHE_DIR"] = os.path.join(ROOT, ".gl", "mesa-shader-cache")
+        os.makedirs(env["MESA_SHADER_CACHE_DIR"], exist_ok=True)  # Mesa makes only the last folder
     env.pop("PYTHONPATH", None)
     if extra:
         env.update(extra)
