@@ -20,6 +20,7 @@ import argparse
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,9 +127,38 @@ def stage(stage_dir: str) -> None:
                 shutil.copy2(path, os.path.join(backend_dst, extra))
                 break
     _copy_tree(os.path.join(BACKEND_DIR, "maskfield"), os.path.join(backend_dst, "maskfield"))
+    write_constraints(os.path.join(backend_dst, "constraints.txt"))
     license_path = os.path.join(ROOT, "LICENSE")
     if os.path.isfile(license_path):
         shutil.copy2(license_path, os.path.join(stage_dir, "LICENSE"))
+
+
+def _requirement_name(text: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def write_constraints(path: str) -> list[str]:
+    """backend/constraints.txt in the zip: the project's pinned versions (requirements/) of the
+    backend's dependencies, which 'Set up backend' installs by (PyTorch above all: never a
+    bare ``torch``, which would take whatever is newest)."""
+    with open(os.path.join(BACKEND_DIR, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)["project"] if tomllib is not None else {}
+    wanted = {"torch", "torchvision"} | {_requirement_name(d) for d in project.get("dependencies", [])}
+    for extra in project.get("optional-dependencies", {}).values():
+        wanted |= {_requirement_name(d) for d in extra}
+    pins = []
+    for name in ("torch.txt", "stack.txt"):
+        with open(os.path.join(ROOT, "requirements", name), encoding="utf-8") as fh:
+            for line in fh:
+                line = line.split("#", 1)[0].strip()
+                if "==" in line and _requirement_name(line) in wanted and line not in pins:
+                    pins.append(line)
+    if not any(_requirement_name(p) == "torch" for p in pins):
+        raise BuildError("requirements/torch.txt pins no torch version: the set-up would install any")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Versions the add-on's 'Set up backend' installs (from the project's requirements/)\n")
+        fh.write("".join(p + "\n" for p in pins))
+    return pins
 
 
 def run_tool(cmd: list[str]) -> str:

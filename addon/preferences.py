@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import backend_client
+from . import backend_client, backend_setup
 from .backend_client import BackendError
 from .status import STATUS, wrap
 
 PACKAGE = __package__ or "maskfield"
 ENV_FOLDER = "backend-env"
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def get_prefs(context=None):
@@ -39,9 +39,7 @@ def managed_env_dir() -> str:
 
 
 def venv_python(env_dir: str) -> str:
-    if os.name == "nt":
-        return os.path.join(env_dir, "Scripts", "python.exe")
-    return os.path.join(env_dir, "bin", "python")
+    return backend_setup.venv_python(env_dir)
 
 
 def backend_source_dir() -> str | None:
@@ -158,7 +156,33 @@ def describe_info(info: dict) -> str:
     return "; ".join(parts) or "working"
 
 
+SETUP_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_setup.py")
+SETUP_LOG = "setup.log"
+
+
+def constraints_file(src: str) -> str | None:
+    """The pins the set-up installs by: the zip's backend/constraints.txt (written by build.py),
+    or the repository's requirements/torch.txt when the add-on runs from a checkout."""
+    for cand in (os.path.join(src, "constraints.txt"),
+                 os.path.join(os.path.dirname(src), "requirements", "torch.txt")):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def setup_needs() -> str:
+    """What 'Set up backend' needs on this machine, in one line for the preferences."""
+    try:
+        plan = backend_setup.torch_plan(backend_setup.this_machine())
+    except backend_setup.SetupError as exc:
+        return str(exc)
+    return (f"Set up backend installs PyTorch ({plan.variant} build) and the backend: about "
+            f"{plan.needed_bytes // backend_setup.GB} GB of disk, a few minutes online.")
+
+
 def setup_steps(context) -> tuple[list[list[str]], list[str]]:
+    """The set-up as a chain of commands: create the environment (if it is not there), PyTorch
+    for this machine (pinned), the bundled backend, then ``maskfield info``."""
     prefs = get_prefs(context)
     src = backend_source_dir()
     if src is None:
@@ -166,30 +190,47 @@ def setup_steps(context) -> tuple[list[list[str]], list[str]]:
                            "reinstall the MaskField extension.")
     if not online_allowed():
         raise BackendError("Blender is set to work offline. Setting up the backend downloads PyTorch and other "
-                           "packages from PyPI: allow it in Preferences > System > Network > Allow Online Access, "
-                           "or install the backend yourself (pip install <extension>/backend) and set "
-                           "'Backend Python'.")
-    base = bpy.path.abspath(prefs.setup_python).strip() if prefs is not None and prefs.setup_python else ""
-    base = base or sys.executable
+                           "packages from PyPI (1-7 GB): allow it in Preferences > System > Network > Allow "
+                           "Online Access, or install the backend yourself (pip install <extension>/backend) and "
+                           "set 'Backend Python'.")
+    pins = constraints_file(src)
+    if pins is None:
+        raise BackendError("The extension has no constraints.txt with the PyTorch version to install; reinstall "
+                           "the MaskField extension.")
+    choice = prefs.torch_variant if prefs is not None else "AUTO"
+    try:
+        plan = backend_setup.torch_plan(backend_setup.this_machine(), choice)
+        if prefs is not None and prefs.setup_python:
+            base = bpy.path.abspath(prefs.setup_python).strip()
+        else:
+            base = backend_setup.base_python(sys.executable, sys.prefix)
+    except backend_setup.SetupError as exc:
+        raise BackendError(str(exc)) from exc
     if not base or not os.path.isfile(base):
         raise BackendError(f"No Python to create the backend environment with ('{base}'). Set 'Python for the "
                            "environment' in the preferences.")
     env_dir = managed_env_dir()
+    try:
+        backend_setup.check_disk(shutil.disk_usage(os.path.dirname(env_dir)).free, plan, os.path.dirname(env_dir))
+    except backend_setup.SetupError as exc:
+        raise BackendError(str(exc)) from exc
     py = venv_python(env_dir)
+    log = os.path.join(env_dir, SETUP_LOG)
     steps: list[list[str]] = []
     labels: list[str] = []
     if not os.path.isfile(py):
         steps.append([base, "-m", "venv", env_dir])
         labels.append("creating environment")
-    steps.append([py, "-m", "pip", "install", "--upgrade", "pip"])
-    labels.append("updating pip")
-    if prefs is not None and prefs.torch_variant == "CPU":
-        steps.append([py, "-m", "pip", "install", "torch", "torchvision", "--index-url", TORCH_CPU_INDEX])
-        labels.append("installing PyTorch (CPU)")
-    extras = "[priors]"
-    if prefs is not None and prefs.install_cuda_extra:
-        extras = "[priors,cuda]"
-    steps.append([py, "-m", "pip", "install", src + extras])
+    torch = [py, SETUP_SCRIPT, "torch", "--constraints", pins, "--variant", plan.variant, "--note", plan.note,
+             "--log", log]
+    if plan.index_url:
+        torch += ["--index", plan.index_url]
+    if plan.fallback:
+        torch.append("--fallback")
+    steps.append(torch)
+    labels.append(f"installing PyTorch ({plan.variant})")
+    steps.append([py, SETUP_SCRIPT, "pip", "--stage", "installing the backend", "--log", log, "--",
+                  src + "[priors]", "-c", pins])
     labels.append("installing the backend")
     steps.append(backend_client.backend_command(py, "info"))
     labels.append("checking")
@@ -201,25 +242,26 @@ def start_setup(context) -> backend_client.Job:
         raise BackendError("The backend is being set up already.")
     steps, labels = setup_steps(context)
     env_dir = managed_env_dir()
+    log = os.path.join(env_dir, SETUP_LOG)
 
     def done(job: backend_client.Job) -> None:
         prefs = get_prefs()
         if job.state == "finished":
             info = _parse_info(job)
             info["python"] = venv_python(env_dir)
+            info["setup_seconds"] = round(job.elapsed, 1)
             if prefs is not None:
                 prefs.backend_info = json.dumps(info)
                 prefs.python_path = ""
-            STATUS.set_info(f"Backend ready in {env_dir}: {describe_info(info)}")
+            STATUS.set_info(f"Backend ready in {env_dir} ({job.elapsed / 60:.1f} min): {describe_info(info)}")
         elif job.state == "failed":
-            STATUS.set_error(f"Setting up the backend failed: {job.error}")
+            STATUS.set_error(f"Setting up the backend failed: {job.error} (log: {log})")
         else:
-            STATUS.set_info("Backend set-up cancelled.")
+            STATUS.set_info("Backend set-up cancelled; press 'Set up backend' again to go on.")
 
-    env = backend_client.child_env()
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env = backend_setup.clean_env(dict(os.environ))
     job = backend_client.Job(steps, kind="setup", label="Setting up backend", step_labels=labels,
-                             json_events=False, env=env, on_done=done)
+                             json_events=True, env=env, on_done=done)
     return backend_client.start(job)
 
 
@@ -288,12 +330,11 @@ class MaskFieldPreferences(bpy.types.AddonPreferences):
         description="Python used to create the backend environment (empty: Blender's own Python)")
     torch_variant: EnumProperty(  # type: ignore[valid-type]
         name="PyTorch",
-        items=[("DEFAULT", "Default (CUDA on Linux/Windows)", "PyTorch from PyPI"),
-               ("CPU", "CPU only (smaller)", "PyTorch's CPU-only build")],
-        default="DEFAULT")
-    install_cuda_extra: BoolProperty(  # type: ignore[valid-type]
-        name="Install gsplat (CUDA)", default=False,
-        description="Also install gsplat, the CUDA rasteriser (needs an NVIDIA GPU and a CUDA toolkit)")
+        items=[("AUTO", "Automatic", "CUDA build where an NVIDIA driver is installed, CPU build elsewhere "
+                "(MPS on Apple silicon)"),
+               ("CPU", "CPU only (smaller)", "PyTorch's CPU-only build (about 1 GB installed)"),
+               ("CUDA", "CUDA (NVIDIA)", "PyTorch's CUDA build (about 7 GB installed; needs an NVIDIA driver)")],
+        default="AUTO")
     use_serve: BoolProperty(  # type: ignore[valid-type]
         name="Keep backend loaded", default=True,
         description="Keep a backend process with the trained field loaded between Segment clicks (faster)")
@@ -331,6 +372,10 @@ class MaskFieldPreferences(bpy.types.AddonPreferences):
             col.operator("maskfield.cancel", icon="CANCEL")
             for line in list(job.logs)[-6:]:
                 col.label(text=line[:120])
+            if job.kind == "setup":
+                col.label(text=f"Full log: {os.path.join(managed_env_dir(), SETUP_LOG)}", icon="TEXT")
+        elif not python:
+            col.label(text=setup_needs(), icon="INFO")
         if STATUS.error:
             box = col.box()
             for line in wrap(STATUS.error, 90)[:10]:
@@ -338,7 +383,6 @@ class MaskFieldPreferences(bpy.types.AddonPreferences):
         sub = col.column(heading="Set-up")
         sub.prop(self, "setup_python")
         sub.prop(self, "torch_variant")
-        sub.prop(self, "install_cuda_extra")
         col.separator()
         col.prop(self, "weights_dir")
         if not online_allowed():

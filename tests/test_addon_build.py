@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
 import harness  # noqa: E402
+from harness import blender  # noqa: E402,F401  (the Blender-version matrix fixture)
 
 pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
 
@@ -83,8 +84,18 @@ def test_validation_failure_is_loud(tmp_path):
     build.run_tool(build.find_blender_ext() + ["validate", good])
 
 
-def test_install_and_enable_in_blender(tmp_path):
-    data = harness.run_driver("drv_install.py", harness.built_zip(), home=str(tmp_path), timeout=120)
+def test_each_blender_validates_the_zip(blender):
+    """The zip built once passes the validator that ships with every Blender of the matrix."""
+    tool = blender.blender_ext()
+    assert f"{os.sep}{blender.version}{os.sep}scripts{os.sep}" in tool, tool
+    proc = subprocess.run([blender.python, tool, "validate", harness.built_zip()], capture_output=True,
+                          text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Success" in out and "Error" not in out, out
+
+
+def test_install_and_enable_in_blender(blender, tmp_path):
+    data = blender.run_driver("drv_install.py", harness.built_zip(), home=str(tmp_path), timeout=120)
     for name in ("install", "installed_files", "enabled", "operators", "panels", "sidebar_tab", "scene_property",
                  "preferences", "extension_user_dir", "bundled_backend", "no_torch_imported",
                  "disabled_unregisters", "reenabled"):

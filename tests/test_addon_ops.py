@@ -11,14 +11,18 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
 import harness  # noqa: E402
+from harness import blender  # noqa: E402,F401  (the Blender-version matrix fixture)
 
 pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
-    home = tmp_path_factory.mktemp("addon ops")
-    return harness.run_driver("drv_addon_ops.py", harness.built_zip(), str(home), home=str(home), timeout=240)
+def ops(blender, tmp_path_factory):
+    """One run of the driver per Blender version of the matrix."""
+    home = tmp_path_factory.mktemp(f"addon ops {blender.version}")
+    data = blender.run_driver("drv_addon_ops.py", harness.built_zip(), str(home), home=str(home), timeout=300)
+    data["blender"] = blender.version
+    return data
 
 
 def _all(data, *prefixes):

@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
 import harness  # noqa: E402
+from harness import blender  # noqa: E402,F401  (the Blender-version matrix fixture)
 
 pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
 Image = pytest.importorskip("PIL.Image")
@@ -24,11 +25,11 @@ NAMES = {"red mug", "blue box", "green ball", "yellow cone", "purple torus", "ta
 VIEWS, RES = 12, 64
 
 
-def make_tabletop(out, home, seed=1, views=VIEWS, res=RES, engine="CYCLES"):
-    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_tabletop.py"), "--out", str(out),
+def make_tabletop(out, home, seed=1, views=VIEWS, res=RES, engine="CYCLES", python=None):
+    cmd = [python or sys.executable, os.path.join(harness.ROOT, "tools", "make_tabletop.py"), "--out", str(out),
            "--views", str(views), "--resolution", str(res), "--seed", str(seed), "--engine", engine, "--quiet"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=harness.blender_env(str(home)))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=harness.blender_env(str(home)))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return time.perf_counter() - t0
 
@@ -175,11 +176,13 @@ def test_deterministic_for_a_seed(tabletop, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ["WORKBENCH", "EEVEE"])
-def test_other_engines_render_colour_and_cycles_gives_the_same_labels(tabletop, tmp_path, engine):
-    _, home = tabletop
+def test_other_engines_render_colour_and_cycles_gives_the_same_labels(blender, tmp_path, engine):
+    """In each Blender of the matrix: Cycles, EEVEE and Workbench renders, the same labels."""
+    home = tmp_path / "home"
     cycles, out = tmp_path / "CYCLES", tmp_path / engine
-    make_tabletop(cycles, home, views=2)  # the camera layout depends on the view count
-    make_tabletop(out, home, views=2, engine=engine)
+    make_tabletop(cycles, home, views=2, python=blender.python)  # the camera layout depends on the view count
+    make_tabletop(out, home, views=2, engine=engine, python=blender.python)
+    assert load(out)["blender"]["version"].startswith(blender.version + "."), load(out)["blender"]
     assert load(out)["blender"]["settings"]["engine"] == engine
     for frame_c, frame_o in zip(load(cycles)["frames"], load(out)["frames"]):
         assert frame_c["transform_matrix"] == frame_o["transform_matrix"]

@@ -47,7 +47,10 @@ def section(name: str):
 
 
 def finish() -> None:
-    sys.stdout.write(MARKER + json.dumps({"results": RESULTS, "times": TIMES}) + "\n")
+    import bpy
+
+    sys.stdout.write(MARKER + json.dumps({"results": RESULTS, "times": TIMES,
+                                          "blender_version": bpy.app.version_string}) + "\n")
     sys.stdout.flush()
 
 

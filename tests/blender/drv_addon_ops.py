@@ -544,10 +544,11 @@ def main() -> None:
             client.pump(30)
             env_python = mf.preferences.venv_python(mf.preferences.managed_env_dir())
             labels = job.step_labels if job else []
-            check("setup_chain", res == {"FINISHED"} and job.state == "finished" and len(job.steps) == 5
+            check("setup_chain", res == {"FINISHED"} and job.state == "finished" and len(job.steps) == 4
                   and job.steps[0][1:3] == ["-m", "venv"]
-                  and any("torch" in st and "--index-url" in st for st in job.steps)
-                  and job.steps[3][-1] == src + "[priors]" and os.path.isfile(env_python),
+                  and job.steps[1][1:3] == [mf.preferences.SETUP_SCRIPT, "torch"] and "--variant" in job.steps[1]
+                  and src + "[priors]" in job.steps[2] and job.steps[3][-1] == "info"
+                  and os.path.isfile(env_python),
                   (job and (job.state, job.error, job.steps), labels))
             check("setup_uses_new_env", prefs.python_path == "" and mf.preferences.resolve_python() == env_python
                   and "Backend ready" in STATUS.info, (prefs.python_path, STATUS.info))

@@ -4,16 +4,19 @@
     python tests/blender/drv_e2e.py ZIP WORKDIR
 
 Builds the synthetic tabletop (tools/make_tabletop.py) in the open file, selects its objects,
-presses Train (renders the views, then ``maskfield train ... --from-labels``: offline), then
-Segment in Faces and Points modes. It checks the contract between the add-on and the backend
-(files, events, results brought into the scene exactly as the backend wrote them); with
-MASKFIELD_E2E_QUALITY=1 also that the red mug is found (needs longer training than the
-defaults). Settings from the environment: MASKFIELD_E2E_VIEWS (6), MASKFIELD_E2E_RES (32),
-MASKFIELD_E2E_POINTS (2000), MASKFIELD_E2E_FIT_ITERS (30), MASKFIELD_E2E_FIELD_ITERS (50),
-MASKFIELD_E2E_TIMEOUT (seconds for training, 420).
+presses Train (renders the views, then ``maskfield train ... --from-labels``: offline, no
+weights: label priors with a hashed name embedding), then Segment in Faces and Points modes,
+and checks what a user would: "red mug" in Faces mode gives the mug's faces (recall and
+precision >= 0.9) and no face of the table, Points mode gives points on the mug; and the
+contract between the add-on and the backend (files, events, results brought into the scene
+exactly as the backend wrote them). Settings from the environment: MASKFIELD_E2E_VIEWS (16),
+MASKFIELD_E2E_RES (64), MASKFIELD_E2E_POINTS (4000), MASKFIELD_E2E_FIT_ITERS (300),
+MASKFIELD_E2E_FIELD_ITERS (600), MASKFIELD_E2E_TIMEOUT (seconds for training, 900);
+MASKFIELD_BACKEND_PYTHON: the Python with the backend (default: this one).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -36,7 +39,8 @@ def main() -> None:
     mf = common.install(zip_path)
     client, STATUS = mf.backend_client, mf.status.STATUS
     prefs = bpy.context.preferences.addons[common.MODULE].preferences
-    prefs.python_path = sys.executable  # the venv with the backend installed
+    # the venv with the backend installed (this one, or the project's when Blender runs in its own)
+    prefs.python_path = os.environ.get("MASKFIELD_BACKEND_PYTHON") or sys.executable
     env = os.environ.get
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
@@ -45,13 +49,14 @@ def main() -> None:
     for ob in bpy.context.view_layer.objects:
         ob.select_set(ob in objs)
     s = scene.maskfield
-    s.views = int(env("MASKFIELD_E2E_VIEWS", "6"))
-    s.resolution = int(env("MASKFIELD_E2E_RES", "32"))
-    s.seed_points = int(env("MASKFIELD_E2E_POINTS", "2000"))
+    # the fewest views and steps at which the mask field learns the names (tens of steps leave
+    # every query's text embedding below the segmenter's similarity floor: "nothing found")
+    s.views = int(env("MASKFIELD_E2E_VIEWS", "16"))
+    s.resolution = int(env("MASKFIELD_E2E_RES", "64"))
+    s.seed_points = int(env("MASKFIELD_E2E_POINTS", "4000"))
     s.samples = 4
-    s.iterations = int(env("MASKFIELD_E2E_FIT_ITERS", "30"))
-    s.field_iterations = int(env("MASKFIELD_E2E_FIELD_ITERS", "50"))
-    quality = env("MASKFIELD_E2E_QUALITY") == "1"
+    s.iterations = int(env("MASKFIELD_E2E_FIT_ITERS", "300"))
+    s.field_iterations = int(env("MASKFIELD_E2E_FIELD_ITERS", "600"))
     s.device = "cpu"
     s.run_dir = os.path.join(work, "run ü")
     before = common.snapshot()
@@ -60,7 +65,7 @@ def main() -> None:
         res = bpy.ops.maskfield.train()
         check("train_started", res == {"FINISHED"}, res)
         job = client.active_job("train")
-        ok = client.pump(float(env("MASKFIELD_E2E_TIMEOUT", "420")))
+        ok = client.pump(float(env("MASKFIELD_E2E_TIMEOUT", "900")))
         common.TIMES["train_s"] = time.perf_counter() - t0
         check("train_finished", ok and job is not None and job.state == "finished",
               job and (job.state, job.error, list(job.logs)[-10:]))
@@ -106,12 +111,15 @@ def main() -> None:
         d = common.diff(before["objects"], {k: v for k, v in common.snapshot()["objects"].items()
                                             if k in before["objects"]})
         check("faces_originals_unchanged", not d, d)
-        if quality:
-            coll = next((c for c in bpy.data.collections if c.get("maskfield_prompt") == "red mug"), None)
-            counts = {o.get("maskfield_source"): len(o.data.polygons) for o in coll.objects} if coll else {}
-            own, total = counts.get("red mug", 0), sum(counts.values())
-            check("quality_faces_mug_recall", own >= 0.5 * len(mug.data.polygons), (counts, len(mug.data.polygons)))
-            check("quality_faces_mug_precision", total > 0 and own / total >= 0.5, counts)
+        # what the user looks at: the "red mug" collection holds the mug's faces, and no table
+        coll = next((c for c in bpy.data.collections if c.get("maskfield_prompt") == "red mug"), None)
+        counts = {o.get("maskfield_source"): len(o.data.polygons) for o in coll.objects} if coll else {}
+        own, total, n_mug = counts.get("red mug", 0), sum(counts.values()), len(mug.data.polygons)
+        common.RESULTS["quality_faces"] = {"ok": True, "detail": json.dumps(
+            {"mug_faces": n_mug, "found": counts, "recall": own / n_mug, "precision": own / max(total, 1)})}
+        check("quality_faces_mug_recall", own >= 0.9 * n_mug, (counts, n_mug))
+        check("quality_faces_mug_precision", total > 0 and own / total >= 0.9, counts)
+        check("quality_faces_no_table", counts.get("table", 0) == 0, counts)
     with section("points"):
         res, ok, job = segment("POINTS", "red mug")
         check("points_finished", ok and job is not None and job.state == "finished", job and job.error)
@@ -124,16 +132,18 @@ def main() -> None:
                   (entry, ob and len(ob.data.vertices)))
         else:
             check("points_object", ob is None, STATUS.info)
-        if quality and ob is not None:
+        check("points_found", entry.get("found") and ob is not None, (entry, STATUS.info))
+        if ob is not None:
             n = len(ob.data.vertices)
             co = np.empty(n * 3, np.float32)
             ob.data.vertices.foreach_get("co", co)
-            co = co.reshape(-1, 3)
+            co = co.reshape(-1, 3) @ np.array(ob.matrix_world)[:3, :3].T + np.array(ob.matrix_world)[:3, 3]
             mw = np.array(mug.matrix_world)
             bb = np.array([tuple(c) for c in mug.bound_box]) @ mw[:3, :3].T + mw[:3, 3]
-            lo, hi = bb.min(0) - 0.05, bb.max(0) + 0.05
-            inside = np.all((co >= lo) & (co <= hi), axis=1).mean()
-            check("quality_points_on_the_mug", inside >= 0.5, inside)
+            lo, hi = bb.min(0) - 0.02, bb.max(0) + 0.02  # Gaussians sit on the surface, a little off
+            inside = float(np.all((co >= lo) & (co <= hi), axis=1).mean())
+            common.RESULTS["quality_points"] = {"ok": True, "detail": json.dumps({"points": n, "on_mug": inside})}
+            check("quality_points_on_the_mug", n >= 50 and inside >= 0.9, (n, inside))
     client.kill_all()
     common.finish()
 

@@ -151,10 +151,22 @@ def fake_tooling(args: list[str]) -> int:
     return 0
 
 
+def fake_setup_script(args: list[str]) -> int:
+    """``backend_setup.py torch|pip ...`` (the add-on's installer script): progress events and pip-like lines."""
+    stage = "installing PyTorch" if args[1] == "torch" else "installing the backend"
+    for done, line in enumerate(("Collecting things", "Using cached things.whl", "Installing collected packages",
+                                 "Successfully installed things")):
+        print(line)
+        emit("progress", stage=stage, done=done + 1, total=4)
+    return 0
+
+
 def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["-m"] and args[1:2] in (["venv"], ["pip"]):
         return fake_tooling(args)
+    if args and os.path.basename(args[0]) == "backend_setup.py":
+        return fake_setup_script(args)
     if args[:2] == ["-m", "maskfield.cli"]:
         args = args[2:]
     log = os.environ.get("FAKE_BACKEND_LOG")
