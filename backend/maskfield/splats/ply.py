@@ -4,7 +4,8 @@ Vertex properties, in this order: x y z, nx ny nz, f_dc_0..2, f_rest_0..(3*(K-1)
 opacity (logit), scale_0..2 (log), rot_0..3 (w x y z). f_rest is stored channel-major
 (all red coefficients, then green, then blue), as the Inria code writes it; SuperSplat,
 KIRI and the Inria viewers read this layout. Extra per-Gaussian arrays (e.g. a segment
-score) may be appended as further float properties; readers ignore what they don't know.
+score, or a whole scene's ``label`` and ``label_score``) may be appended as further
+properties: integer arrays as int, the rest as float; readers ignore what they don't know.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     columns += [(f"rot_{i}", quats[:, i]) for i in range(4)]
     for name, values in (extra or {}).items():
         columns.append((name, np.asarray(values).reshape(n)))
-    data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
+    # integer extras (labels) stay integers; everything else is float as the layout has it
+    data = np.empty(n, dtype=[(name, "i4" if values.dtype.kind in "iub" and name not in _FLOAT_NAMES else "f4")
+                              for name, values in columns])
     for name, values in columns:
         data[name] = values
     path = Path(path)
@@ -48,6 +51,22 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+_FLOAT_NAMES = {"x", "y", "z", "nx", "ny", "nz", "opacity"}
+
+
+def read_ply_extra(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named extra per-Gaussian properties of a .ply (e.g. ``label``, ``label_score``)."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(path))["vertex"]
+    have = set(vertex.data.dtype.names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise MaskFieldError(f"{path} has no {', '.join(missing)} properties; write it with `maskfield segment "
+                             "--labels-ply`.")
+    return {n: np.asarray(vertex[n]) for n in names}
 
 
 def read_ply(path: str | Path, device="cpu") -> Gaussians:
