@@ -605,7 +605,8 @@ def write_labels(seg: Segmenter, entries: list[dict], label: np.ndarray, score: 
                           **({"at": e["at"]} if "at" in e else {})} for e in entries],
               "ply": "labels.ply" if ply else None}
     if ply:
-        write_ply(out_dir / "labels.ply", seg.gaussians, extra={"label": label, "label_score": label_score})
+        write_ply(out_dir / "labels.ply", seg.gaussians, extra={"label": label.astype(np.float32),
+                                                                "label_score": label_score})
     else:
         (out_dir / "labels.ply").unlink(missing_ok=True)  # an older one would not match this legend
     write_json_atomic(out_dir / "labels.json", legend)

@@ -5,7 +5,8 @@ opacity (logit), scale_0..2 (log), rot_0..3 (w x y z). f_rest is stored channel-
 (all red coefficients, then green, then blue), as the Inria code writes it; SuperSplat,
 KIRI and the Inria viewers read this layout. Extra per-Gaussian arrays (e.g. a segment
 score, or a whole scene's ``label`` and ``label_score``) may be appended as further
-properties: integer arrays as int, the rest as float; readers ignore what they don't know.
+float properties (a label too: SuperSplat's reader takes an ``int`` property as unsigned, so
+-1 would come back as 4294967295); readers ignore what they don't know.
 """
 from __future__ import annotations
 
@@ -40,9 +41,7 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     columns += [(f"rot_{i}", quats[:, i]) for i in range(4)]
     for name, values in (extra or {}).items():
         columns.append((name, np.asarray(values).reshape(n)))
-    # integer extras (labels) stay integers; everything else is float as the layout has it
-    data = np.empty(n, dtype=[(name, "i4" if values.dtype.kind in "iub" and name not in _FLOAT_NAMES else "f4")
-                              for name, values in columns])
+    data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
     for name, values in columns:
         data[name] = values
     path = Path(path)
@@ -51,9 +50,6 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
     os.replace(tmp, path)
     return path
-
-
-_FLOAT_NAMES = {"x", "y", "z", "nx", "ny", "nz", "opacity"}
 
 
 def read_ply_extra(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
