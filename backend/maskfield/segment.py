@@ -593,7 +593,8 @@ def write_labels(seg: Segmenter, entries: list[dict], label: np.ndarray, score: 
                  ply: bool = False) -> dict:
     """The whole scene's labels: labels.npz (label, label_score per Gaussian, -1 = none), the
     legend labels.json (label -> prompt, queries, granularity, colour) and, with ``ply``,
-    labels.ply: every Gaussian with ``label`` (int) and ``label_score`` properties."""
+    labels.ply: every Gaussian with ``label`` (a whole number stored as float: SuperSplat reads
+    int properties as unsigned) and ``label_score`` properties."""
     from .splats.ply import write_ply
 
     label = np.asarray(label, np.int32)
