@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
     p.add_argument("--at", action="append", nargs=3, type=float, default=[], metavar=("X", "Y", "Z"),
                    help="select what is at this 3D position (no text, no CLIP); repeat for several")
-    p.add_argument("--granularity", choices=("auto", "part", "object", "group", "any"), default=None,
-                   help="part, object or group (SAM's small / medium / large masks), or any; default: for a "
-                        "prompt what its best queries mostly matched, for --at object")
+    p.add_argument("--granularity", action="append", choices=("auto", "part", "object", "group", "any"), default=[],
+                   help="part, object or group (SAM's small / medium / large masks), or any; once for all, or once "
+                        "per --prompt in order; default: for a prompt what its best queries mostly matched, for "
+                        "--at object")
     p.add_argument("--name", action="append", default=[],
                    help="a name for what --at finds when its meaning is near it (default: the prompts, and "
                         "the run's object names)")
@@ -353,8 +354,13 @@ def run_segment(args, reporter: Reporter) -> dict:
         raise MaskFieldError(f"{args.prompt_embeddings} holds {text.shape[1]}-d vectors, but this run's queries are "
                              f"{seg.query_embed.shape[1]}-d ({seg.embedding_model}); encode the prompts with that model.")
     out = Path(args.out) if args.out else seg.run.segments_dir
-    gran = None if args.granularity in (None, "auto") else args.granularity
-    request = SegmentRequest(granularity=gran, at=[list(a) for a in args.at], at_granularity=gran or "object",
+    grans = [None if g == "auto" else g for g in args.granularity]
+    if len(grans) > 1 and (args.at or len(grans) != len(prompts)):
+        raise MaskFieldError(f"{len(grans)} --granularity values: give one for everything, or one per --prompt "
+                             f"({len(prompts)}) and no --at.")
+    gran = grans if len(grans) > 1 else (grans[0] if grans else None)
+    request = SegmentRequest(granularity=gran, at=[list(a) for a in args.at],
+                             at_granularity=(gran if isinstance(gran, str) else None) or "object",
                              names=list(args.name), rest=args.rest, labels_ply=args.labels_ply, mesh=args.mesh,
                              supersplat=args.supersplat)
     summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text,
