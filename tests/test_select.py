@@ -13,57 +13,13 @@ import torch
 
 from maskfield.events import MaskFieldError
 from maskfield.meshing import MeshSettings, chamfer_distance, gaussians_to_mesh, is_closed, read_mesh_ply
-from maskfield.priors.text import encode_texts
-from maskfield.segment import SegmentRequest, Segmenter, write_segments
+from maskfield.segment import SegmentRequest, write_segments
 from maskfield.splats.model import Gaussians
 from maskfield.splats.ply import read_ply, read_ply_extra
 
 from conftest import SPLAT_TRANSFORM
 
-ENCODER = "names:hash-512"
-SEAT, BACK, TABLE = range(3)  # feature components; the last one is a constant 1
-
-
-def names(texts):
-    return encode_texts(list(texts), ENCODER)
-
-
-def chair_scene(with_stats=True):
-    """A chair (seat: Gaussians 0-3 at x~0, back: 4-7 at x~0.5) beside a table (8-11 at x~3),
-    and 4 background Gaussians (x~6). Queries: 0 the seat and 1 the back (part masks, meaning
-    "chair"), 2 the whole chair (object), 3 the table (object), 4 chair + table (group),
-    5-6 idle. Parts were matched less often than the whole, as in real captures."""
-    f = np.full((16, 4), -1.0, np.float32)
-    f[:, 3] = 1.0
-    f[0:4, SEAT] = 1.0
-    f[4:8, BACK] = 1.0
-    f[8:12, TABLE] = 1.0
-    m = torch.zeros(7, 4)
-    m[0, SEAT] = 8.0
-    m[1, BACK] = 8.0
-    m[2, [SEAT, BACK]] = 8.0
-    m[2, 3] = 8.0
-    m[3, TABLE] = 8.0
-    m[4, [SEAT, BACK, TABLE]] = 8.0
-    m[4, 3] = 16.0
-    m[5:, 3] = -8.0
-    chair, table = names(["chair", "table"])
-    both = (chair + table) / np.linalg.norm(chair + table)
-    idle = names(["idle 1", "idle 2"])
-    c = torch.as_tensor(np.stack([chair, chair, chair, table, both, *idle]))
-    stats = {"granularity_counts": np.array([[3, 0, 0], [3, 0, 0], [0, 10, 0], [0, 9, 0], [0, 0, 4],
-                                             [0, 0, 0], [0, 0, 0]]),
-             "mask_area": np.array([0.02, 0.02, 0.05, 0.08, 0.13, 0, 0], np.float32)}
-    rng = np.random.default_rng(0)
-    centres = np.repeat(np.array([[0, 0, 0], [0.5, 0, 0.5], [3, 0, 0], [6, 0, 0]], np.float32), 4, axis=0)
-    means = centres + rng.normal(0, 0.05, centres.shape).astype(np.float32)
-    gaussians = Gaussians.from_points(means, colors=np.full((16, 3), 128, np.uint8), init_opacity=0.9)
-    return Segmenter.from_field(gaussians, torch.as_tensor(f), lambda: (m, c), embedding_model=ENCODER,
-                                text_encoder=names, match_stats=stats if with_stats else None,
-                                object_names=["chair", "table"])
-
-
-CHAIR, SEAT_IDS, BACK_IDS, TABLE_IDS = list(range(8)), list(range(4)), list(range(4, 8)), list(range(8, 12))
+from select_scene import BACK_IDS, CHAIR, SEAT_IDS, TABLE_IDS, chair_scene, write_chair_run  # noqa: E402
 
 
 def selected(label, j=0):
@@ -252,3 +208,38 @@ def test_supersplat_reads_the_labels_ply_and_its_compressed_form_drops_them(tmp_
     with open(tmp_path / "chair.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8 and "segment_score" not in rows[0] and "x" in rows[0]
+
+
+def test_cli_segment_at_a_position_and_serve_it(tmp_path):
+    """`maskfield segment RUN --at X Y Z` and the same through `maskfield serve`, on a run folder
+    of the constructed chair (a real field.pt): no text, no CLIP."""
+    import sys
+
+    from select_scene import CENTRES
+
+    run = write_chair_run(tmp_path / "run")
+    seat, table = CENTRES[0], CENTRES[2]
+    proc = subprocess.run([sys.executable, "-m", "maskfield.cli", "segment", str(run), "--at", *map(str, seat),
+                           "--at", *map(str, table), "--rest", "--out", str(tmp_path / "out"), "--events", "jsonl"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "segments.json").read_text())
+    chair, tbl = summary["prompts"]
+    assert (chair["prompt"], tbl["prompt"]) == ("chair", "table") and chair["at"] == [float(v) for v in seat]
+    assert sorted(np.load(tmp_path / "out" / "chair.npz")["indices"].tolist()) == CHAIR
+    assert sorted(np.load(tmp_path / "out" / "table.npz")["indices"].tolist()) == TABLE_IDS
+    assert summary["rest"]["count"] == 4 and len(read_ply(tmp_path / "out" / "rest.ply")) == 4
+    requests = "\n".join(json.dumps(r) for r in [
+        {"cmd": "segment", "id": 1, "at": [seat.tolist()], "at_granularity": "part", "out": str(tmp_path / "s1")},
+        {"cmd": "segment", "id": 2, "at": [[1, 2]], "out": str(tmp_path / "s2")},
+        {"cmd": "segment", "id": 3, "prompts": ["chair"], "granularity": ["part"], "out": str(tmp_path / "s3")},
+        {"cmd": "quit"}]) + "\n"
+    proc = subprocess.run([sys.executable, "-m", "maskfield.cli", "serve", str(run)], input=requests,
+                          capture_output=True, text=True, timeout=300)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    results = {e["id"]: e for e in events if e["event"] == "result"}
+    errors = [e for e in events if e["event"] == "error"]
+    assert sorted(results) == [1, 3] and errors and "[x, y, z]" in errors[0]["message"]
+    assert results[1]["prompts"][0]["prompt"] == "chair" and results[1]["prompts"][0]["granularity"] == "part"
+    assert sorted(np.load(tmp_path / "s1" / "chair.npz")["indices"].tolist()) == SEAT_IDS
+    assert len(results[3]["prompts"][0]["parts"]) == 2
