@@ -411,7 +411,7 @@ def label_colours(label: np.ndarray, legend: dict) -> np.ndarray:
 
 def show_labels(ob: bpy.types.Object, label: np.ndarray, score: np.ndarray, legend: dict) -> None:
     """Put the labels on a run's point object as attributes and display it in their colours."""
-    me = ob.data
+    me = cast(bpy.types.Mesh, ob.data)
     for name in ("label", "label_score", "label_color"):
         old = me.attributes.get(name)
         if old is not None:
@@ -442,7 +442,7 @@ def remove_gaussians(ob: bpy.types.Object, indices: np.ndarray) -> int:
     point object: Points mode's Split originals. Returns how many were removed."""
     import bmesh
 
-    me = ob.data
+    me = cast(bpy.types.Mesh, ob.data)
     n = len(me.vertices)
     attr = me.attributes.get("gaussian_index")
     index = np.arange(n, dtype=np.int32)

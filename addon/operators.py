@@ -673,7 +673,7 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
             fm = _faces_map(run)
             if mode == "FACES" and fm is None:
                 mode = "MESH"  # a photo source has no meshes to split: a mesh from the Gaussians
-            if mode == "FACES":
+            if mode == "FACES" and fm is not None:
                 problems = fm[0].check()
                 if problems:
                     raise UserError("This run was made from other objects: " + "; ".join(problems[:4])

@@ -206,3 +206,42 @@ def test_exclusive_rule_can_be_turned_off(trained, tmp_path):
         counts[bool(flag)] = [p["count"] for p in summary["prompts"]]
     # for a single prompt the rule only ever removes Gaussians
     assert 0 < counts[False][0] <= counts[True][0], counts
+
+
+def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
+    """`segment --at` on the tabletop: for each object, a position on it (its visible Gaussian
+    nearest their centre) selects that object: IoU >= 0.9 against the Gaussians its label
+    images vote for; --rest and the segments make up the whole run."""
+    scene, run, _ = trained
+    from maskfield.evaluate import object_votes
+    from maskfield.priors.from_labels import load_object_names
+    from maskfield.scene import load_scene
+    from maskfield.splats.ply import read_ply
+
+    gaussians = read_ply(run / "gaussians.ply")
+    views = load_scene(scene, skip_missing=True)
+    votes = object_votes(gaussians, views, range(len(views)), scene / "labels")
+    visible = votes.sum(1) >= 0.05
+    owner = np.where(visible, votes.argmax(1), -1)
+    means = gaussians.means.detach().numpy()
+    names = {oid: name for oid, name in load_object_names(scene / "labels").items() if name != "table"}
+    args, truth = [], {}
+    for oid, name in sorted(names.items()):
+        mine = means[owner == oid]
+        args += ["--at", *map(str, mine[np.argmin(np.linalg.norm(mine - mine.mean(0), axis=1))])]
+        truth[name] = owner == oid
+    out = tmp_path / "at"
+    run_cli("segment", run, *args, "--rest", "--out", out, "--events", "none")
+    summary = json.loads((out / "segments.json").read_text())
+    ious = {}
+    for entry, (name, gt) in zip(summary["prompts"], truth.items()):
+        pred = np.zeros(len(gaussians), bool)
+        if entry["found"]:
+            pred[np.load(out / entry["npz"])["indices"]] = True
+        pred &= visible
+        ious[name] = ((pred & gt).sum() / max(1, (pred | gt).sum()), entry["prompt"])
+    assert all(iou >= 0.9 for iou, _ in ious.values()), ious
+    assert all(named == name for name, (_, named) in ious.items()), ious  # named after the run's objects
+    taken = sum(p["count"] for p in summary["prompts"])
+    assert taken + summary["rest"]["count"] == len(gaussians)
+    assert len(read_ply(out / "rest.ply")) == summary["rest"]["count"]
