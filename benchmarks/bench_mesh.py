@@ -171,6 +171,7 @@ def main() -> int:
     gaussians, owner, names = gaussian_objects(run, scene_dir)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     objs = {ob.name: ob for ob in make_tabletop.build_tabletop(args.seed, bpy.context.scene)}
+    bpy.context.view_layer.update()  # world matrices
     results = []
     made = bpy.data.collections.new("bench meshes")
     bpy.context.scene.collection.children.link(made)

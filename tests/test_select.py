@@ -44,6 +44,8 @@ def test_granularity_is_recorded_per_query_during_training(tmp_path):
     assert summary["granularity_counts"][:, 0].sum() == 3 and summary["granularity_counts"][:, 1].sum() == 3
     part_query = int(summary["granularity_counts"][:, 0].argmax())
     assert summary["mask_area"][part_query] == pytest.approx(0.25)
+    # the image share per granularity: 3 part masks of 1/4, 3 object masks of the whole view
+    np.testing.assert_allclose(summary["granularity_area"].sum(0), [0.75, 3.0, 0.0])
     back = MatchStats.from_state(stats.state(), 5)
     np.testing.assert_array_equal(back.counts, stats.counts)
 
@@ -65,6 +67,15 @@ def test_prompt_defaults_to_what_its_queries_mostly_matched_and_parts_come_apart
     assert sorted(anything.queries.tolist()) == [0, 1, 2] and selected(label) == CHAIR
     with pytest.raises(MaskFieldError, match="unknown granularity"):
         seg.segment(["chair"], granularity="huge")
+    # "mostly" is by image area: parts matched far more often, but small, leave the object
+    seg.granularity_counts[:2, 0] = 40
+    seg.granularity_area[:2, 0] = 40 * 0.02
+    seg.granularity_area[2, 1] = 10 * 0.25
+    (chair,), _, _, _ = seg.segment(["chair"])
+    assert chair.granularity == "object"
+    seg.granularity_area[:2, 0] = 40 * 0.2  # big "parts" do take over
+    (chair,), _, _, _ = seg.segment(["chair"])
+    assert chair.granularity == "part"
     # a run trained before granularity was recorded: every query counts, as before
     old = chair_scene(with_stats=False)
     (chair,), label, _, _ = old.segment(["chair"])

@@ -155,20 +155,28 @@ class Segmenter:
         if match_stats is not None and len(match_stats.get("granularity_counts", ())) == num_queries:
             counts = np.asarray(match_stats["granularity_counts"], np.int64).reshape(num_queries, 3)
             area = np.asarray(match_stats.get("mask_area", area), np.float32).reshape(num_queries)
+        # the image share of each query's matched masks per granularity (counts where unrecorded)
+        recorded = np.asarray(match_stats.get("granularity_area", counts) if match_stats else counts, np.float64)
+        self.granularity_area = recorded.reshape(num_queries, 3) if recorded.sum() > 0 else counts.astype(np.float64)
         self.granularity_counts = counts
         self.query_area = area
         self.query_granularity = np.where(counts.sum(1) > 0, counts.argmax(1), -1).astype(np.int64)
+        # a run trained before granularity was recorded (or on priors that do not say): every
+        # query counts at every granularity
+        self.has_granularity = bool(counts.sum() > 0)
 
     def granularity_mask(self, granularity: str) -> torch.Tensor:
-        """(K,) bool: the queries of ``granularity`` ("any": all; unknown ones always count)."""
-        if granularity not in GRANULARITIES:
+        """(K,) bool: the queries of ``granularity`` ("any", or a run without the record: all).
+        Queries never matched late in training carry no granularity and no meaning: left out."""
+        if granularity not in GRANULARITIES or not self.has_granularity:
             return torch.ones(len(self.query_granularity), dtype=torch.bool)
-        g = self.query_granularity
-        return torch.as_tensor((g == GRANULARITIES[granularity]) | (g < 0))
+        return torch.as_tensor(self.query_granularity == GRANULARITIES[granularity])
 
     def dominant_granularity(self, queries: np.ndarray) -> str:
-        """The granularity that ``queries``' matched masks mostly had ("any" when unrecorded)."""
-        counts = self.granularity_counts[np.asarray(queries, np.int64)].sum(0) if len(queries) else np.zeros(3)
+        """The granularity that ``queries``' matched masks mostly had, by image area ("any" when
+        unrecorded). By area, not by number: an object split into parts in many views yields
+        more part masks than object masks, yet is mostly seen whole."""
+        counts = self.granularity_area[np.asarray(queries, np.int64)].sum(0) if len(queries) else np.zeros(3)
         if counts.sum() == 0:
             return "any"
         return {v: k for k, v in GRANULARITIES.items()}[int(np.argmax(counts))]
@@ -238,7 +246,7 @@ class Segmenter:
         return self._point_tree
 
     def select_at(self, positions, granularity: str | list[str | None] | None = "object",
-                  names: list[str] | None = None) -> list[PromptMatch]:
+                  names: list[str] | None = None, keep: float = 0.8) -> list[PromptMatch]:
         """What is at each 3D position, with no text: the Gaussians nearest to it, the queries
         (of one granularity) that light them most, and so every Gaussian those queries light.
 
@@ -271,7 +279,7 @@ class Segmenter:
                 chosen = np.zeros(0, np.int64)  # nothing there lights up at that granularity
             else:
                 # duplicates of the same thing light the spot about as much as the best one
-                chosen = torch.nonzero(score >= 0.8 * best_score).squeeze(1).numpy()
+                chosen = torch.nonzero(score >= keep * best_score).squeeze(1).numpy()
             others = torch.nonzero(eligible).squeeze(1).numpy()
             others = np.setdiff1d(others, chosen)
             name = self._name_for(chosen, names) if len(chosen) else None

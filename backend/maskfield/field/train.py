@@ -67,42 +67,50 @@ class MaskField(torch.nn.Module):
 
 class MatchStats:
     """Which masks each query was matched to: per query, how often at each SAM granularity
-    (0 small / part, 1 medium / object, 2 large / group) and the mean image share of those
-    masks. Kept in field.pt; segmentation reads a query's granularity from it."""
+    (0 small / part, 1 medium / object, 2 large / group) and the image share of those masks
+    (summed per granularity, and on average). Kept in field.pt; segmentation reads a query's
+    granularity from it."""
 
     def __init__(self, num_queries: int):
         self.counts = np.zeros((num_queries, 3), dtype=np.int64)
+        self.granularity_area = np.zeros((num_queries, 3), dtype=np.float64)
         self.area_sum = np.zeros(num_queries, dtype=np.float64)
         self.matched = np.zeros(num_queries, dtype=np.int64)
 
     def add(self, view: FieldView, rows, cols) -> None:
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-        if view.granularity is not None and len(rows):
+        if not len(rows):
+            return
+        area = view.mask_area.cpu().numpy()[cols] if view.mask_area is not None else np.zeros(len(cols))
+        if view.granularity is not None:
             gran = view.granularity.cpu().numpy().astype(np.int64)[cols]
             known = gran >= 0  # -1: the priors did not say
             np.add.at(self.counts, (rows[known], gran[known]), 1)
-        if view.mask_area is not None and len(rows):
-            np.add.at(self.area_sum, rows, view.mask_area.cpu().numpy()[cols])
-            np.add.at(self.matched, rows, 1)
+            np.add.at(self.granularity_area, (rows[known], gran[known]), area[known])
+        np.add.at(self.area_sum, rows, area)
+        np.add.at(self.matched, rows, 1)
 
     def state(self) -> dict:
-        return {"granularity_counts": self.counts.copy(), "area_sum": self.area_sum.copy(),
-                "matched": self.matched.copy()}
+        return {"granularity_counts": self.counts.copy(), "granularity_area": self.granularity_area.copy(),
+                "area_sum": self.area_sum.copy(), "matched": self.matched.copy()}
 
     @classmethod
     def from_state(cls, state: dict | None, num_queries: int) -> "MatchStats":
         stats = cls(num_queries)
         if state and len(state.get("matched", ())) == num_queries:
             stats.counts[:] = state["granularity_counts"]
+            stats.granularity_area[:] = state.get("granularity_area", 0.0)
             stats.area_sum[:] = state["area_sum"]
             stats.matched[:] = state["matched"]
         return stats
 
     def summary(self) -> dict:
-        """What field.pt keeps: counts (K, 3) and mean matched mask area (K,) (0 where never matched)."""
+        """What field.pt keeps: counts (K, 3), the summed image share of the masks per
+        granularity (K, 3), mean matched mask area (K,) (0 where never matched), matches (K,)."""
         area = np.where(self.matched > 0, self.area_sum / np.maximum(self.matched, 1), 0.0)
-        return {"granularity_counts": self.counts.astype(np.int64), "mask_area": area.astype(np.float32),
-                "matched": self.matched.astype(np.int64)}
+        return {"granularity_counts": self.counts.astype(np.int64),
+                "granularity_area": self.granularity_area.astype(np.float32),
+                "mask_area": area.astype(np.float32), "matched": self.matched.astype(np.int64)}
 
 
 def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_weight: float = 0.0,
