@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import bpy
 import numpy as np
@@ -550,16 +550,26 @@ def split_run_points(scene, entries: list[dict], run: str) -> str:
 
 
 def apply_meshes(scene, entries: dict, order: list[str], run: str) -> list[str]:
-    """Faces mode for photo sources: each prompt's mesh made from its Gaussians."""
+    """Faces mode for photo sources: each prompt's closed, vertex-coloured mesh, made from its
+    Gaussians with Blender's geometry nodes (points to volume to mesh; measured against the
+    backend's marching cubes by benchmarks/bench_mesh.py, and a little closer to the truth)."""
     parts = []
     for p in order:
         entry = entries.get(p, {})
         import_export.clear_prompt(scene, p)
-        mesh = entry.get("mesh") or {}
-        if not entry.get("found") or not mesh.get("npz") or not os.path.isfile(mesh["npz"]):
+        ply = entry.get("ply")
+        if not entry.get("found") or not ply or not os.path.isfile(ply):
             continue
         coll = import_export.prompt_collection(scene, p, run)
-        ob = import_export.mesh_object(f"{p} mesh", mesh["npz"], coll, prompt=p, run=run)
+        points = import_export.points_object(f"{p} points", import_export.gaussian_arrays(
+            import_export.read_ply_vertices(ply)), coll, prompt=p, run=run, display=False)
+        data = points.data
+        try:
+            ob = import_export.mesh_from_gaussians(points, f"{p} mesh", coll, prompt=p, run=run)
+        finally:
+            bpy.data.objects.remove(points, do_unlink=True)
+            if data is not None and data.users == 0:
+                bpy.data.meshes.remove(cast(bpy.types.Mesh, data))
         parts.append(f"{p}: mesh of {len(ob.data.polygons)} faces")
     return parts
 
@@ -590,7 +600,6 @@ def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run
             parts.append(split_run_points(scene, [entries[p] for p in order if p in entries], run))
     elif mode == "MESH":
         parts += apply_meshes(scene, entries, order, run)
-        found = [p for p in found if (entries[p].get("mesh") or {}).get("npz")]
         missing = [p for p in order if p not in found]
     else:
         labels_path = seg.get("point_labels")
@@ -697,8 +706,6 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                     args += ["--granularity", g]
             if points:
                 args += ["--points", points]
-            if mode == "MESH":
-                args += ["--mesh"]
             if s.export_supersplat:
                 args += ["--supersplat"]
             args += ["--out", out] + segment_options(context)
@@ -735,8 +742,7 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
         try:
             if use_serve:
                 payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out,
-                           "granularity": granularity, "mesh": mode == "MESH",
-                           "supersplat": bool(s.export_supersplat)}
+                           "granularity": granularity, "supersplat": bool(s.export_supersplat)}
                 backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
                                              on_done=done)
             else:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import bpy  # noqa: E402
 
-RADIUS_FACTORS = (1.0, 2.0)  # Blender's point radius, in multiples of a Gaussian's mean scale
+RADIUS_FACTORS = (1.0, 2.0, 3.0)  # Blender's point radius, in multiples of a Gaussian's mean scale
 
 
 def world_triangles(ob) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ def blender_mesh(points: np.ndarray, radius: np.ndarray, voxel: float):
     me = bpy.data.meshes.new("bench points")
     me.vertices.add(len(points))
     me.vertices.foreach_set("co", points.astype(np.float32).ravel())
-    attr = me.attributes.new("radius", "FLOAT", "POINT")
+    attr = me.attributes.new("gaussian_radius", "FLOAT", "POINT")
     attr.data.foreach_set("value", radius.astype(np.float32))
     ob = bpy.data.objects.new("bench points", me)
     bpy.context.scene.collection.objects.link(ob)
@@ -78,7 +78,7 @@ def blender_mesh(points: np.ndarray, radius: np.ndarray, voxel: float):
     to_points = nodes.new("GeometryNodeMeshToPoints")
     named = nodes.new("GeometryNodeInputNamedAttribute")
     named.data_type = "FLOAT"
-    named.inputs["Name"].default_value = "radius"
+    named.inputs["Name"].default_value = "gaussian_radius"
     to_volume = nodes.new("GeometryNodePointsToVolume")
     to_mesh = nodes.new("GeometryNodeVolumeToMesh")
     for node in (to_volume, to_mesh):  # voxel size mode: a menu socket in 5.0, a property before
@@ -89,9 +89,13 @@ def blender_mesh(points: np.ndarray, radius: np.ndarray, voxel: float):
         node.inputs["Voxel Size"].default_value = voxel
     to_volume.inputs["Density"].default_value = 1.0
     to_mesh.inputs["Threshold"].default_value = 0.5
+    point_radius = nodes.new("GeometryNodeInputRadius")
+    # the per-vertex radius becomes each point's radius (Mesh to Points writes the built-in
+    # 'radius', which a custom attribute of that name would not survive), then each sphere's
     links.new(gin.outputs[0], to_points.inputs["Mesh"])
+    links.new(named.outputs["Attribute"], to_points.inputs["Radius"])
     links.new(to_points.outputs["Points"], to_volume.inputs["Points"])
-    links.new(named.outputs["Attribute"], to_volume.inputs["Radius"])
+    links.new(point_radius.outputs["Radius"], to_volume.inputs["Radius"])
     links.new(to_volume.outputs["Volume"], to_mesh.inputs["Volume"])
     links.new(to_mesh.outputs["Mesh"], gout.inputs[0])
     mod = ob.modifiers.new("to mesh", "NODES")

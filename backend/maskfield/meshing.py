@@ -1,8 +1,8 @@
 """A closed, vertex-coloured mesh from a segment's Gaussians (for captures with no meshes).
 
 The Gaussians' opacity is splatted into a voxel grid as each one's anisotropic kernel
-alpha_i exp(-d^T Sigma_i^-1 d / 2) (the largest per cell), with its scales floored at half a
-voxel so that thin surface splats still close up. The space the surface encloses is filled
+alpha_i exp(-d^T Sigma_i^-1 d / 2), accumulated per cell as alpha compositing does, with its
+scales floored at half a voxel so that thin surface splats still close up. The space the surface encloses is filled
 (scipy.ndimage.binary_fill_holes), so a hollow capture of a solid object becomes a solid and
 the mesh has its outer surface only; scikit-image's marching cubes then extracts the
 iso-surface of level ``level`` from a zero-padded grid, which makes it closed. Each vertex
@@ -29,9 +29,9 @@ SH_C0 = 0.28209479177387814
 class MeshSettings:
     resolution: int = 96  # voxels along the longest side of the segment's box
     min_opacity: float = 0.1  # fainter Gaussians (floaters) are left out
-    level: float = 0.5  # iso-level of the splatted opacity (about 1 standard deviation)
+    level: float = 0.2  # iso-level of the accumulated opacity (0.15-0.3 measured best on the tabletop)
     fill: bool = True  # fill the enclosed space: one outer surface, not a shell
-    cutoff: float = 2.0  # kernel radius in standard deviations (the level is reached within ~1.2)
+    cutoff: float = 3.0  # kernel radius in standard deviations
     max_radius: int = 8  # in voxels: very large (stray) Gaussians do not flood the grid
     colour_neighbours: int = 8
 
@@ -59,9 +59,10 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
 def density_grid(means, scales, quats, opacity, settings: MeshSettings):
     """Splat the Gaussians into a zero-bordered grid; returns (grid, origin, voxel size).
 
-    Each cell keeps the largest kernel value over the Gaussians (not the sum): the level set
-    is then the union of the Gaussians' ellipsoids at about one standard deviation, so a
-    surface of flat splats is not pushed outwards where many of them overlap."""
+    Each cell holds the opacity that the Gaussians over it accumulate, 1 - prod(1 - a_i),
+    with a_i = alpha_i exp(-d^T Sigma_i^-1 d / 2), as alpha compositing does: faint
+    Gaussians that overlap still close a surface (a fit leaves many), while a surface of
+    opaque flat splats is not pushed outwards, since the product saturates."""
     lo = means.min(0)
     hi = means.max(0)
     extent = float((hi - lo).max())
@@ -92,10 +93,10 @@ def density_grid(means, scales, quats, opacity, settings: MeshSettings):
                 cells = centre[sel, None, :] + offsets[None]  # (n, o, 3)
                 d = origin_t + cells.float() * voxel - means_t[sel, None, :]
                 q = (torch.bmm(d, inv_cov[sel]) * d).sum(-1)
-                w = opacity_t[sel, None] * torch.exp(-0.5 * q)
+                a = (opacity_t[sel, None] * torch.exp(-0.5 * q)).clamp_max(0.999)
                 flat = (cells.clamp_min(0) * strides).sum(-1).clamp_max(grid.numel() - 1)
-                grid.scatter_reduce_(0, flat.reshape(-1), w.reshape(-1), reduce="amax")
-    return grid.reshape(shape).numpy().astype(np.float64), origin, voxel
+                grid.index_add_(0, flat.reshape(-1), -torch.log1p(-a).reshape(-1))  # sum of -log(1 - a)
+    return 1.0 - np.exp(-grid.reshape(shape).numpy().astype(np.float64)), origin, voxel
 
 
 def gaussians_to_mesh(gaussians, settings: MeshSettings | None = None) -> Mesh:
