@@ -144,17 +144,23 @@ def render_picture(path: Path, true_objs, rows, spacing: float) -> None:
     cam.rotation_euler = (float(np.arctan2(2.5 + spacing, 4.0)), 0.0, 0.0)
     cam_data.lens = 30
     scene.camera = cam
-    for label, y in rows:
-        text = bpy.data.curves.new(label, "FONT")
-        text.body = label
-        ob = bpy.data.objects.new(label, text)
-        ob.location = (-2.0, y - 0.75, 0.0)
-        ob.scale = (0.16, 0.16, 0.16)
-        scene.collection.objects.link(ob)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scene.render.filepath = str(path.with_suffix(".tmp.png"))
+    tmp = path.with_suffix(".tmp.png")
+    scene.render.filepath = str(tmp)
     bpy.ops.render.render(write_still=True)
-    os.replace(path.with_suffix(".tmp.png"), path)
+    # each row's name, written where the row's front edge projects
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.open(tmp).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=22)
+    for label, y in rows:
+        u, v, _ = world_to_camera_view(scene, cam, Vector((0.0, y - 0.75, 0.0)))
+        draw.text((20, (1 - v) * image.height), label, fill=(255, 255, 255), font=font)
+    image.save(tmp)
+    os.replace(tmp, path)
 
 
 def main() -> int:

@@ -170,12 +170,13 @@ def test_mesh_from_gaussians_is_closed_coloured_and_on_the_surface():
     mesh = gaussians_to_mesh(g, MeshSettings(resolution=48))
     assert len(mesh.faces) > 500 and is_closed(mesh.faces)
     r = np.linalg.norm(mesh.vertices - np.array([0.3, 0.0, 0.2]), axis=1)
-    assert abs(r.mean() - 0.2) < mesh.voxel and r.max() - r.min() < 3 * mesh.voxel
+    # the level set (accumulated opacity 0.2) lies within ~1.5 voxels outside the splats
+    assert abs(r.mean() - 0.2) < 2 * mesh.voxel and r.max() - r.min() < 3 * mesh.voxel
     np.testing.assert_allclose(mesh.colours.mean(0), [0.8, 0.2, 0.1], atol=0.02)
     # a solid: the hollow shell of splats gives one outer surface, not two
     truth = np.random.default_rng(1).normal(size=(4000, 3))
     truth = truth / np.linalg.norm(truth, axis=1, keepdims=True) * 0.2 + [0.3, 0.0, 0.2]
-    assert chamfer_distance(mesh.vertices, truth) < mesh.voxel
+    assert chamfer_distance(mesh.vertices, truth) < 2 * mesh.voxel
     faint = flat_sphere(n=50)
     faint.params["opacities"] = torch.full((50,), -5.0)
     assert len(gaussians_to_mesh(faint).faces) == 0
