@@ -157,8 +157,8 @@ def render_picture(path: Path, true_objs, rows, spacing: float) -> None:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=22)
     for label, y in rows:
-        u, v, _ = world_to_camera_view(scene, cam, Vector((0.0, y - 0.75, 0.0)))
-        draw.text((20, (1 - v) * image.height), label, fill=(255, 255, 255), font=font)
+        u, v, _ = world_to_camera_view(scene, cam, Vector((0.0, y, 0.2)))
+        draw.text((20, (1 - v) * image.height - 11), label, fill=(255, 255, 255), font=font)
     image.save(tmp)
     os.replace(tmp, path)
 
@@ -211,8 +211,13 @@ def main() -> int:
             row[f"blender_x{factor:g}"] = entry
             if best is None or entry["chamfer"] < best[0]:
                 best = (entry["chamfer"], v, t)
+                # coloured like the add-on does it: each vertex as its nearest Gaussian
+                from scipy.spatial import cKDTree
+
+                rgb = np.clip(p["sh0"].reshape(-1, 3)[opaque] * 0.28209479177387814 + 0.5, 0, 1)
+                best_colours = rgb[cKDTree(p["means"][opaque]).query(v)[1]] if len(v) else None
             bpy.data.meshes.remove(result)
-        coloured_object(f"{name} blender", best[1], best[2], None, (0, 2 * spacing, 0), made)
+        coloured_object(f"{name} blender", best[1], best[2], best_colours, (0, 2 * spacing, 0), made)
         results.append(row)
         b = row["backend"]
         blender = "  ".join(f"x{f:g}: {row[f'blender_x{f:g}']['chamfer']:.4f} "

@@ -209,9 +209,9 @@ def test_exclusive_rule_can_be_turned_off(trained, tmp_path):
 
 
 def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
-    """`segment --at` on the tabletop: for each object, a position on it (its visible Gaussian
-    nearest their centre) selects that object: IoU >= 0.9 against the Gaussians its label
-    images vote for; --rest and the segments make up the whole run."""
+    """`segment --at` on the tabletop: for each object, a position on it (where a user clicks:
+    its Gaussian that the views show most) selects that object: IoU >= 0.9 against the
+    Gaussians its label images vote for; --rest and the segments make up the whole run."""
     scene, run, _ = trained
     from maskfield.evaluate import object_votes
     from maskfield.priors.from_labels import load_object_names
@@ -227,8 +227,8 @@ def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
     names = {oid: name for oid, name in load_object_names(scene / "labels").items() if name != "table"}
     args, truth = [], {}
     for oid, name in sorted(names.items()):
-        mine = means[owner == oid]
-        args += ["--at", *map(str, mine[np.argmin(np.linalg.norm(mine - mine.mean(0), axis=1))])]
+        seen = np.where(owner == oid, votes[:, oid], -1.0)
+        args += ["--at", *map(str, means[int(np.argmax(seen))])]
         truth[name] = owner == oid
     out = tmp_path / "at"
     run_cli("segment", run, *args, "--rest", "--out", out, "--events", "none")

@@ -98,8 +98,8 @@ class Segmenter:
                                  f"{self.run.gaussians_ply.name} has {len(self.gaussians):,}; retrain the mask field.",
                                  kind="run_mismatch")
         self._setup(self.gaussians, features, queries, ckpt.get("embedding_model", ""),
-                    ckpt.get("object_names") or [], text_encoder, weights_dir, allow_download,
-                    ckpt.get("match_stats"))
+                    ckpt.get("object_names") or _prior_object_names(self.run), text_encoder, weights_dir,
+                    allow_download, ckpt.get("match_stats"))
 
     @classmethod
     def from_field(cls, gaussians, features: torch.Tensor, queries, embedding_model: str = "",
@@ -439,6 +439,21 @@ class Segmenter:
             label, score, _ = self.label_gaussians(matches, feats)
         label = np.where(alpha.numpy() >= min_alpha, label, -1)
         return label.reshape(camera.height, camera.width), out["alpha"].numpy()
+
+
+def _prior_object_names(run: RunFolder) -> list[str]:
+    """The object names that priors made from labels carry (for naming what --at finds)."""
+    import json
+
+    for path in sorted(Path(run.priors_dir).glob("*.npz"))[:1] if run.priors_dir.exists() else []:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError):
+            return []
+        names = (meta.get("settings") or {}).get("names") or {}
+        return sorted({str(n) for n in names.values()}) if isinstance(names, dict) else []
+    return []
 
 
 def _per_prompt(granularity, count: int) -> list[str | None]:
