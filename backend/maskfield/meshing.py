@@ -8,7 +8,9 @@ the mesh has its outer surface only; scikit-image's marching cubes then extracts
 iso-surface of level ``level`` from a zero-padded grid, which makes it closed. Each vertex
 takes the colour of the nearest Gaussians (their SH band 0), weighted by opacity over
 distance. benchmarks/bench_mesh.py compares this with Blender's Points to Volume -> Volume
-to Mesh on the tabletop (Chamfer distance to the true meshes, time).
+to Mesh on the tabletop (Chamfer distance to the true meshes, time): Blender's came out a
+little closer (mean 0.027 against 0.030) and faster, so the add-on uses Blender's; this one
+serves `maskfield segment --mesh` outside Blender.
 """
 from __future__ import annotations
 
