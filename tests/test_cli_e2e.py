@@ -240,6 +240,7 @@ def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
             pred[np.load(out / entry["npz"])["indices"]] = True
         pred &= visible
         ious[name] = ((pred & gt).sum() / max(1, (pred | gt).sum()), entry["prompt"])
+    print("pointing IoU:", {name: round(float(iou), 3) for name, (iou, _) in ious.items()})
     assert all(iou >= 0.9 for iou, _ in ious.values()), ious
     assert all(named == name for name, (_, named) in ious.items()), ious  # named after the run's objects
     taken = sum(p["count"] for p in summary["prompts"])
