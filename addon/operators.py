@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import bpy
 import numpy as np
@@ -27,6 +27,7 @@ SOURCE_FILE = "source.json"
 FACES_NPY = "faces.npy"
 FACES_JSON = "faces.json"
 SEGMENT_DIR = os.path.join("segments", "blender")
+CURSOR_DIR = os.path.join("segments", "blender_cursor")
 
 
 class UserError(Exception):
@@ -147,6 +148,16 @@ def fail(op: bpy.types.Operator, message: str) -> set[str]:
     STATUS.set_error(message)
     op.report({"ERROR"}, message)
     return {"CANCELLED"}
+
+
+def prompt_granularities(context, prompts: list[str]) -> list[str]:
+    """Each enabled prompt's granularity (the first entry of a repeated prompt wins)."""
+    chosen: dict[str, str] = {}
+    for item in mf(context).prompts:
+        text = " ".join(item.text.split())
+        if item.enabled and text and text not in chosen:
+            chosen[text] = item.granularity
+    return [chosen.get(p, "auto") for p in prompts]
 
 
 def enabled_prompts(context) -> list[str]:
@@ -505,6 +516,64 @@ def check_run(run: str) -> None:
                         "the run folder of a finished training.")
 
 
+def _points_of_entry(entry: dict, prompt: str, coll, run: str) -> list:
+    """A prompt's point objects: one, or one per part for a part-granularity prompt."""
+    parts = [p for p in entry.get("parts") or [] if p.get("ply") and os.path.isfile(p["ply"])]
+    if len(parts) > 1:
+        return [import_export.import_ply_points(p["ply"], f"{prompt} part {p['part']}", coll, prompt=prompt, run=run)
+                for p in parts]
+    ply = entry.get("ply")
+    if ply and os.path.isfile(ply):
+        return [import_export.import_ply_points(ply, prompt, coll, prompt=prompt, run=run)]
+    npz = entry.get("npz")
+    idx = np.load(npz)["indices"] if npz and os.path.isfile(npz) else np.zeros(0, np.int64)
+    data = import_export.read_ply_vertices(os.path.join(run, "gaussians.ply"))
+    return [import_export.points_object(prompt, import_export.gaussian_arrays(data[idx]), coll, prompt=prompt, run=run)]
+
+
+def _segment_indices(entries: list[dict]) -> np.ndarray:
+    idx = [np.load(e["npz"])["indices"] for e in entries if e.get("found") and e.get("npz") and os.path.isfile(e["npz"])]
+    return np.concatenate(idx) if idx else np.zeros(0, np.int64)
+
+
+def split_run_points(scene, entries: list[dict], run: str) -> str:
+    """Points mode's Split originals: the segmented Gaussians leave the run's point object."""
+    ob = import_export.run_points_object(scene)
+    if ob is None:
+        ob = import_export.import_run(scene, run)
+    n = import_export.remove_gaussians(ob, _segment_indices(entries))
+    try:  # one undo step (there is no undo stack in background mode)
+        bpy.ops.ed.undo_push(message="MaskField: split Gaussians")
+    except RuntimeError:
+        pass
+    return f"removed {n} Gaussians from '{ob.name}'"
+
+
+def apply_meshes(scene, entries: dict, order: list[str], run: str) -> list[str]:
+    """Faces mode for photo sources: each prompt's closed, vertex-coloured mesh, made from its
+    Gaussians with Blender's geometry nodes (points to volume to mesh; measured against the
+    backend's marching cubes by benchmarks/bench_mesh.py, and a little closer to the truth)."""
+    parts = []
+    for p in order:
+        entry = entries.get(p, {})
+        import_export.clear_prompt(scene, p)
+        ply = entry.get("ply")
+        if not entry.get("found") or not ply or not os.path.isfile(ply):
+            continue
+        coll = import_export.prompt_collection(scene, p, run)
+        points = import_export.points_object(f"{p} points", import_export.gaussian_arrays(
+            import_export.read_ply_vertices(ply)), coll, prompt=p, run=run, display=False)
+        data = points.data
+        try:
+            ob = import_export.mesh_from_gaussians(points, f"{p} mesh", coll, prompt=p, run=run)
+        finally:
+            bpy.data.objects.remove(points, do_unlink=True)
+            if data is not None and data.users == 0:
+                bpy.data.meshes.remove(cast(bpy.types.Mesh, data))
+        parts.append(f"{p}: mesh of {len(ob.data.polygons)} faces")
+    return parts
+
+
 def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run: str,
                    split_in_place: bool = False) -> str:
     """Bring a finished segmentation into the scene; returns a summary message."""
@@ -524,15 +593,14 @@ def apply_segments(scene_name: str, out: str, prompts: list[str], mode: str, run
             if not entry.get("found"):
                 continue
             coll = import_export.prompt_collection(scene, p, run)
-            ply = entry.get("ply")
-            if ply and os.path.isfile(ply):
-                ob = import_export.import_ply_points(ply, p, coll, prompt=p, run=run)
-            else:
-                npz = entry.get("npz")
-                idx = np.load(npz)["indices"] if npz and os.path.isfile(npz) else np.zeros(0, np.int64)
-                data = import_export.read_ply_vertices(os.path.join(run, "gaussians.ply"))
-                ob = import_export.points_object(p, import_export.gaussian_arrays(data[idx]), coll, prompt=p, run=run)
-            parts.append(f"{p}: {len(ob.data.vertices)} points")
+            obs = _points_of_entry(entry, p, coll, run)
+            count = sum(len(ob.data.vertices) for ob in obs)
+            parts.append(f"{p}: {count} points" + (f" in {len(obs)} parts" if len(obs) > 1 else ""))
+        if split_in_place:
+            parts.append(split_run_points(scene, [entries[p] for p in order if p in entries], run))
+    elif mode == "MESH":
+        parts += apply_meshes(scene, entries, order, run)
+        missing = [p for p in order if p not in found]
     else:
         labels_path = seg.get("point_labels")
         fm = _faces_map(run)
@@ -612,10 +680,9 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
             check_run(run)
             mode = s.mode
             fm = _faces_map(run)
-            if mode == "FACES":
-                if fm is None:
-                    raise UserError("Faces mode needs a run trained from selected objects of this file "
-                                    "(source 'Selected objects'). Use Points for this run.")
+            if mode == "FACES" and fm is None:
+                mode = "MESH"  # a photo source has no meshes to split: a mesh from the Gaussians
+            if mode == "FACES" and fm is not None:
                 problems = fm[0].check()
                 if problems:
                     raise UserError("This run was made from other objects: " + "; ".join(problems[:4])
@@ -630,11 +697,17 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                 except OSError:
                     pass
             points = fm[1] if (fm is not None and mode in ("FACES", "SELECT")) else None
+            granularity = prompt_granularities(context, prompts)
             args = ["segment", run]
             for p in prompts:
                 args += ["--prompt", p]
+            if any(g != "auto" for g in granularity):
+                for g in granularity:
+                    args += ["--granularity", g]
             if points:
                 args += ["--points", points]
+            if s.export_supersplat:
+                args += ["--supersplat"]
             args += ["--out", out] + segment_options(context)
             argv = backend_client.backend_command(python, *args)
             serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
@@ -648,7 +721,7 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
         scene_name = context.scene.name
         split_in_place = bool(mf(context).split_in_place)
         use_faces = fm is not None
-        eff_mode = mode if (mode == "POINTS" or use_faces) else "SELECT_POINTS"
+        eff_mode = mode if (mode in ("POINTS", "MESH") or use_faces) else "SELECT_POINTS"
 
         def done(job) -> None:  # a Job, or a Request to the kept-alive server
             _LAST_SEGMENT[0] = job
@@ -668,7 +741,8 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
 
         try:
             if use_serve:
-                payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out}
+                payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out,
+                           "granularity": granularity, "supersplat": bool(s.export_supersplat)}
                 backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
                                              on_done=done)
             else:
@@ -677,6 +751,101 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
         except BackendError as exc:
             return fail(self, str(exc))
         STATUS.set_info("Segmenting: " + ", ".join(prompts))
+        return {"FINISHED"}
+
+
+def cursor_position(context) -> list[float]:
+    """The 3D cursor in the run's coordinates (the imported run object may have been moved)."""
+    pos = context.scene.cursor.location.copy()
+    ob = import_export.run_points_object(context.scene)
+    if ob is not None:
+        pos = ob.matrix_world.inverted() @ pos
+    return [float(v) for v in pos]
+
+
+def apply_cursor_selection(scene_name: str, out: str, run: str, granularity: str) -> str:
+    """The thing at the cursor as a collection "MaskField: <name>"; another thing adds another
+    collection, the same thing again replaces its own."""
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        raise UserError(f"the scene '{scene_name}' is gone")
+    seg = import_export.load_segments(out)
+    entry = (seg.get("prompts") or [{}])[0]
+    if not entry.get("found"):
+        far = entry.get("nearest_gaussian_distance")
+        return ("Nothing lights up at the 3D cursor at the " + granularity + " granularity"
+                + (f" (the nearest Gaussian is {far:.3g} away)" if far is not None else "")
+                + ". Place the cursor on the capture (Shift+right-click) and try again, or another granularity.")
+    name = entry["prompt"] if granularity == "object" else f"{entry['prompt']} ({granularity})"
+    import_export.clear_prompt(scene, name)
+    coll = import_export.prompt_collection(scene, name, run)
+    obs = _points_of_entry(entry, name, coll, run)
+    return f"Selected at the 3D cursor: '{coll.name}', {sum(len(o.data.vertices) for o in obs)} points"
+
+
+class MASKFIELD_OT_select_at_cursor(bpy.types.Operator):
+    """Select what is at the 3D cursor, with no text: a collection named after the nearest prompt,
+    or "MaskField: object N". Place the cursor on the capture with Shift+right-click; repeat to add"""
+
+    bl_idname = "maskfield.select_at_cursor"
+    bl_label = "Select at 3D Cursor"
+
+    def execute(self, context):
+        busy = busy_error()
+        if busy:
+            return fail(self, busy)
+        s = mf(context)
+        try:
+            python = preferences.resolve_python(context)
+            run = run_dir_of(context)
+            check_run(run)
+            out = os.path.join(run, CURSOR_DIR)
+            ensure_writable(out)
+            try:
+                os.remove(os.path.join(out, "segments.json"))
+            except OSError:
+                pass
+            pos = cursor_position(context)
+            names = enabled_prompts(context)
+            gran = s.cursor_granularity
+            args = ["segment", run, "--at", *(f"{v:.9g}" for v in pos), "--granularity", gran]
+            for n in names:
+                args += ["--name", n]
+            args += ["--out", out] + segment_options(context)
+            argv = backend_client.backend_command(python, *args)
+            serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
+            field = os.path.join(run, "field.pt")
+            serve_key = (tuple(serve_argv), os.path.getmtime(field) if os.path.exists(field) else 0)
+            prefs = preferences.get_prefs(context)
+            use_serve = bool(prefs is not None and prefs.use_serve)
+        except (UserError, BackendError, import_export.DataError) as exc:
+            return fail(self, str(exc))
+        scene_name = context.scene.name
+
+        def done(job) -> None:
+            _LAST_SEGMENT[0] = job
+            if job.state == "finished":
+                try:
+                    STATUS.set_info(apply_cursor_selection(scene_name, out, run, gran))
+                except (UserError, import_export.DataError, OSError, ValueError, KeyError) as exc:
+                    STATUS.set_error(f"Could not use the selection: {exc}")
+            elif job.state == "cancelled":
+                STATUS.set_info("Selection cancelled.")
+            else:
+                STATUS.set_error(f"Selection failed: {job.error}")
+                popup_error(job.error or "selection failed")
+
+        try:
+            if use_serve:
+                payload = {"cmd": "segment", "at": [pos], "at_granularity": gran, "names": names, "out": out}
+                backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
+                                             on_done=done)
+            else:
+                backend_client.start(backend_client.Job([argv], kind="segment", label="Selecting at the cursor",
+                                                        env=preferences.backend_env(context), on_done=done))
+        except BackendError as exc:
+            return fail(self, str(exc))
+        STATUS.set_info("Selecting at the 3D cursor ({:.2f}, {:.2f}, {:.2f})".format(*pos))
         return {"FINISHED"}
 
 
@@ -743,10 +912,12 @@ class MASKFIELD_OT_import_run(bpy.types.Operator):
     def execute(self, context):
         run = run_dir_of(context)
         try:
-            ob = import_export.import_run(context.scene, run)
+            ob = import_export.import_run(context.scene, run, labels_dir=os.path.join(run, SEGMENT_DIR))
         except import_export.DataError as exc:
             return fail(self, str(exc))
         msg = f"Imported {len(ob.data.vertices)} Gaussians from {run}"
+        if ob.data.attributes.get("label") is not None:
+            msg += " (coloured by the last segmentation's labels)"
         STATUS.set_info(msg)
         self.report({"INFO"}, msg)
         return {"FINISHED"}
@@ -777,8 +948,13 @@ class MASKFIELD_OT_export_segments(bpy.types.Operator):
             return fail(self, f"Nothing to export: {exc}. Run Segment first.")
         if not written:
             return fail(self, "The last segmentation found nothing to export.")
+        warnings = []
+        try:  # the whole scene with its labels, and the legend
+            written.append(import_export.write_labels_ply(os.path.join(run, "gaussians.ply"), out, dest))
+        except (import_export.DataError, OSError) as exc:
+            warnings.append(f"No labelled scene .ply: {exc}")
         msg = f"Exported {len(written)} segment(s) to {dest}"
-        STATUS.set_info(msg)
+        STATUS.set_info(msg, warnings)
         self.report({"INFO"}, msg)
         return {"FINISHED"}
 
@@ -800,6 +976,7 @@ classes = (
     MASKFIELD_OT_train,
     MASKFIELD_OT_render_scene,
     MASKFIELD_OT_segment,
+    MASKFIELD_OT_select_at_cursor,
     MASKFIELD_OT_prompt_add,
     MASKFIELD_OT_prompt_remove,
     MASKFIELD_OT_clear_results,

@@ -19,6 +19,9 @@ class MASKFIELD_UL_prompts(bpy.types.UIList):
         row = layout.row(align=True)
         row.prop(item, "enabled", text="")
         row.prop(item, "text", text="", emboss=False, icon="VIEWZOOM")
+        sub = row.row(align=True)
+        sub.scale_x = 0.8
+        sub.prop(item, "granularity", text="")
 
 
 def _draw_lines(layout, text: str, icon: str = "NONE", limit: int = 12) -> None:
@@ -133,7 +136,9 @@ class MASKFIELD_PT_segment(bpy.types.Panel):
         col.operator("maskfield.prompt_add", icon="ADD", text="")
         col.operator("maskfield.prompt_remove", icon="REMOVE", text="")
         layout.prop(s, "mode", expand=True)
-        if s.mode == "FACES":
+        if s.mode == "FACES" and s.source != "OBJECTS":
+            layout.label(text="Photo source: a mesh from the Gaussians", icon="MESH_DATA")
+        elif s.mode in ("FACES", "POINTS"):
             layout.prop(s, "split_in_place")
         row = layout.row(align=True)
         row.prop(s, "use_threshold", text="")
@@ -144,6 +149,11 @@ class MASKFIELD_PT_segment(bpy.types.Panel):
         row.scale_y = 1.4
         row.enabled = not STATUS.busy
         row.operator("maskfield.segment", icon="VIEWZOOM")
+        row = layout.row(align=True)
+        row.enabled = not STATUS.busy
+        row.operator("maskfield.select_at_cursor", icon="PIVOT_CURSOR")
+        row.prop(s, "cursor_granularity", text="")
+        layout.prop(s, "export_supersplat")
         row = layout.row(align=True)
         row.operator("maskfield.import_run", icon="OUTLINER_OB_POINTCLOUD")
         row.operator("maskfield.export_segments", icon="EXPORT", text="Export")

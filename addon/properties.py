@@ -17,8 +17,8 @@ SOURCE_ITEMS = [
 
 MODE_ITEMS = [
     ("POINTS", "Points", "A point-cloud object of the selected Gaussians per prompt"),
-    ("FACES", "Faces", "The faces of the source meshes that match a prompt, as new objects (selected-objects "
-     "source only)"),
+    ("FACES", "Faces", "The faces of the source meshes that match a prompt, as new objects; for photo sources "
+     "(no meshes) a closed, vertex-coloured mesh made from the prompt's Gaussians"),
     ("SELECT", "Select", "Only select what matches (faces of the source meshes, or points of the imported run)"),
 ]
 
@@ -36,9 +36,21 @@ LAYOUT_ITEMS = [
 ]
 
 
+GRANULARITY_ITEMS = [
+    ("auto", "Auto", "What the prompt's best queries mostly matched in training"),
+    ("part", "Part", "Parts (SAM's small masks): each part of the thing as its own object"),
+    ("object", "Object", "Whole objects (SAM's medium masks)"),
+    ("group", "Group", "Groups of objects (SAM's large masks)"),
+    ("any", "Any", "Every query of the prompt's meaning, whatever its granularity"),
+]
+POINT_GRANULARITY_ITEMS = [item for item in GRANULARITY_ITEMS if item[0] in ("part", "object", "group")]
+
+
 class MaskFieldPrompt(bpy.types.PropertyGroup):
     text: StringProperty(name="Prompt", description="What to find, e.g. 'chair'")  # type: ignore[valid-type]
     enabled: BoolProperty(name="Use", default=True)  # type: ignore[valid-type]
+    granularity: EnumProperty(name="Granularity", items=GRANULARITY_ITEMS, default="auto",  # type: ignore[valid-type]
+                              description="Parts, the whole object, or a group of objects")
 
 
 class MaskFieldSettings(bpy.types.PropertyGroup):
@@ -81,8 +93,16 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
     mode: EnumProperty(name="Result", items=MODE_ITEMS, default="POINTS")  # type: ignore[valid-type]
     split_in_place: BoolProperty(  # type: ignore[valid-type]
         name="Split originals", default=False,
-        description="Faces mode: also remove the segmented faces from the original objects, splitting them "
-                    "(undo with Ctrl+Z); off, the originals are left untouched")
+        description="Faces mode: also remove the segmented faces from the original objects; Points mode: remove "
+                    "the segmented Gaussians from the run's imported point object (undo with Ctrl+Z); off, the "
+                    "originals are left untouched")
+    cursor_granularity: EnumProperty(  # type: ignore[valid-type]
+        name="Granularity", items=POINT_GRANULARITY_ITEMS, default="object",
+        description="What Select at 3D Cursor takes: the part under the cursor, the object, or its group")
+    export_supersplat: BoolProperty(  # type: ignore[valid-type]
+        name="SuperSplat files", default=False,
+        description="Segment also writes SuperSplat's compressed .ply of each segment (needs Node.js and "
+                    "@playcanvas/splat-transform where the backend runs); the standard .ply stays the reference")
     use_threshold: BoolProperty(name="Threshold", default=False,  # type: ignore[valid-type]
                                 description="Use a custom threshold instead of the backend's")
     threshold: FloatProperty(name="Threshold", default=0.5, min=0.0, max=1.0,  # type: ignore[valid-type]

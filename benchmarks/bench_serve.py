@@ -1,6 +1,7 @@
 """Prompt latency through `maskfield serve`, the process the add-on keeps alive between prompts.
 
     python benchmarks/bench_serve.py RUN [--prompt "red mug" --prompt table] [--repeats 5]
+    python benchmarks/bench_serve.py RUN --at 0.4 0.1 0.2 [--at ...]   # select by pointing
 
 Starts the server on a trained run, then times each request from the JSON line written to
 its stdin to the result event read back (the segment .npz / .ply files and segments.json
@@ -22,6 +23,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", nargs="?", default="out/demo/run")
     ap.add_argument("--prompt", action="append", default=None)
+    ap.add_argument("--at", action="append", nargs=3, type=float, default=None, metavar=("X", "Y", "Z"),
+                    help="time selecting what is at these positions instead (no text)")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     run = Path(args.run)
@@ -47,7 +50,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats + 1):
             t = time.perf_counter()
-            proc.stdin.write(json.dumps({"cmd": "segment", "id": i, "prompts": prompts, "out": tmp}) + "\n")
+            what = {"at": args.at} if args.at else {"prompts": prompts}
+            proc.stdin.write(json.dumps({"cmd": "segment", "id": i, **what, "out": tmp}) + "\n")
             event = read_until({"result", "error"})
             if event["event"] == "error":
                 raise SystemExit(f"segment failed: {event.get('message')}")
@@ -57,7 +61,7 @@ def main() -> int:
         proc.wait(timeout=30)
     later = sorted(times[1:])
     print(f"maskfield serve on {run} ({ready.get('gaussians'):,} Gaussians, {ready.get('text_encoder')}), "
-          f"{len(prompts)} prompts per request")
+          + (f"{len(args.at)} positions (--at) per request" if args.at else f"{len(prompts)} prompts per request"))
     print(f"start-up (load run and field): {startup:.2f} s")
     print(f"first request (loads the text encoder): {times[0]:.3f} s")
     print(f"later requests: median {later[len(later) // 2]:.3f} s, worst {later[-1]:.3f} s  (target < 1 s)")

@@ -290,3 +290,43 @@ def test_field_on_partial_low_resolution_priors_of_unknown_granularity(trained, 
     run_cli("segment", part, "--prompt", "red mug", "--out", part / "seg", "--events", "none")
     found = json.loads((part / "seg" / "segments.json").read_text())["prompts"][0]
     assert found["found"] and found["count"] > 20
+
+
+def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
+    """`segment --at` on the tabletop: for each object, a position on it (where a user clicks:
+    its Gaussian that the views show most) selects that object: IoU >= 0.9 against the
+    Gaussians its label images vote for; --rest and the segments make up the whole run."""
+    scene, run, _ = trained
+    from maskfield.evaluate import object_votes
+    from maskfield.priors.from_labels import load_object_names
+    from maskfield.scene import load_scene
+    from maskfield.splats.ply import read_ply
+
+    gaussians = read_ply(run / "gaussians.ply")
+    views = load_scene(scene, skip_missing=True)
+    votes = object_votes(gaussians, views, range(len(views)), scene / "labels")
+    visible = votes.sum(1) >= 0.05
+    owner = np.where(visible, votes.argmax(1), -1)
+    means = gaussians.means.detach().numpy()
+    names = {oid: name for oid, name in load_object_names(scene / "labels").items() if name != "table"}
+    args, truth = [], {}
+    for oid, name in sorted(names.items()):
+        seen = np.where(owner == oid, votes[:, oid], -1.0)
+        args += ["--at", *map(str, means[int(np.argmax(seen))])]
+        truth[name] = owner == oid
+    out = tmp_path / "at"
+    run_cli("segment", run, *args, "--rest", "--out", out, "--events", "none")
+    summary = json.loads((out / "segments.json").read_text())
+    ious = {}
+    for entry, (name, gt) in zip(summary["prompts"], truth.items()):
+        pred = np.zeros(len(gaussians), bool)
+        if entry["found"]:
+            pred[np.load(out / entry["npz"])["indices"]] = True
+        pred &= visible
+        ious[name] = ((pred & gt).sum() / max(1, (pred | gt).sum()), entry["prompt"])
+    print("pointing IoU:", {name: round(float(iou), 3) for name, (iou, _) in ious.items()})
+    assert all(iou >= 0.9 for iou, _ in ious.values()), ious
+    assert all(named == name for name, (_, named) in ious.items()), ious  # named after the run's objects
+    taken = sum(p["count"] for p in summary["prompts"])
+    assert taken + summary["rest"]["count"] == len(gaussians)
+    assert len(read_ply(out / "rest.ply")) == summary["rest"]["count"]

@@ -98,9 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for one run per scene, predictions and benchmark.json")
     _train_options(p)
 
-    p = sub.add_parser("segment", help="select the Gaussians of text prompts")
+    p = sub.add_parser("segment", help="select the Gaussians of text prompts, or of what is at a 3D position")
     p.add_argument("run")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
+    p.add_argument("--at", action="append", nargs=3, type=float, default=[], metavar=("X", "Y", "Z"),
+                   help="select what is at this 3D position (no text, no CLIP); repeat for several")
+    p.add_argument("--granularity", action="append", choices=("auto", "part", "object", "group", "any"), default=[],
+                   help="part, object or group (SAM's small / medium / large masks), or any; once for all, or once "
+                        "per --prompt in order; default: for a prompt what its best queries mostly matched, for "
+                        "--at object")
+    p.add_argument("--name", action="append", default=[],
+                   help="a name for what --at finds when its meaning is near it (default: the prompts, and "
+                        "the run's object names)")
+    p.add_argument("--rest", action="store_true", help="also write what no segment took as rest.ply")
+    p.add_argument("--labels-ply", action="store_true",
+                   help="also write the whole scene as labels.ply with per-Gaussian label and label_score")
+    p.add_argument("--mesh", action="store_true", help="also a closed, vertex-coloured mesh per segment")
+    p.add_argument("--supersplat", action="store_true",
+                   help="also SuperSplat's compressed .ply per segment (needs Node.js and @playcanvas/splat-transform)")
     p.add_argument("--prompt-embeddings", default=None, metavar="FILE",
                    help="prompts as vectors instead of text: a .npy (P x D), or a .npz with 'embeddings' (P x D) "
                         "and optional 'names'; --prompt then names them")
@@ -343,11 +358,14 @@ def _segmenter(args, reporter):
 def run_segment(args, reporter: Reporter) -> dict:
     from .segment import write_segments
 
+    from .segment import SegmentRequest
+
     prompts, text = list(args.prompt), None
     if args.prompt_embeddings:
         prompts, text = load_prompt_embeddings(Path(args.prompt_embeddings), prompts)
-    if not prompts or any(not p.strip() for p in prompts):
-        raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
+    if (not prompts and not args.at) or any(not p.strip() for p in prompts):
+        raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair "
+                             "(or a position: --at X Y Z).")
     seg = _segmenter(args, reporter)
     if text is not None and text.shape[1] != seg.query_embed.shape[1]:
         raise MaskFieldError(f"{args.prompt_embeddings} holds {text.shape[1]}-d vectors, but this run's queries are "
@@ -355,7 +373,17 @@ def run_segment(args, reporter: Reporter) -> dict:
     if args.prompt_embeddings:
         seg.negative_vectors = load_negative_embeddings(Path(args.prompt_embeddings), seg.query_embed.shape[1])
     out = Path(args.out) if args.out else seg.run.segments_dir
-    summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text)
+    grans = [None if g == "auto" else g for g in args.granularity]
+    if len(grans) > 1 and (args.at or len(grans) != len(prompts)):
+        raise MaskFieldError(f"{len(grans)} --granularity values: give one for everything, or one per --prompt "
+                             f"({len(prompts)}) and no --at.")
+    gran = grans if len(grans) > 1 else (grans[0] if grans else None)
+    request = SegmentRequest(granularity=gran, at=[list(a) for a in args.at],
+                             at_granularity=(gran if isinstance(gran, str) else None) or "object",
+                             names=list(args.name), rest=args.rest, labels_ply=args.labels_ply, mesh=args.mesh,
+                             supersplat=args.supersplat)
+    summary = write_segments(seg, prompts, out, Path(args.points) if args.points else None, reporter, text=text,
+                             request=request)
     summary["out"] = str(out)
     reporter.result("segment", **summary)
     return summary
@@ -430,7 +458,7 @@ def run_serve(args, reporter: Reporter) -> None:
             out = Path(request.get("out") or seg.run.segments_dir)
             points = request.get("points")
             summary = write_segments(seg, list(request.get("prompts") or []), out,
-                                     Path(points) if points else None, reporter)
+                                     Path(points) if points else None, reporter, request=_serve_request(request))
             summary["out"] = str(out)
             reporter.result("segment", id=request.get("id"), **summary)
         except MaskFieldError as exc:
@@ -438,6 +466,26 @@ def run_serve(args, reporter: Reporter) -> None:
         except json.JSONDecodeError as exc:
             reporter.error(f"not a JSON request: {exc}", kind="input")
     return None
+
+
+def _serve_request(request: dict):
+    """The options of a server request: {"at": [[x, y, z], ...], "granularity": "part" or one per
+    prompt, "at_granularity", "names", "rest", "labels_ply", "mesh", "supersplat"}."""
+    from .segment import SegmentRequest
+
+    at = request.get("at") or []
+    try:
+        at = [[float(v) for v in p] for p in at]
+    except (TypeError, ValueError):
+        raise MaskFieldError("'at' must be a list of [x, y, z] positions.") from None
+    if any(len(p) != 3 for p in at):
+        raise MaskFieldError("'at' must be a list of [x, y, z] positions.")
+    gran = request.get("granularity")
+    gran = None if gran == "auto" else gran
+    return SegmentRequest(granularity=gran, at=at, at_granularity=request.get("at_granularity") or "object",
+                          names=list(request.get("names") or []), rest=bool(request.get("rest")),
+                          labels_ply=bool(request.get("labels_ply")), mesh=bool(request.get("mesh")),
+                          supersplat=bool(request.get("supersplat")))
 
 
 def run_evaluate(args, reporter: Reporter) -> dict:

@@ -11,6 +11,11 @@ The queries within ``query_margin`` (cosine) of the prompt's best query, and rel
 enough, make up its mask; Gaussian g belongs to it with score max_i sigmoid(m_i . f_g).
 Several prompts compete: each Gaussian takes the prompt with the highest score, or the
 background when no score passes ``mask_threshold``.
+
+Granularity: training records which SAM granularity (small / medium / large: part / object /
+group) each query's masks had. A prompt keeps the queries of one granularity: the one asked
+for, or by default the one its best queries mostly matched. A 3D position selects without
+text (``select_at``): the queries that light the Gaussians near it, at one granularity.
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ from .run import RunFolder, write_json_atomic
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 TOP_QUERIES = 3  # strongest queries kept per Gaussian for the competitor test
+# SAM's small / medium / large masks, as a user names them
+GRANULARITIES = {"part": 0, "object": 1, "group": 2}
+GRANULARITY_CHOICES = ("auto", "part", "object", "group", "any")
+POINT_NEIGHBOURS = 16  # Gaussians that stand for a pointed-at position
 
 
 @dataclass
@@ -63,6 +72,9 @@ class PromptMatch:
     # active queries that mean something else (relevancy below the threshold): a Gaussian
     # they light more strongly than the prompt's queries do is not the prompt's
     competitors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    granularity: str = "any"  # the granularity its queries were kept at (or "any")
+    at: list | None = None  # the 3D position it was pointed at (select_at), or None
+    nearest_distance: float | None = None  # from that position to the nearest solid Gaussian
 
     @property
     def found(self) -> bool:
@@ -94,19 +106,22 @@ class Segmenter:
                                  f"{self.run.gaussians_ply.name} has {len(self.gaussians):,}; retrain the mask field.",
                                  kind="run_mismatch")
         self._setup(self.gaussians, features, queries, ckpt.get("embedding_model", ""),
-                    ckpt.get("object_names") or [], text_encoder, weights_dir, allow_download)
+                    ckpt.get("object_names") or _prior_object_names(self.run), text_encoder, weights_dir,
+                    allow_download, ckpt.get("match_stats"))
 
     @classmethod
     def from_field(cls, gaussians, features: torch.Tensor, queries, embedding_model: str = "",
-                   settings: SegmentSettings | None = None, text_encoder=None, device: str = "cpu") -> "Segmenter":
+                   settings: SegmentSettings | None = None, text_encoder=None, device: str = "cpu",
+                   match_stats: dict | None = None, object_names: list[str] | None = None) -> "Segmenter":
         """A segmenter over a field held in memory (no run folder): for benchmarks and tests."""
         seg = cls.__new__(cls)
         seg.run, seg.device, seg.settings = None, device, settings or SegmentSettings()
-        seg._setup(gaussians, features, queries, embedding_model, [], text_encoder, None, False)
+        seg._setup(gaussians, features, queries, embedding_model, object_names or [], text_encoder, None, False,
+                   match_stats)
         return seg
 
     def _setup(self, gaussians, features, queries, embedding_model, object_names, text_encoder,
-               weights_dir, allow_download) -> None:
+               weights_dir, allow_download, match_stats=None) -> None:
         self.gaussians = gaussians
         self.features = features.float()
         with torch.no_grad():
@@ -137,6 +152,43 @@ class Segmenter:
         self.active = torch.sigmoid(peak) >= self.settings.mask_threshold
         self._top_logits = torch.cat(top_logits) if top_logits else torch.zeros(0, k)
         self._top_queries = torch.cat(top_queries) if top_queries else torch.zeros(0, k, dtype=torch.int16)
+        self._set_granularity(match_stats, m.shape[0])
+        self._point_tree = None
+
+    def _set_granularity(self, match_stats: dict | None, num_queries: int) -> None:
+        """Per query: the granularity counts of the masks it was matched to in training, its
+        dominant granularity (-1: never matched, or a run trained before this was recorded)
+        and the mean image share of its masks."""
+        counts = np.zeros((num_queries, 3), np.int64)
+        area = np.zeros(num_queries, np.float32)
+        if match_stats is not None and len(match_stats.get("granularity_counts", ())) == num_queries:
+            counts = np.asarray(match_stats["granularity_counts"], np.int64).reshape(num_queries, 3)
+            area = np.asarray(match_stats.get("mask_area", area), np.float32).reshape(num_queries)
+        # the image share of each query's matched masks per granularity (counts where unrecorded)
+        recorded = np.asarray(match_stats.get("granularity_area", counts) if match_stats else counts, np.float64)
+        self.granularity_area = recorded.reshape(num_queries, 3) if recorded.sum() > 0 else counts.astype(np.float64)
+        self.granularity_counts = counts
+        self.query_area = area
+        self.query_granularity = np.where(counts.sum(1) > 0, counts.argmax(1), -1).astype(np.int64)
+        # a run trained before granularity was recorded (or on priors that do not say): every
+        # query counts at every granularity
+        self.has_granularity = bool(counts.sum() > 0)
+
+    def granularity_mask(self, granularity: str) -> torch.Tensor:
+        """(K,) bool: the queries of ``granularity`` ("any", or a run without the record: all).
+        Queries never matched late in training carry no granularity and no meaning: left out."""
+        if granularity not in GRANULARITIES or not self.has_granularity:
+            return torch.ones(len(self.query_granularity), dtype=torch.bool)
+        return torch.as_tensor(self.query_granularity == GRANULARITIES[granularity])
+
+    def dominant_granularity(self, queries: np.ndarray) -> str:
+        """The granularity that ``queries``' matched masks mostly had, by image area ("any" when
+        unrecorded). By area, not by number: an object split into parts in many views yields
+        more part masks than object masks, yet is mostly seen whole."""
+        counts = self.granularity_area[np.asarray(queries, np.int64)].sum(0) if len(queries) else np.zeros(3)
+        if counts.sum() == 0:
+            return "any"
+        return {v: k for k, v in GRANULARITIES.items()}[int(np.argmax(counts))]
 
     # --- text ---------------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> np.ndarray:
@@ -170,8 +222,12 @@ class Segmenter:
         return bool(self.embedding_model) and can_encode_text(self.embedding_model)
 
     # --- matching -----------------------------------------------------------------------
-    def match(self, prompts: list[str], text: np.ndarray | None = None) -> list[PromptMatch]:
+    def match(self, prompts: list[str], text: np.ndarray | None = None,
+              granularity: str | list[str | None] | None = None) -> list[PromptMatch]:
+        """The queries of each prompt. ``granularity``: one for all prompts or one per prompt,
+        each of GRANULARITY_CHOICES (None = "auto": what the prompt's best queries mostly matched)."""
         s = self.settings
+        grans = _per_prompt(granularity, len(prompts))
         text = self.encode(prompts) if text is None else text
         negatives = self.negatives()
         t = torch.as_tensor(text, dtype=torch.float32)
@@ -181,15 +237,125 @@ class Segmenter:
         relevancy = torch.sigmoid(s.temperature * (sim - neg[:, None]))
         matches = []
         for j, prompt in enumerate(prompts):
-            sj = sim[:, j].masked_fill(~self.active, -2.0)
+            asked = grans[j] or "auto"
+            # an explicit granularity picks among its own queries (a part may be less like the
+            # prompt than the whole); "auto" first finds the best queries of any granularity
+            eligible = self.active & (self.granularity_mask(asked) if asked in GRANULARITIES else True)
+            sj = sim[:, j].masked_fill(~eligible, -2.0)
             best = float(sj.max())
-            ok = (sj >= best - s.query_margin) & (relevancy[:, j] >= s.relevancy_threshold) & self.active
+            ok = (sj >= best - s.query_margin) & (relevancy[:, j] >= s.relevancy_threshold) & eligible
             if best < s.similarity_floor(self.embedding_model):
                 ok[:] = False
+            kept = asked
+            if asked == "auto":
+                kept = self.dominant_granularity(torch.nonzero(ok).squeeze(1).numpy())
+                ok &= self.granularity_mask(kept)
             idx = torch.nonzero(ok).squeeze(1)
             others = torch.nonzero(self.active & (relevancy[:, j] < s.relevancy_threshold)).squeeze(1)
-            matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best, others.numpy()))
+            matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best, others.numpy(),
+                                       granularity=kept))
         return matches
+
+    # --- pointing ---------------------------------------------------------------------------
+    def _solid_tree(self):
+        """A k-d tree over the Gaussians that are opaque enough to be pointed at (built once)."""
+        if self._point_tree is None:
+            from scipy.spatial import cKDTree
+
+            means = self.gaussians.means.detach().cpu().numpy()
+            opacity = torch.sigmoid(self.gaussians.params["opacities"].detach()).cpu().numpy().reshape(-1)
+            solid = np.nonzero(opacity > 0.1)[0]
+            if len(solid) == 0:
+                solid = np.arange(len(means))
+            self._point_tree = (cKDTree(means[solid]), solid, opacity)
+        return self._point_tree
+
+    def select_at(self, positions, granularity: str | list[str | None] | None = "object",
+                  names: list[str] | None = None, keep: float = 0.8) -> list[PromptMatch]:
+        """What is at each 3D position, with no text: the Gaussians nearest to it, the queries
+        (of one granularity) that light them most, and so every Gaussian those queries light.
+
+        Each match is named after the nearest of ``names`` (and the run's object names) when
+        its queries' meaning is close enough to one, else "object <query>"."""
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        if not np.isfinite(positions).all():
+            raise MaskFieldError("--at needs three finite numbers X Y Z (a position in the scene's coordinates).")
+        grans = _per_prompt(granularity, len(positions))
+        tree, solid, opacity = self._solid_tree()
+        k = min(POINT_NEIGHBOURS, len(solid))
+        matches = []
+        for p, position in enumerate(positions):
+            asked = grans[p] or "object"
+            if asked == "auto":
+                asked = "object"
+            dist, nn = tree.query(position, k=k)
+            near = solid[np.atleast_1d(nn)]
+            dist = np.atleast_1d(dist)
+            weight = torch.as_tensor(opacity[near] / (dist + 1e-3), dtype=torch.float32)
+            weight = weight / weight.sum()
+            with torch.no_grad():
+                lit = torch.sigmoid(self.features[torch.as_tensor(near)] @ self.mask_embed.T)  # (k, K)
+            score = weight @ lit  # how much each query lights the neighbourhood
+            eligible = self.active & self.granularity_mask(asked)
+            score = score.masked_fill(~eligible, -1.0)
+            best = int(score.argmax())
+            best_score = float(score[best])
+            if best_score < 0.5 * self.settings.mask_threshold:
+                chosen = np.zeros(0, np.int64)  # nothing there lights up at that granularity
+            else:
+                # duplicates of the same thing light the spot about as much as the best one
+                chosen = torch.nonzero(score >= keep * best_score).squeeze(1).numpy()
+            others = torch.nonzero(eligible).squeeze(1).numpy()
+            others = np.setdiff1d(others, chosen)
+            name = self._name_for(chosen, names) if len(chosen) else None
+            label = name or (f"object {best}" if len(chosen) else f"nothing at {_fmt_position(position)}")
+            matches.append(PromptMatch(label, chosen, score[torch.as_tensor(chosen, dtype=torch.long)].numpy(),
+                                       best_score, others, granularity=asked,
+                                       at=[float(v) for v in position]))
+            matches[-1].nearest_distance = float(dist.min())
+        return matches
+
+    def _name_for(self, queries: np.ndarray, names: list[str] | None) -> str | None:
+        """The candidate name whose meaning is nearest the queries', if near enough; None when
+        there is none, or the text encoder is unavailable (pointing never needs it)."""
+        candidates = list(dict.fromkeys([n.strip() for n in (names or []) if n and n.strip()] + list(self.object_names)))
+        if not candidates:
+            return None
+        try:
+            text = torch.as_tensor(self.encode(candidates))
+        except MaskFieldError:
+            return None
+        meaning = torch.nn.functional.normalize(self.query_embed[torch.as_tensor(queries)].mean(0), dim=0)
+        sim = text @ meaning
+        best = int(sim.argmax())
+        return candidates[best] if float(sim[best]) >= self.settings.similarity_floor(self.embedding_model) else None
+
+    def split_parts(self, match: PromptMatch, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A part-granularity match split into its parts: queries that light mostly the same
+        Gaussians are one part; each Gaussian goes to the part of its strongest query.
+        Returns [(queries, Gaussian indices)], largest first."""
+        if len(match.queries) < 2 or len(indices) == 0:
+            return [(np.asarray(match.queries), np.asarray(indices))]
+        with torch.no_grad():
+            logits = self.features[torch.as_tensor(indices)] @ self.mask_embed[torch.as_tensor(match.queries)].T
+        lit = (torch.sigmoid(logits) >= self.settings.mask_threshold).numpy()  # (n, q)
+        q = lit.shape[1]
+        inter = lit.T.astype(np.float64) @ lit
+        size = lit.sum(0).astype(np.float64)
+        iou = inter / np.maximum(size[:, None] + size[None, :] - inter, 1.0)
+        group = np.arange(q)
+        for a in range(q):  # union of queries that light the same Gaussians (IoU > 0.5)
+            for b in range(a + 1, q):
+                if iou[a, b] > 0.5:
+                    group[group == group[b]] = group[a]
+        strongest = group[logits.argmax(1).numpy()]
+        parts = []
+        for g in np.unique(group):
+            members = np.asarray(match.queries)[group == g]
+            idx = np.asarray(indices)[strongest == g]
+            if len(idx):
+                parts.append((members, idx))
+        return sorted(parts, key=lambda part: -len(part[1]))
 
     def label_gaussians(self, matches: list[PromptMatch], features: torch.Tensor | None = None):
         """Per Gaussian (or per pixel, given features): best prompt index (-1 none), its score,
@@ -247,11 +413,12 @@ class Segmenter:
         beaten = other > own[rows]
         logits[rows[beaten], j] = -torch.inf
 
-    def segment(self, prompts: list[str], text: np.ndarray | None = None):
+    def segment(self, prompts: list[str], text: np.ndarray | None = None,
+                granularity: str | list[str | None] | None = None):
         prompts = [p.strip() for p in prompts]
         if not prompts or any(not p for p in prompts):
             raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
-        matches = self.match(prompts, text)
+        matches = self.match(prompts, text, granularity)
         label, score, all_scores = self.label_gaussians(matches)
         return matches, label, score, all_scores
 
@@ -299,13 +466,84 @@ class Segmenter:
         return label.reshape(camera.height, camera.width), out["alpha"].numpy()
 
 
+def _prior_object_names(run: RunFolder) -> list[str]:
+    """The object names that priors made from labels carry (for naming what --at finds)."""
+    import json
+
+    for path in sorted(Path(run.priors_dir).glob("*.npz"))[:1] if run.priors_dir.exists() else []:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError):
+            return []
+        names = (meta.get("settings") or {}).get("names") or {}
+        return sorted({str(n) for n in names.values()}) if isinstance(names, dict) else []
+    return []
+
+
+def _per_prompt(granularity, count: int) -> list[str | None]:
+    """One granularity for all, or one per prompt; each must be a known choice."""
+    grans = list(granularity) if isinstance(granularity, (list, tuple)) else [granularity] * count
+    if len(grans) != count:
+        raise MaskFieldError(f"{len(grans)} granularities for {count} prompts; give one for all, or one per prompt.")
+    for g in grans:
+        if g is not None and g not in GRANULARITY_CHOICES:
+            raise MaskFieldError(f"unknown granularity {g!r}: use one of {', '.join(GRANULARITY_CHOICES)}.")
+    return grans
+
+
+def _fmt_position(position) -> str:
+    return "(" + ", ".join(f"{float(v):.3g}" for v in position) + ")"
+
+
+# label colours of the legend (and Blender's display): distinct, readable on grey
+LABEL_COLOURS = [(0.90, 0.10, 0.29), (0.24, 0.71, 0.29), (0.26, 0.39, 0.85), (1.00, 0.88, 0.10),
+                 (0.96, 0.51, 0.19), (0.57, 0.12, 0.71), (0.27, 0.94, 0.94), (0.94, 0.20, 0.90),
+                 (0.74, 0.96, 0.05), (0.98, 0.75, 0.83), (0.00, 0.50, 0.50), (0.60, 0.39, 0.16)]
+UNLABELLED_COLOUR = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class SegmentRequest:
+    """What one `segment` call (CLI or server request) asks for."""
+    prompts: list[str] = field(default_factory=list)
+    text: np.ndarray | None = None  # prompt vectors instead of text
+    granularity: str | list[str | None] | None = None  # for the prompts (None: auto)
+    at: list = field(default_factory=list)  # 3D positions to select by pointing
+    at_granularity: str | list[str | None] | None = None  # for the positions (None: object)
+    names: list[str] = field(default_factory=list)  # names for pointed-at things (e.g. the panel's prompts)
+    points_file: Path | None = None  # positions (mesh face centres) to label
+    rest: bool = False  # also write what no segment took, as rest.ply
+    labels_ply: bool = False  # also the whole scene with per-Gaussian label / label_score
+    mesh: bool = False  # also a closed, vertex-coloured mesh per segment
+    supersplat: bool = False  # also SuperSplat's compressed .ply per segment (needs Node)
+
+
 def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_file: Path | None = None,
-                   reporter: Reporter | None = None, text: np.ndarray | None = None) -> dict:
+                   reporter: Reporter | None = None, text: np.ndarray | None = None,
+                   request: SegmentRequest | None = None) -> dict:
+    """Segment and write: per prompt (or pointed-at position) <slug>.npz (indices, scores) and
+    <slug>.ply; labels.npz + labels.json (legend) for the whole scene; on request the rest,
+    labels.ply, meshes, SuperSplat files and face labels. Returns the summary (segments.json)."""
     from .splats.ply import write_ply
 
     reporter = reporter or Reporter("none")
+    req = request or SegmentRequest()
+    req.prompts = list(prompts) if prompts else list(req.prompts)
+    req.text = text if text is not None else req.text
+    req.points_file = points_file if points_file is not None else req.points_file
+    if not req.prompts and not req.at:
+        raise MaskFieldError("nothing to segment: give a --prompt, or a position with --at X Y Z.")
     t0 = time.perf_counter()
-    matches, label, score, all_scores = seg.segment(prompts, text)
+    matches = []
+    if req.prompts:
+        cleaned = [p.strip() for p in req.prompts]
+        if any(not p for p in cleaned):
+            raise MaskFieldError("empty prompt: give at least one non-empty --prompt, e.g. --prompt chair.")
+        matches += seg.match(cleaned, req.text, req.granularity)
+    if req.at:
+        matches += seg.select_at(req.at, req.at_granularity, names=req.names or req.prompts)
+    label, score, all_scores = seg.label_gaussians(matches)
     seconds = time.perf_counter() - t0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,28 +557,47 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         idx = np.nonzero(label == j)[0]
         entry = {"prompt": m.prompt, "slug": slug, "found": bool(m.found and len(idx) > 0), "count": int(len(idx)),
                  "queries": [int(q) for q in m.queries], "best_similarity": round(m.best_similarity, 4),
-                 "npz": None, "ply": None}
+                 "granularity": m.granularity, "label": j, "colour": list(LABEL_COLOURS[j % len(LABEL_COLOURS)]),
+                 "npz": None, "ply": None, "parts": []}
+        if m.at is not None:
+            entry["at"] = m.at
+            entry["nearest_gaussian_distance"] = m.nearest_distance
         # write nothing misleading: an unmatched prompt leaves no (stale) files behind
-        for stale in (out_dir / f"{slug}.npz", out_dir / f"{slug}.ply"):
+        for stale in [out_dir / f"{slug}.npz", out_dir / f"{slug}.ply", out_dir / f"{slug}.mesh.ply",
+                      out_dir / f"{slug}.mesh.npz", out_dir / f"{slug}.compressed.ply",
+                      *out_dir.glob(f"{glob_escape(slug)}.part-*")]:
             stale.unlink(missing_ok=True)
         if entry["found"]:
-            tmp = out_dir / f"{slug}.tmp.npz"
-            np.savez(tmp, indices=idx.astype(np.int64), scores=score[idx].astype(np.float32))
-            tmp.replace(out_dir / f"{slug}.npz")
+            _save_npz(out_dir / f"{slug}.npz", indices=idx.astype(np.int64), scores=score[idx].astype(np.float32))
             write_ply(out_dir / f"{slug}.ply", seg.gaussians.subset(torch.as_tensor(idx)),
                       extra={"segment_score": score[idx]})
             entry["npz"], entry["ply"] = f"{slug}.npz", f"{slug}.ply"
+            if m.granularity == "part":
+                entry["parts"] = _write_parts(seg, m, idx, score, out_dir, slug)
+        elif m.at is not None:
+            reporter.log(f"nothing lights up at {_fmt_position(m.at)} at the {m.granularity} granularity (the "
+                         f"nearest Gaussian is {m.nearest_distance:.3g} away); nothing was written for it.",
+                         level="warning")
         else:
             reporter.log(f"the prompt {m.prompt!r} matches nothing in this scene (best query similarity "
                          f"{m.best_similarity:.2f}); nothing was written for it.", level="warning")
         entries.append(entry)
     summary = {"prompts": entries, "point_labels": None, "text_encoder": seg.embedding_model,
                "gaussians": len(seg.gaussians), "seconds": round(seconds, 4), "settings": asdict(seg.settings)}
-    if points_file is not None:
+    summary.update(write_labels(seg, entries, label, score, out_dir, ply=req.labels_ply))
+    if req.rest:
+        rest = np.nonzero(label < 0)[0]
+        write_ply(out_dir / "rest.ply", seg.gaussians.subset(torch.as_tensor(rest)))
+        summary["rest"] = {"ply": "rest.ply", "count": int(len(rest))}
+    if req.mesh:
+        _write_meshes(seg, entries, out_dir, reporter)
+    if req.supersplat:
+        summary["supersplat"] = _write_supersplat(entries, out_dir, reporter)
+    if req.points_file is not None:
         try:
-            points = np.load(points_file)
+            points = np.load(req.points_file)
         except Exception as exc:
-            raise MaskFieldError(f"cannot read --points {points_file}: {exc}; give an N x 3 .npy array.") from None
+            raise MaskFieldError(f"cannot read --points {req.points_file}: {exc}; give an N x 3 .npy array.") from None
         plabels, pscores = seg.label_points(points, label, all_scores)
         for name, arr in (("point_labels", plabels), ("point_scores", pscores)):
             tmp = out_dir / f"{name}.tmp.npy"
@@ -350,3 +607,90 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         summary["point_counts"] = [int((plabels == j).sum()) for j in range(len(matches))]
     write_json_atomic(out_dir / "segments.json", summary)
     return summary
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _write_parts(seg: Segmenter, m: PromptMatch, idx: np.ndarray, score: np.ndarray, out_dir: Path,
+                 slug: str) -> list[dict]:
+    """Each part of a part-granularity prompt as its own .npz / .ply."""
+    from .splats.ply import write_ply
+
+    parts = []
+    for k, (queries, part_idx) in enumerate(seg.split_parts(m, idx), start=1):
+        name = f"{slug}.part-{k}"
+        _save_npz(out_dir / f"{name}.npz", indices=part_idx.astype(np.int64), scores=score[part_idx].astype(np.float32))
+        write_ply(out_dir / f"{name}.ply", seg.gaussians.subset(torch.as_tensor(part_idx)),
+                  extra={"segment_score": score[part_idx]})
+        parts.append({"part": k, "queries": [int(q) for q in queries], "count": int(len(part_idx)),
+                      "npz": f"{name}.npz", "ply": f"{name}.ply"})
+    return parts
+
+
+def write_labels(seg: Segmenter, entries: list[dict], label: np.ndarray, score: np.ndarray, out_dir: Path,
+                 ply: bool = False) -> dict:
+    """The whole scene's labels: labels.npz (label, label_score per Gaussian, -1 = none), the
+    legend labels.json (label -> prompt, queries, granularity, colour) and, with ``ply``,
+    labels.ply: every Gaussian with ``label`` (a whole number stored as float: SuperSplat reads
+    int properties as unsigned) and ``label_score`` properties."""
+    from .splats.ply import write_ply
+
+    label = np.asarray(label, np.int32)
+    label_score = np.where(label >= 0, score, 0.0).astype(np.float32)
+    _save_npz(out_dir / "labels.npz", label=label, label_score=label_score)
+    legend = {"gaussians": int(len(label)), "none": {"label": -1, "colour": list(UNLABELLED_COLOUR)},
+              "labels": [{"label": e["label"], "prompt": e["prompt"], "queries": e["queries"],
+                          "granularity": e["granularity"], "colour": e["colour"], "count": e["count"],
+                          **({"at": e["at"]} if "at" in e else {})} for e in entries],
+              "ply": "labels.ply" if ply else None}
+    if ply:
+        write_ply(out_dir / "labels.ply", seg.gaussians, extra={"label": label.astype(np.float32),
+                                                                "label_score": label_score})
+    else:
+        (out_dir / "labels.ply").unlink(missing_ok=True)  # an older one would not match this legend
+    write_json_atomic(out_dir / "labels.json", legend)
+    return {"labels": "labels.npz", "legend": "labels.json", "labels_ply": legend["ply"]}
+
+
+def _write_meshes(seg: Segmenter, entries: list[dict], out_dir: Path, reporter: Reporter) -> None:
+    from .meshing import MeshSettings, gaussians_to_mesh, write_mesh_npz, write_mesh_ply
+
+    for entry in reporter.track([e for e in entries if e["found"]], "mesh", desc="meshing segments"):
+        idx = np.load(out_dir / entry["npz"])["indices"]
+        mesh = gaussians_to_mesh(seg.gaussians.subset(torch.as_tensor(idx)), MeshSettings())
+        if mesh.faces.shape[0] == 0:
+            reporter.log(f"{entry['prompt']!r}: too few solid Gaussians for a mesh", level="warning")
+            continue
+        write_mesh_ply(out_dir / f"{entry['slug']}.mesh.ply", mesh)
+        write_mesh_npz(out_dir / f"{entry['slug']}.mesh.npz", mesh)
+        entry["mesh"] = {"ply": f"{entry['slug']}.mesh.ply", "npz": f"{entry['slug']}.mesh.npz",
+                         "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
+                         "seconds": round(mesh.seconds, 3)}
+
+
+def _write_supersplat(entries: list[dict], out_dir: Path, reporter: Reporter) -> dict:
+    """SuperSplat's compressed .ply of each segment, through @playcanvas/splat-transform."""
+    from .splats.supersplat import SUPERSPLAT_DROPS, compress, find_splat_transform
+
+    tool = find_splat_transform()
+    if tool is None:
+        reporter.log("SuperSplat's converter (splat-transform, Node.js) was not found; only the standard .ply "
+                     "files were written. Install it with `npm install @playcanvas/splat-transform` or set "
+                     "MASKFIELD_SPLAT_TRANSFORM to its path.", level="warning")
+        return {"written": False, "reason": "splat-transform not found"}
+    for entry in entries:
+        if entry["found"]:
+            target = out_dir / f"{entry['slug']}.compressed.ply"
+            compress(tool, out_dir / entry["ply"], target)
+            entry["compressed_ply"] = target.name
+    return {"written": True, "drops": SUPERSPLAT_DROPS}

@@ -25,6 +25,10 @@ class FieldView:
     gaussian_index: torch.Tensor | None = None  # (V,) Gaussians seen at supervised pixels
     gaussian_share: torch.Tensor | None = None  # (V, M) sum_p w_pg t_mp
     gaussian_weight: torch.Tensor | None = None  # (V,) sum_p w_pg
+    # per mask: SAM granularity (0 small, 1 medium, 2 large, -1 unknown) and its share of the
+    # image's area, recorded per query when it is matched (segment.py's granularity choice)
+    granularity: torch.Tensor | None = None  # (M,) int8
+    mask_area: torch.Tensor | None = None  # (M,) float, fraction of the view's pixels
     _supervised_weights: tuple | None = field(default=None, repr=False)
     _supervised_targets: torch.Tensor | None = field(default=None, repr=False)
 
@@ -143,7 +147,9 @@ def build_views(scene, gaussians, priors: dict, indices, long_side: int, device,
             name=name, weights=W, alpha=alpha,
             targets=torch.as_tensor(targets[keep], device=device),
             embeddings=torch.as_tensor(np.asarray(p.embeddings)[keep], dtype=torch.float32, device=device),
-            supervised=alpha > 0.5, width=cam.width, height=cam.height))
+            supervised=alpha > 0.5, width=cam.width, height=cam.height,
+            granularity=torch.as_tensor(np.asarray(p.granularity).reshape(-1)[keep].astype(np.int8)),
+            mask_area=torch.as_tensor(targets[keep].mean(1), dtype=torch.float32)))
     if not views:
         raise MaskFieldError("no training view has usable priors (masks) for the mask field; check RUN/priors "
                              "(run `maskfield priors`), or the image names in the priors files.", kind="missing_stage")

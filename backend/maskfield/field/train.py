@@ -65,12 +65,64 @@ class MaskField(torch.nn.Module):
         self.queries = QueryNetworks(settings.num_queries, settings.feature_dim, embed_dim)
 
 
-def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_weight: float = 0.0) -> torch.Tensor:
+class MatchStats:
+    """Which masks each query was matched to: per query, how often at each SAM granularity
+    (0 small / part, 1 medium / object, 2 large / group) and the image share of those masks
+    (summed per granularity, and on average). Kept in field.pt; segmentation reads a query's
+    granularity from it."""
+
+    def __init__(self, num_queries: int):
+        self.counts = np.zeros((num_queries, 3), dtype=np.int64)
+        self.granularity_area = np.zeros((num_queries, 3), dtype=np.float64)
+        self.area_sum = np.zeros(num_queries, dtype=np.float64)
+        self.matched = np.zeros(num_queries, dtype=np.int64)
+
+    def add(self, view: FieldView, rows, cols) -> None:
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        if not len(rows):
+            return
+        area = view.mask_area.cpu().numpy()[cols] if view.mask_area is not None else np.zeros(len(cols))
+        if view.granularity is not None:
+            gran = view.granularity.cpu().numpy().astype(np.int64)[cols]
+            known = gran >= 0  # -1: the priors did not say
+            np.add.at(self.counts, (rows[known], gran[known]), 1)
+            np.add.at(self.granularity_area, (rows[known], gran[known]), area[known])
+        np.add.at(self.area_sum, rows, area)
+        np.add.at(self.matched, rows, 1)
+
+    def state(self) -> dict:
+        return {"granularity_counts": self.counts.copy(), "granularity_area": self.granularity_area.copy(),
+                "area_sum": self.area_sum.copy(), "matched": self.matched.copy()}
+
+    @classmethod
+    def from_state(cls, state: dict | None, num_queries: int) -> "MatchStats":
+        stats = cls(num_queries)
+        if state and len(state.get("matched", ())) == num_queries:
+            stats.counts[:] = state["granularity_counts"]
+            stats.granularity_area[:] = state.get("granularity_area", 0.0)
+            stats.area_sum[:] = state["area_sum"]
+            stats.matched[:] = state["matched"]
+        return stats
+
+    def summary(self) -> dict:
+        """What field.pt keeps: counts (K, 3), the summed image share of the masks per
+        granularity (K, 3), mean matched mask area (K,) (0 where never matched), matches (K,)."""
+        area = np.where(self.matched > 0, self.area_sum / np.maximum(self.matched, 1), 0.0)
+        return {"granularity_counts": self.counts.astype(np.int64),
+                "granularity_area": self.granularity_area.astype(np.float32),
+                "mask_area": area.astype(np.float32), "matched": self.matched.astype(np.int64)}
+
+
+def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_weight: float = 0.0,
+               stats: MatchStats | None = None) -> torch.Tensor:
     """One view's loss: render the mask logits, match queries to masks, score the matches;
-    with ``gaussian_weight``, also each visible Gaussian's own mask against what it paints."""
+    with ``gaussian_weight``, also each visible Gaussian's own mask against what it paints.
+    With ``stats``, the matches are recorded (granularity and size of each query's masks)."""
     feat = view.blend(field.features)
     m, c = field.queries()
     loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight)
+    if stats is not None:
+        stats.add(view, rows, cols)
     if gaussian_weight > 0 and len(rows):
         loss = loss + gaussian_weight * gaussian_mask_loss(field.features, m, view.with_gaussian_shares(), rows, cols)
     return loss
@@ -116,12 +168,14 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     ])
     gamma = settings.lr_final_fraction ** (1.0 / max(1, settings.iterations))
     start = 0
+    stats = MatchStats(settings.num_queries)
     if resume and run.field_progress.exists():
         ckpt = torch.load(run.field_progress, map_location=device, weights_only=False)
         if ckpt.get("settings") == asdict(settings) and ckpt["field"]["features"].shape[0] == num_gaussians:
             field.load_state_dict(ckpt["field"])
             optimizer.load_state_dict(ckpt["optimizer"])
             start = int(ckpt["step"])
+            stats = MatchStats.from_state(ckpt.get("match_stats"), settings.num_queries)
             reporter.log(f"resuming the mask field at step {start} of {settings.iterations}")
     rng = np.random.default_rng(settings.seed + start)
     history: list[float] = []
@@ -133,7 +187,9 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
             for step in range(start, settings.iterations):
                 reporter.check_cancel()
                 view = views[int(rng.integers(len(views)))]
-                loss = field_loss(field, view, settings.dice_weight, settings.gaussian_weight)
+                # matches are recorded over the second half only: early ones are arbitrary
+                loss = field_loss(field, view, settings.dice_weight, settings.gaussian_weight,
+                                  stats if step >= settings.iterations // 2 else None)
                 if not torch.isfinite(loss):
                     where = f"step {step}, view {view.name}"
                     if good_state is not None:
@@ -151,15 +207,15 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                 bar.update(1, loss=history[-1])
                 if (step + 1) % settings.checkpoint_every == 0:
                     good_state = (field.state_dict(), optimizer.state_dict(), step + 1)
-                    _save(run, *good_state, settings, extra)
+                    _save(run, *good_state, settings, extra, stats)
         step = settings.iterations
     except Cancelled:
-        _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra)
+        _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats)
         reporter.log(f"mask-field training cancelled at step {step}; run again to resume")
         raise
     seconds = time.perf_counter() - t0
-    _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra)
-    save_field(run.field_checkpoint, field, settings, extra or {})
+    _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats)
+    save_field(run.field_checkpoint, field, settings, {**(extra or {}), "match_stats": stats.summary()})
     tail = history[-50:] if history else [float("nan")]
     return field, {"seconds": round(seconds, 1), "steps": settings.iterations - start,
                    "final_loss": float(np.mean(tail)), "views": len(views), "settings": asdict(settings)}
@@ -187,6 +243,7 @@ def load_field(path, device="cpu") -> tuple[torch.Tensor, QueryNetworks, dict]:
     return ckpt["features"].to(device), queries, ckpt
 
 
-def _save(run: RunFolder, field_state, optimizer_state, step, settings, extra):
+def _save(run: RunFolder, field_state, optimizer_state, step, settings, extra, stats: MatchStats | None = None):
     save_torch_atomic({"field": field_state, "optimizer": optimizer_state, "step": step,
-                       "settings": asdict(settings), **(extra or {})}, run.field_progress)
+                       "settings": asdict(settings), **(extra or {}),
+                       **({"match_stats": stats.state()} if stats is not None else {})}, run.field_progress)

@@ -4,7 +4,9 @@ Vertex properties, in this order: x y z, nx ny nz, f_dc_0..2, f_rest_0..(3*(K-1)
 opacity (logit), scale_0..2 (log), rot_0..3 (w x y z). f_rest is stored channel-major
 (all red coefficients, then green, then blue), as the Inria code writes it; SuperSplat,
 KIRI and the Inria viewers read this layout. Extra per-Gaussian arrays (e.g. a segment
-score) may be appended as further float properties; readers ignore what they don't know.
+score, or a whole scene's ``label`` and ``label_score``) may be appended as further
+float properties (a label too: SuperSplat's reader takes an ``int`` property as unsigned, so
+-1 would come back as 4294967295); readers ignore what they don't know.
 """
 from __future__ import annotations
 
@@ -48,6 +50,19 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def read_ply_extra(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named extra per-Gaussian properties of a .ply (e.g. ``label``, ``label_score``)."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(path))["vertex"]
+    have = set(vertex.data.dtype.names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise MaskFieldError(f"{path} has no {', '.join(missing)} properties; write it with `maskfield segment "
+                             "--labels-ply`.")
+    return {n: np.asarray(vertex[n]) for n in names}
 
 
 def read_ply(path: str | Path, device="cpu") -> Gaussians:
