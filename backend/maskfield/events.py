@@ -28,6 +28,31 @@ class MaskFieldError(Exception):
         self.kind = kind
 
 
+def write_crash_log(exc: BaseException, folder, argv: list[str] | None = None) -> str:
+    """Write the full traceback of ``exc`` to FOLDER/logs/ (or the temp folder when FOLDER is
+    missing or not writable); returns the log's path, for the one-line message that names it."""
+    import os
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    text = (f"maskfield {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%S')}  python: {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    places = [Path(folder) / "logs"] if folder and Path(folder).is_dir() else []
+    places.append(Path(tempfile.gettempdir()) / "maskfield-logs")
+    for place in places:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            path = place / name
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(no log could be written)"
+
+
 class Cancelled(Exception):
     """The run was cancelled (SIGINT / SIGTERM, or a 'cancel' from the add-on)."""
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .events import MaskFieldError, Reporter
-from .run import RunFolder, write_json_atomic
+from .run import RunFolder, atomic_file, write_json_atomic
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 TOP_QUERIES = 3  # strongest queries kept per Gaussian for the competitor test
@@ -61,9 +61,18 @@ class PromptMatch:
         return len(self.queries) > 0
 
 
+MAX_SLUG_BYTES = 80  # file names stay far below every file system's limit (255 bytes)
+
+
 def slugify(text: str) -> str:
-    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-")
-    return slug or "prompt"
+    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-") or "prompt"
+    if len(slug.encode("utf-8")) > MAX_SLUG_BYTES:  # a long prompt: a shortened name, unique by a hash
+        import hashlib
+
+        digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:8]
+        short = slug.encode("utf-8")[:MAX_SLUG_BYTES - 9].decode("utf-8", "ignore").rstrip("-")
+        slug = f"{short}-{digest}"
+    return slug
 
 
 class Segmenter:
@@ -278,12 +287,14 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
                    reporter: Reporter | None = None, text: np.ndarray | None = None) -> dict:
     from .splats.ply import write_ply
 
+    from .run import prepare_folder
+
     reporter = reporter or Reporter("none")
+    points = load_points(points_file) if points_file is not None else None  # checked before anything is written
     t0 = time.perf_counter()
     matches, label, score, all_scores = seg.segment(prompts, text)
     seconds = time.perf_counter() - t0
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_folder(out_dir)
     entries = []
     used_slugs: set[str] = set()
     for j, m in enumerate(matches):
@@ -299,9 +310,8 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         for stale in (out_dir / f"{slug}.npz", out_dir / f"{slug}.ply"):
             stale.unlink(missing_ok=True)
         if entry["found"]:
-            tmp = out_dir / f"{slug}.tmp.npz"
-            np.savez(tmp, indices=idx.astype(np.int64), scores=score[idx].astype(np.float32))
-            tmp.replace(out_dir / f"{slug}.npz")
+            with atomic_file(out_dir / f"{slug}.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, indices=idx.astype(np.int64), scores=score[idx].astype(np.float32))
             write_ply(out_dir / f"{slug}.ply", seg.gaussians.subset(torch.as_tensor(idx)),
                       extra={"segment_score": score[idx]})
             entry["npz"], entry["ply"] = f"{slug}.npz", f"{slug}.ply"
@@ -311,17 +321,27 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         entries.append(entry)
     summary = {"prompts": entries, "point_labels": None, "text_encoder": seg.embedding_model,
                "gaussians": len(seg.gaussians), "seconds": round(seconds, 4), "settings": asdict(seg.settings)}
-    if points_file is not None:
-        try:
-            points = np.load(points_file)
-        except Exception as exc:
-            raise MaskFieldError(f"cannot read --points {points_file}: {exc}; give an N x 3 .npy array.") from None
+    if points is not None:
         plabels, pscores = seg.label_points(points, label, all_scores)
         for name, arr in (("point_labels", plabels), ("point_scores", pscores)):
-            tmp = out_dir / f"{name}.tmp.npy"
-            np.save(tmp, arr)
-            tmp.replace(out_dir / f"{name}.npy")
+            with atomic_file(out_dir / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
         summary["point_labels"] = "point_labels.npy"
         summary["point_counts"] = [int((plabels == j).sum()) for j in range(len(matches))]
     write_json_atomic(out_dir / "segments.json", summary)
     return summary
+
+
+def load_points(points_file: Path) -> np.ndarray:
+    """An N x 3 array of finite positions from a .npy file, or a MaskFieldError saying what is wrong."""
+    try:
+        points = np.load(points_file, allow_pickle=False)
+    except Exception as exc:
+        raise MaskFieldError(f"cannot read --points {points_file}: {exc}; give an N x 3 .npy array.") from None
+    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise MaskFieldError(f"--points {points_file} must be an N x 3 array of positions, got shape "
+                             f"{getattr(points, 'shape', None)}.")
+    if not np.issubdtype(points.dtype, np.number) or not np.isfinite(points).all():
+        raise MaskFieldError(f"--points {points_file} holds non-numeric, NaN or infinite values; give finite "
+                             "positions.")
+    return points

@@ -285,6 +285,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         model_type = args.sam_model or default_sam_model(device)
         settings = MaskSettings(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)
         allow_download = not getattr(args, "offline", False)
+        from .embeddings import CLIP_WEIGHTS
+        from .weights import downloads_allowed, require_present
+
+        if not allow_download or not downloads_allowed():  # name every missing file at once
+            require_present([f"sam_{model_type}", CLIP_WEIGHTS[("ViT-B-16", "openai")]], args.weights_dir)
         reporter.log(f"loading SAM {model_type} and CLIP ViT-B-16 on {device}")
         sam = load_sam(model_type, weights_dir=args.weights_dir, device=device,
                        allow_download=allow_download, reporter=reporter)

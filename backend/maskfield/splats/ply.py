@@ -8,7 +8,6 @@ score) may be appended as further float properties; readers ignore what they don
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +41,11 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
     for name, values in columns:
         data[name] = values
+    from ..run import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
     return path
 
 
