@@ -60,8 +60,8 @@ def check_fit_state(gaussians, step: int, checkpoint: Path, full: bool = True) -
     """Called during the colour fit: stop at the first step that empties or breaks the Gaussians.
     The checkpoint on disk is left as it is: it holds the last good state. Each step checks the
     count and the positions (cheap); ``full`` checks every parameter (before each save)."""
-    kept = (f"{checkpoint.name} keeps the last good state (saved before step {step})" if checkpoint.exists()
-            else "no checkpoint had been saved yet")
+    kept = (f"The last good state is kept in {checkpoint.name} (saved before step {step})" if checkpoint.exists()
+            else "No checkpoint had been saved yet")
     if len(gaussians) == 0:
         raise MaskFieldError(f"every Gaussian was pruned away at step {step}: the images give the fit nothing to "
                              f"hold on to (blank or all background?). {kept}. Check the photos and the "

@@ -224,6 +224,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     if scene.skipped:
         reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing: {', '.join(scene.skipped[:5])}"
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
+    for note in scene.notes:
+        reporter.log(note, level="warning")
     downscale = args.downscale if args.downscale else _auto_downscale(scene)
     check_image_size(scene, downscale)
     seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
