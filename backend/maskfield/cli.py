@@ -165,6 +165,49 @@ RUN_ARGUMENT = {"fit": "out", "train": "out", "priors": "out", "train-field": "r
 WRITERS = ("fit", "train", "priors", "train-field", "evaluate")  # commands that lock the run folder
 
 
+PARENT_ENV = "MASKFIELD_PARENT_PID"  # set by the add-on: the Blender process that started us
+
+
+def watch_parent(reporter: Reporter, poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+    """When started by Blender, stop when Blender is gone (quit, crashed, killed): save like a
+    cancel, so the run resumes, and leave no orphan. A thread checks that the parent is alive."""
+    import os
+    import threading
+    import time
+
+    try:
+        parent = int(os.environ.get(PARENT_ENV, "0"))
+    except ValueError:
+        return
+    if parent <= 0 or os.name != "posix":
+        return
+
+    def gone() -> bool:
+        if os.getppid() != parent:  # re-parented: the parent exited
+            return True
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(poll_s)
+        try:
+            reporter.log("the program that started this run has exited; saving and stopping (the same command "
+                         "resumes)", level="warning")
+        except (OSError, ValueError):  # nobody reads stdout any more
+            pass
+        reporter.cancel()
+        time.sleep(grace_s)  # a stage that cannot stop in time ends here
+        os._exit(130)
+
+    threading.Thread(target=watch, name="maskfield-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.jsonl = any(a == "--events=jsonl" or (a == "--events" and argv[i + 1:i + 2] == ["jsonl"])
@@ -173,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reporter = Reporter(getattr(args, "events", "tqdm"))
     reporter.install_signal_handlers()
+    watch_parent(reporter)
     folder = getattr(args, RUN_ARGUMENT.get(args.command, ""), None)
     try:
         handler = COMMANDS.get(args.command) or getattr(args, "func", None)
@@ -190,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except MaskFieldError as exc:
         reporter.error(str(exc), kind=exc.kind)
+        return 2
+    except ImportError as exc:  # this Python lacks a library the backend needs (e.g. torch)
+        missing = getattr(exc, "name", None) or str(exc)
+        reporter.error(f"the Python running MaskField ({sys.executable}) cannot import '{missing}', which the "
+                       f"backend needs ({exc}). Install the backend with its requirements into this Python (in "
+                       "Blender: Preferences > Add-ons > MaskField > Set up backend), or choose the Python where "
+                       "it is installed.", kind="setup")
         return 2
     except OSError as exc:  # the system refused a path: permissions, a full disk, a name too long
         from .run import io_error_message

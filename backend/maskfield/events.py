@@ -69,6 +69,21 @@ class Reporter:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
 
+    _reader_gone = False
+
+    def _reader_gone_now(self) -> None:
+        """Stdout is closed: stop like a cancel (the stage saves, the command resumes later), and
+        send what is still printed to nowhere instead of failing on every write."""
+        import os
+
+        self._reader_gone = True
+        self._cancel.set()
+        if self._stream is None:
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+
     @property
     def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stdout
@@ -104,8 +119,13 @@ class Reporter:
         record = {"event": event, **fields}
         line = json.dumps(record, default=_json_default)
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            if self._reader_gone:
+                return
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # nobody reads us any more (the add-on or a pipe went away)
+                self._reader_gone_now()
 
     def log(self, message: str, level: str = "info") -> None:
         if self.mode == "jsonl":
