@@ -396,10 +396,11 @@ def _missing_module(text: str) -> str | None:
     """The module named by a 'No module named X' / "cannot import 'X'" in the backend's output."""
     import re
 
-    found = re.findall(r"No module named '?([\w.]+)'?|cannot import '([\w.]+)'", text)
-    for a, b in reversed(found):
-        if a or b:
-            return a or b
+    found = re.findall(r"No module named '?([\w.]+)'?|cannot import '([\w.]+)'|lacks '([\w.]+)'", text)
+    for groups in reversed(found):
+        for name in groups:
+            if name:
+                return name
     return None
 
 

@@ -529,6 +529,10 @@ class RenderJob:
             c.matrix_world = self._world_matrix(ob)
             c.pass_index = i
             c.hide_render = False
+            for m in c.modifiers:  # render what the viewport shows (the faces are taken from it too)
+                m.show_render = m.show_viewport
+                if hasattr(m, "render_levels") and hasattr(m, "levels"):
+                    m.render_levels = m.levels
             coll.objects.link(c)
         lights = []
         if s.lighting == "SCENE":

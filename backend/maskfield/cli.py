@@ -165,6 +165,23 @@ RUN_ARGUMENT = {"fit": "out", "train": "out", "priors": "out", "train-field": "r
 WRITERS = ("fit", "train", "priors", "train-field", "evaluate")  # commands that lock the run folder
 
 
+REQUIREMENTS = ("numpy", "torch", "PIL", "scipy", "plyfile", "tqdm")  # backend/pyproject.toml dependencies
+
+
+def missing_requirements() -> list[str]:
+    """The backend's core packages this Python cannot import (found without importing them)."""
+    import importlib.util
+
+    missing = []
+    for name in REQUIREMENTS:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
 PARENT_ENV = "MASKFIELD_PARENT_PID"  # set by the add-on: the Blender process that started us
 
 
@@ -218,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     reporter.install_signal_handlers()
     watch_parent(reporter)
     folder = getattr(args, RUN_ARGUMENT.get(args.command, ""), None)
+    missing = missing_requirements()
+    if missing:  # every missing package at once, before any work
+        reporter.error(f"the Python running MaskField ({sys.executable}) lacks {', '.join(repr(m) for m in missing)}, "
+                       "which the backend needs. Install the backend with its requirements into this Python (in "
+                       "Blender: Preferences > Add-ons > MaskField > Set up backend), or choose the Python where it "
+                       "is installed.", kind="setup")
+        return 2
     try:
         handler = COMMANDS.get(args.command) or getattr(args, "func", None)
         if handler is None:
@@ -235,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     except MaskFieldError as exc:
         reporter.error(str(exc), kind=exc.kind)
         return 2
+    except Cancelled:
+        reporter.emit("cancelled", message="cancelled; run the same command again to resume")
+        if reporter.mode != "jsonl":
+            print("cancelled; run the same command again to resume", file=sys.stderr)
+        return 130
     except ImportError as exc:  # this Python lacks a library the backend needs (e.g. torch)
         missing = getattr(exc, "name", None) or str(exc)
         reporter.error(f"the Python running MaskField ({sys.executable}) cannot import '{missing}', which the "
@@ -254,11 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         reporter.error(f"internal error ({type(exc).__name__}: {first}). This is a bug in MaskField; the full "
                        f"report is in {log}, please attach it when you report it.", kind="internal")
         return 1
-    except Cancelled:
-        reporter.emit("cancelled", message="cancelled; run the same command again to resume")
-        if reporter.mode != "jsonl":
-            print("cancelled; run the same command again to resume", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         reporter.error("interrupted", kind="cancelled")
         return 130
