@@ -64,13 +64,19 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
         split = file.stem.replace("transforms_", "") if source == "nerf-synthetic" else "all"
         for index, frame in enumerate(frames):
             where = f"{file.name}, frame {index}"
-            if "file_path" not in frame or "transform_matrix" not in frame:
+            if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                 raise MaskFieldError(f"{where}: missing 'file_path' or 'transform_matrix'.")
+            if not isinstance(frame["file_path"], str) or not frame["file_path"].strip():
+                raise MaskFieldError(f"{where}: 'file_path' must be the image's path (a string) in {file.name}.")
             image_path = _resolve_image(root, file.parent, frame["file_path"])
             if image_path is None:
                 missing.append(frame["file_path"])
                 continue
-            c2w_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            try:
+                c2w_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise MaskFieldError(f"{where} ({frame['file_path']}): transform_matrix must be a 4x4 list of numbers "
+                                     f"in {file.name}, got {str(frame['transform_matrix'])[:60]!r}.") from None
             _check_pose(c2w_gl, f"{where} ({frame['file_path']})", file)
             c2w_gl, scale = normalise_pose(c2w_gl, f"{where} ({frame['file_path']})", file)
             if scale is not None:
