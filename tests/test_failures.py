@@ -532,3 +532,26 @@ def test_a_moved_scene_is_named_and_can_be_pointed_to(trained, scene, tmp_path, 
     assert code == 0, err
     assert json.loads((run / "run.json").read_text())["scene"] == str(scene.resolve())
     assert "now points to the scene" in err
+
+
+# --- found by trying inputs as a new user would ---------------------------------------------
+
+def test_camera_files_with_text_where_numbers_belong_are_named(tmp_path):
+    from maskfield.events import MaskFieldError
+    from maskfield.scene import load_scene
+
+    folder = make_scene(tmp_path / "typos", n=4, labels=False)
+    meta = json.loads((folder / "transforms.json").read_text())
+    good = json.loads(json.dumps(meta))
+    meta["frames"][2]["transform_matrix"] = "identity"
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskFieldError, match=r"frame 2 \(images/002.png\): transform_matrix must be a 4x4 list"):
+        load_scene(folder)
+    meta = json.loads(json.dumps(good))
+    meta["frames"][1]["file_path"] = 7
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskFieldError, match="frame 1: 'file_path' must be the image's path"):
+        load_scene(folder)
+    good["frames"][3]["transform_matrix"] = good["frames"][3]["transform_matrix"][:3]  # 3x4 is accepted
+    (folder / "transforms.json").write_text(json.dumps(good))
+    assert load_scene(folder).cameras[3].camtoworld.shape == (4, 4)
