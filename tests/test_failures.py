@@ -552,6 +552,14 @@ def test_camera_files_with_text_where_numbers_belong_are_named(tmp_path):
     (folder / "transforms.json").write_text(json.dumps(meta))
     with pytest.raises(MaskFieldError, match="frame 1: 'file_path' must be the image's path"):
         load_scene(folder)
+    meta = json.loads(json.dumps(good))
+    meta.update(fl_x=None, camera_angle_x="wide")
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskFieldError, match="frame 0: the intrinsics .* must be numbers in transforms.json"):
+        load_scene(folder)
+    (folder / "transforms.json").write_text("[1, 2]")
+    with pytest.raises(MaskFieldError, match="must hold a JSON object with 'frames'"):
+        load_scene(folder)
     good["frames"][3]["transform_matrix"] = good["frames"][3]["transform_matrix"][:3]  # 3x4 is accepted
     (folder / "transforms.json").write_text(json.dumps(good))
     assert load_scene(folder).cameras[3].camtoworld.shape == (4, 4)

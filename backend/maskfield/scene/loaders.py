@@ -58,6 +58,9 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             meta = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
             raise MaskFieldError(f"{file} is not valid JSON ({exc}). Fix or re-export the camera file.") from None
+        if not isinstance(meta, dict):
+            raise MaskFieldError(f"{file} must hold a JSON object with 'frames' (and the intrinsics), got a "
+                                 f"{type(meta).__name__}.")
         frames = meta.get("frames")
         if not isinstance(frames, list) or not frames:
             raise MaskFieldError(f"{file} has no 'frames' list; each frame needs 'file_path' and 'transform_matrix'.")
@@ -82,7 +85,11 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             if scale is not None:
                 scaled.append((frame["file_path"], scale))
             width, height = image_size(image_path)
-            intr = _intrinsics(meta, frame, width, height, where, file)
+            try:
+                intr = _intrinsics(meta, frame, width, height, where, file)
+            except (TypeError, ValueError) as exc:  # text where a number belongs
+                raise MaskFieldError(f"{where}: the intrinsics (fl_x, fl_y, cx, cy, w, h, camera_angle_x, k1 k2 p1 p2) "
+                                     f"must be numbers in {file.name} ({exc}).") from None
             cameras.append(Camera(
                 name=image_path.stem if source != "nerf-synthetic" else f"{split}_{image_path.stem}",
                 width=width, height=height,
