@@ -183,6 +183,7 @@ def test_full_disk_names_the_file_and_keeps_the_last_checkpoint(scene, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [e for e in events(proc.stdout) if e["event"] == "error"][0]
     assert f"cannot write {run / 'fit_checkpoint.pt'}: File too large" in err["message"]
+    assert "the previous fit_checkpoint.pt is kept as it was" in err["message"]
     assert "unexpected pos" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert (run / "fit_checkpoint.pt").read_bytes() == before  # the last good checkpoint is kept
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -81,6 +81,8 @@ def atomic_file(path: Path, kept: str = ""):
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
+        if not kept and path.exists():
+            kept = f"the previous {path.name} is kept as it was"
         raise MaskFieldError(io_error_message(exc, path, kept), kind="io") from exc
     except BaseException:
         _remove_quietly(tmp)
