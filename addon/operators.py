@@ -119,7 +119,8 @@ def read_source(run: str) -> dict:
 
 def write_source(run: str, info: dict) -> None:
     os.makedirs(os.path.join(run, BLENDER_DIR), exist_ok=True)
-    with open(os.path.join(run, BLENDER_DIR, SOURCE_FILE), "w", encoding="utf-8") as fh:
+    with scene_render._replacing(os.path.join(run, BLENDER_DIR, SOURCE_FILE)) as tmp, \
+            open(tmp, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=1, ensure_ascii=False)
 
 

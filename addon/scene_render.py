@@ -16,11 +16,13 @@ between views) and from scripts (:func:`render_scene_folder`), e.g. ``tools/make
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence, cast
 
@@ -365,13 +367,30 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
         start += n
     arr = np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(npy_path)), exist_ok=True)
-    np.save(npy_path, arr)
     info = {"objects": table, "total": int(start), "scene": scene_name,
             "points": os.path.basename(npy_path), "format": 1}
+    with _replacing(npy_path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
+        with _replacing(json_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=1, ensure_ascii=False)
     return info
+
+
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A unique temporary name beside ``path``, renamed to it only when the block succeeds: an
+    interrupted write never leaves a half-written table under the real name."""
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ----------------------------------------------------------------------------------------
