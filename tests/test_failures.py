@@ -414,8 +414,8 @@ def test_a_damaged_weight_in_the_users_folder_is_left_alone(scene, tmp_path, cap
     code, out, err = cli("priors", scene, "--out", tmp_path / "run", "--weights-dir", mine, "--offline",
                          "--events", "none", capsys=capsys)
     assert code == 2
-    assert "sam_vit_b_01ec64.pth has the wrong size (100,000 bytes" in err and "left as it is" in err
-    assert "ViT-B-16.pt" in err  # every missing file is listed, CLIP too
+    assert "sam_vit_b_01ec64.pth: wrong size: 100000 bytes" in err and "left as it is" in err
+    assert "The CLIP weights are missing too" in err and f"put at:  {mine / 'ViT-B-16.pt'}" in err
     assert tree(mine) == before
 
 

@@ -551,20 +551,6 @@ def _discard_cached(target: Path, problem: str, reporter) -> Path:
     return aside
 
 
-def require_present(names: Iterable[str | WeightEntry], weights_dir: str | os.PathLike | None = None) -> None:
-    """Offline: raise one message that lists every checkpoint missing from the folder (not
-    only the first one a loader asks for)."""
-    missing = missing_checkpoints(names, weights_dir)
-    if missing:
-        damaged = [checkpoint_path(n, weights_dir) for n in missing if checkpoint_path(n, weights_dir).is_file()]
-        reason = "downloads are turned off (offline)"
-        if damaged:
-            reason += "; " + "; ".join(
-                f"{p} has the wrong size ({p.stat().st_size:,} bytes, damaged or incomplete) and was left as it is"
-                for p in damaged)
-        raise MaskFieldError(missing_weights_message(missing, weights_dir, reason=reason), kind="weights")
-
-
 # --------------------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------------------
