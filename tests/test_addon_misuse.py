@@ -83,13 +83,13 @@ def test_blender_dying_mid_training_leaves_no_process_and_the_run_resumes(tmp_pa
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MASKFIELD_QUIT ")), None)
     assert line, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads(line[len("MASKFIELD_QUIT "):])
-    assert proc.returncode == -9 and info["checkpoint"], info
+    assert proc.returncode == -9 and info["mid_fit"], info  # killed mid-fit, before any checkpoint
     end = time.monotonic() + 30
     while _alive(info["pid"]) and time.monotonic() < end:
         time.sleep(0.2)
     assert not _alive(info["pid"]), "the backend outlived Blender"
     run = info["run"]
-    assert os.path.isfile(os.path.join(run, "fit_checkpoint.pt"))
+    assert os.path.isfile(os.path.join(run, "fit_checkpoint.pt"))  # written as Blender's death was seen
     # nothing half-written, no lock left, and no error report: the backend stopped as if cancelled
     assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n in (".maskfield.lock", "logs")], os.listdir(run)
     # Train again (the add-on runs the same command): the fit resumes from its checkpoint
@@ -116,4 +116,4 @@ def test_blender_dying_mid_training_leaves_no_process_and_the_run_resumes(tmp_pa
         again.wait(30)
     assert resumed, "".join(seen[-20:])
     step = int(resumed.split("resuming the fit at step ")[1].split()[0])
-    assert step >= 250
+    assert step >= 5  # the checkpoint the backend saved when Blender was gone (no periodic one yet)

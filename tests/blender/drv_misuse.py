@@ -145,24 +145,26 @@ def real_backend_python(folder):
 
 
 def quit_mode(zip_path, work):
-    """Train on the real backend until a checkpoint is saved, then die like a crashed Blender."""
+    """Train on the real backend until the fit is under way, then die like a crashed Blender."""
     mf = common.install(zip_path)
     client = mf.backend_client
     red, ball, linked, _ = build_scene(work)
     prefs = bpy.context.preferences.addons[common.MODULE].preferences
     prefs.python_path = real_backend_python(os.path.join(work, "bin"))
     s = bpy.context.scene.maskfield
-    s.views, s.resolution, s.samples, s.seed_points = 6, 32, 1, 2000
+    s.views, s.resolution, s.samples, s.seed_points = 5, 24, 1, 1000
     s.iterations, s.field_iterations = 3000, 10
     s.run_dir = os.path.join(work, "run quit")
     select([red, ball])
     bpy.ops.maskfield.train()
     job = client.active_job("train")
     run = s.run_dir
-    ok = client.pump(240, until=lambda: os.path.isfile(os.path.join(run, "fit_checkpoint.pt"))
-                     or not job.running)
+    # mid-fit, before any periodic checkpoint (every 250 steps): what is saved, the backend saves
+    # by itself when it sees Blender gone
+    ok = client.pump(240, until=lambda: (job.stage == "fit" and job.done >= 5) or not job.running)
+    ok = ok and not os.path.isfile(os.path.join(run, "fit_checkpoint.pt"))
     sys.stdout.write("MASKFIELD_QUIT " + json.dumps({"pid": job.proc.pid, "argv": job.steps[0], "run": run,
-                                                     "checkpoint": ok and job.running, "state": job.state,
+                                                     "mid_fit": bool(ok and job.running), "state": job.state,
                                                      "error": job.error, "logs": list(job.logs)[-8:]}) + "\n")
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no unregister: as if Blender crashed
