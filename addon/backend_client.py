@@ -49,6 +49,9 @@ def child_env(offline: bool = False, extra: dict | None = None) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["PYTHONUTF8"] = "1"
+    # the backend watches this process and stops (saving, resumable) when Blender is gone,
+    # even when Blender could not stop it (a crash, a kill)
+    env["MASKFIELD_PARENT_PID"] = str(os.getpid())
     if offline:
         env["MASKFIELD_OFFLINE"] = "1"
         env["HF_HUB_OFFLINE"] = "1"
@@ -308,6 +311,11 @@ class Job(_Outcome):
             return (f"The Python '{self.steps[self.step_index][0]}' has no MaskField backend installed "
                     "(No module named maskfield). Press 'Set up backend' in Preferences > Add-ons > "
                     "MaskField, or choose the Python where maskfield is installed.")
+        missing = _missing_module(text)
+        if missing:
+            return (f"The backend Python '{self.steps[self.step_index][0]}' lacks '{missing}', which MaskField "
+                    "needs. Press 'Set up backend' in Preferences > Add-ons > MaskField (it installs everything), "
+                    "or choose a Python where the backend and its requirements are installed.")
         where = f" during '{self.stage}'" if self.stage else ""
         if rc is not None and rc < 0:
             how = f"was stopped by signal {-rc}"
@@ -382,6 +390,18 @@ class Job(_Outcome):
                 proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _missing_module(text: str) -> str | None:
+    """The module named by a 'No module named X' / "cannot import 'X'" in the backend's output."""
+    import re
+
+    found = re.findall(r"No module named '?([\w.]+)'?|cannot import '([\w.]+)'|lacks '([\w.]+)'", text)
+    for groups in reversed(found):
+        for name in groups:
+            if name:
+                return name
+    return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -637,11 +657,18 @@ def stop_server() -> None:
         _server = None
 
 
-def kill_all() -> None:
+def kill_all(wait: float = 3.0) -> None:
+    """Stop every process (Blender quits, the extension is disabled, another file loads): each
+    gets ``wait`` seconds to save its checkpoint (so the run resumes), then is killed."""
     global _server
     _server = None
+    for job in list(_jobs):  # ask all at once, then wait, so the waits do not add up
+        if job.proc is not None and job.proc.poll() is None:
+            job._cancel_requested = True
+            job._signal(kill=False)
+    end = time.monotonic() + wait
     for job in list(_jobs):
-        job.kill()
+        job.kill(wait=max(0.05, end - time.monotonic()))
         job.poll()
     _jobs.clear()
 

@@ -559,15 +559,33 @@ class FacesMap:
     def check(self) -> list[str]:
         """Problems that keep this table from matching the open file (empty list: fine)."""
         problems = []
+        depsgraph = None
         for entry in self.objects:
             ob = bpy.data.objects.get(entry["name"])
             if ob is None:
                 problems.append(f"object '{entry['name']}' is not in this file")
             elif ob.type != "MESH":
                 problems.append(f"'{entry['name']}' is no longer a mesh")
+            elif entry.get("evaluated"):  # faces as shown, after modifiers
+                if depsgraph is None:
+                    from .scene_render import scene_depsgraph
+
+                    depsgraph = scene_depsgraph(bpy.context.scene)
+                ob_eval = ob.evaluated_get(depsgraph)
+                n = len(ob_eval.to_mesh().polygons)
+                ob_eval.to_mesh_clear()
+                if n != entry["count"]:
+                    problems.append(f"'{entry['name']}' shows {n} faces (with its modifiers), the run has "
+                                    f"{entry['count']}")
             elif len(ob.data.polygons) != entry["count"]:
                 problems.append(f"'{entry['name']}' has {len(ob.data.polygons)} faces, the run has {entry['count']}")
         return problems
+
+    @staticmethod
+    def own_faces(entry: dict) -> bool:
+        """True when the table's rows for this object are the mesh's own faces, in order (no
+        modifier changed their number): then they can be selected or split in the mesh itself."""
+        return not entry.get("evaluated") or entry.get("faces") == entry["count"]
 
 
 def _refuse_changed_meshes(faces: FacesMap) -> None:
@@ -617,6 +635,20 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
         raise DataError(f"the segmentation has {len(labels)} face labels, the face table {faces.total}; "
                            "segment again")
     _refuse_changed_meshes(faces)
+    if in_place:  # everything checked before anything changes
+        taken = (labels >= 0) & (labels < len(prompts))
+        for entry in faces.objects:
+            src = bpy.data.objects.get(entry["name"])
+            if src is None or not taken[entry["start"]: entry["start"] + entry["count"]].any():
+                continue
+            if src.library is not None or src.data.library is not None or getattr(src.data, "override_library", None):
+                raise DataError(f"'{src.name}' is linked from a library and cannot be split; turn off Split "
+                                "originals (new objects are made instead), or make it local first")
+            if not FacesMap.own_faces(entry):
+                raise DataError(f"'{src.name}' shows {entry['count']} faces through its modifiers but its mesh has "
+                                f"{entry.get('faces')}; Split originals cannot split it. Apply the modifiers first, "
+                                "or turn off Split originals (new objects are made from what you see)")
+    depsgraph = None
     made: dict[str, list[bpy.types.Object]] = {}
     for k, prompt in enumerate(prompts):
         clear_prompt(scene, prompt)
@@ -633,11 +665,24 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
             if not keep.any():
                 continue
             name = f"{prompt} ({src.name})"
-            me = _mesh_keep_faces(src.data, keep, name)
+            shown = entry.get("evaluated")
+            if shown:  # the faces as the user sees them: modifiers and shape keys applied
+                if depsgraph is None:
+                    from .scene_render import scene_depsgraph
+
+                    depsgraph = scene_depsgraph(scene)
+                base = bpy.data.meshes.new_from_object(src.evaluated_get(depsgraph), preserve_all_data_layers=True,
+                                                       depsgraph=depsgraph)
+                me = _mesh_keep_faces(base, keep, name)
+                bpy.data.meshes.remove(base)
+            else:
+                me = _mesh_keep_faces(src.data, keep, name)
             _tag(me, prompt, run)
             ob = src.copy()
             ob.data = me
             ob.name = name
+            if shown:
+                ob.modifiers.clear()  # already applied to the new mesh
             ob.animation_data_clear()
             for key in list(ob.keys()):
                 if key.startswith("maskfield_"):
@@ -675,8 +720,10 @@ def select_faces(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, faces:
         mask = wanted[entry["start"]: entry["start"] + entry["count"]]
         if ob.mode == "EDIT":
             continue  # edit-mode data would overwrite the selection; such objects are skipped
-        _set_face_selection(me, mask)
         n = int(mask.sum())
+        # faces of a linked mesh cannot be changed, nor faces a modifier made: the object is selected
+        if FacesMap.own_faces(entry) and me.library is None:
+            _set_face_selection(me, mask)
         total += n
         if n:
             chosen.append(ob)

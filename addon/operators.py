@@ -88,12 +88,16 @@ def _geometry_digest(ob) -> str:
     h = hashlib.sha256()
     h.update(np.array(ob.matrix_world, dtype=np.float32).tobytes())
     h.update(repr([s.material.name if s.material else None for s in ob.material_slots]).encode("utf-8"))
-    if ob.type == "MESH":
-        me = ob.data
-        co = np.empty(len(me.vertices) * 3, dtype=np.float32)
-        me.vertices.foreach_get("co", co)
-        h.update(co.tobytes())
-        h.update(np.array([len(me.polygons), len(me.loops)], dtype=np.int64).tobytes())
+    if ob.type == "MESH":  # the mesh as shown: a changed modifier changes the render too
+        ob_eval = ob.evaluated_get(scene_render.scene_depsgraph(bpy.context.scene))
+        me = ob_eval.to_mesh()
+        try:
+            co = np.empty(len(me.vertices) * 3, dtype=np.float32)
+            me.vertices.foreach_get("co", co)
+            h.update(co.tobytes())
+            h.update(np.array([len(me.polygons), len(me.loops)], dtype=np.int64).tobytes())
+        finally:
+            ob_eval.to_mesh_clear()
     else:
         h.update(np.array([tuple(c) for c in ob.bound_box], dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
@@ -116,7 +120,8 @@ def read_source(run: str) -> dict:
 
 def write_source(run: str, info: dict) -> None:
     os.makedirs(os.path.join(run, BLENDER_DIR), exist_ok=True)
-    with open(os.path.join(run, BLENDER_DIR, SOURCE_FILE), "w", encoding="utf-8") as fh:
+    with scene_render._replacing(os.path.join(run, BLENDER_DIR, SOURCE_FILE)) as tmp, \
+            open(tmp, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=1, ensure_ascii=False)
 
 
@@ -326,6 +331,7 @@ class _TrainPlan:
             entries = set(os.listdir(self.run))
         except OSError:
             entries = set()
+        entries = {e for e in entries if e not in (".maskfield.lock", "logs")}  # the backend's bookkeeping
         self.overwrite = ("run.json" not in entries and entries <= {"scene", BLENDER_DIR}) or self.replace_unfinished
         return start_training(context, self.python, self.scene_dir, self.run, from_labels=labels,
                               gaussians=self.gaussians, overwrite=self.overwrite)

@@ -16,11 +16,13 @@ between views) and from scripts (:func:`render_scene_folder`), e.g. ``tools/make
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence, cast
 
@@ -315,16 +317,34 @@ def write_points_ply(path: str, xyz: np.ndarray, rgb: np.ndarray) -> None:
         fh.write(data.tobytes())
 
 
+def evaluated_face_centres(ob: bpy.types.Object, depsgraph) -> np.ndarray:
+    """Local-space centres of the faces the user sees: the mesh after its modifiers and shape
+    keys (what the render shows), F x 3."""
+    ob_eval = ob.evaluated_get(depsgraph) if depsgraph is not None else ob
+    me = ob_eval.to_mesh()
+    try:
+        centres = np.empty(len(me.polygons) * 3, dtype=np.float32)
+        me.polygons.foreach_get("center", centres)
+    finally:
+        ob_eval.to_mesh_clear()
+    return centres.reshape(-1, 3)
+
+
 def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
-                        json_path: str | None = None, scene_name: str = "") -> dict:
+                        json_path: str | None = None, scene_name: str = "", depsgraph=None) -> dict:
     """Write the world-space centres of all faces of the mesh objects (N x 3 float32).
 
     Faces are stored object after object, in each mesh's own face order, so a row index
     maps back to (object name, face index) through the ``objects`` table of the returned
     (and, with ``json_path``, written) map: ``{"objects": [{"name", "mesh", "start",
-    "count"}], "total": N, "scene": ..., "points": npy file name}``. Uses the meshes' own
-    data (not modifier results), which is what the Faces mode separates.
+    "count", "faces", "evaluated"}], "total": N, "scene": ..., "points": npy file name}``.
+    The faces are those the user sees and the render shows: after modifiers and shape keys
+    (``evaluated`` is true where that differs from the mesh's own data; ``faces`` is the
+    mesh's own face count), placed by the evaluated world matrix (parents, constraints,
+    unapplied scale and rotation).
     """
+    if depsgraph is None:
+        depsgraph = scene_depsgraph(bpy.context.scene)
     table = []
     parts = []
     start = 0
@@ -334,22 +354,43 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
         if ob.mode == "EDIT":
             ob.update_from_editmode()
         me = ob.data
-        n = len(me.polygons)
-        centres = np.empty(n * 3, dtype=np.float32)
-        me.polygons.foreach_get("center", centres)
-        mw = np.array(ob.matrix_world, dtype=np.float64)
-        parts.append((centres.reshape(-1, 3).astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]).astype(np.float32))
-        table.append({"name": ob.name, "mesh": me.name, "start": start, "count": n})
+        own = np.empty(len(me.polygons) * 3, dtype=np.float32)
+        me.polygons.foreach_get("center", own)
+        own = own.reshape(-1, 3)
+        shown = evaluated_face_centres(ob, depsgraph)
+        evaluated = shown.shape != own.shape or not np.allclose(shown, own, atol=1e-6)
+        n = len(shown)
+        mw = np.array(ob.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
+        parts.append((shown.astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]).astype(np.float32))
+        table.append({"name": ob.name, "mesh": me.name, "start": start, "count": n, "faces": len(own),
+                      "evaluated": bool(evaluated)})
         start += n
     arr = np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(npy_path)), exist_ok=True)
-    np.save(npy_path, arr)
     info = {"objects": table, "total": int(start), "scene": scene_name,
             "points": os.path.basename(npy_path), "format": 1}
+    with _replacing(npy_path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
+        with _replacing(json_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=1, ensure_ascii=False)
     return info
+
+
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A unique temporary name beside ``path``, renamed to it only when the block succeeds: an
+    interrupted write never leaves a half-written table under the real name."""
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ----------------------------------------------------------------------------------------
@@ -507,6 +548,10 @@ class RenderJob:
             c.matrix_world = self._world_matrix(ob)
             c.pass_index = i
             c.hide_render = False
+            for m in c.modifiers:  # render what the viewport shows (the faces are taken from it too)
+                m.show_render = m.show_viewport
+                if hasattr(m, "render_levels") and hasattr(m, "levels"):
+                    m.render_levels = m.levels
             coll.objects.link(c)
         lights = []
         if s.lighting == "SCENE":

@@ -354,10 +354,22 @@ def test_corrupt_cached_file_is_detected_and_downloaded_again(server, tmp_path):
     logs = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert any(e["event"] == "log" and e["level"] == "warning" and "damaged" in e["message"] for e in logs)
 
-    # a truncated cached file (no stamp) is caught by its size
+    # the damaged copy was ours (we downloaded it): moved aside, never deleted
+    assert (tmp_path / "blob.pth.damaged").read_bytes() == bytes(raw)
+    # a truncated file we did not download (no stamp) in a folder the user gave is theirs:
+    # caught by its size, reported, and left as it is
     path.write_bytes(DATA[:1000])
     (tmp_path / "blob.pth.verified.json").unlink()
-    assert resolve_checkpoint("test_blob", weights_dir=tmp_path, entry=entry, reporter=rep).read_bytes() == DATA
+    with pytest.raises(MaskFieldError, match="left as it is"):
+        resolve_checkpoint("test_blob", weights_dir=tmp_path, entry=entry, reporter=rep)
+    assert path.read_bytes() == DATA[:1000]
+    # in our own cache folder (none given) the same file is moved aside and fetched again
+    os.environ[W.ENV_WEIGHTS_DIR] = str(tmp_path)
+    try:
+        assert resolve_checkpoint("test_blob", entry=entry, reporter=rep).read_bytes() == DATA
+    finally:
+        del os.environ[W.ENV_WEIGHTS_DIR]
+    assert (tmp_path / "blob.pth.damaged-2").read_bytes() == DATA[:1000]
 
 
 def test_without_checksum_a_zip_archive_is_tested(server, tmp_path):

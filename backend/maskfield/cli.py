@@ -6,7 +6,33 @@ import json
 import sys
 from pathlib import Path
 
-from .events import Cancelled, MaskFieldError, Reporter
+from .events import Cancelled, MaskFieldError, Reporter, write_crash_log
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type that refuses values outside [low, high] with the allowed range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high or (kind is float and value != value):
+            if high is None:
+                allowed = f"{'more than' if low_open else 'at least'} {low}"
+            else:
+                allowed = f"{'more than' if low_open else 'from'} {low} {'and at most' if low_open else 'to'} {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {allowed}{what}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+POSITIVE_FLOAT = _number(float, 0, low_open=True)
+NON_NEGATIVE_FLOAT = _number(float, 0)
+PROBABILITY = _number(float, 0, 1, low_open=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -16,33 +42,34 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--downscale", type=float, default=None,
+    p.add_argument("--downscale", type=POSITIVE_FLOAT, default=None,
                    help="divide the image size by this (default: 1, or so the long side is <= 1600 px)")
-    p.add_argument("--iterations", type=int, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
+    p.add_argument("--iterations", type=POSITIVE_INT, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="LLFF scenes: the image folder to use (images, images_4, images_8; default images)")
-    p.add_argument("--holdout-every", type=int, default=8, help="every Nth image is held out for PSNR (0: none)")
+    p.add_argument("--holdout-every", type=_number(int, 0), default=8, help="every Nth image is held out for PSNR (0: none)")
     p.add_argument("--renderer", choices=["auto", "gsplat", "torch"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another scene in --out")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a saved fit")
-    p.add_argument("--max-gaussians", type=int, default=None)
-    p.add_argument("--init-points", type=int, default=None, help="random seeds when the scene has no points")
+    p.add_argument("--max-gaussians", type=POSITIVE_INT, default=None,
+                   help="densification stops growing past this many Gaussians (at least the seed count)")
+    p.add_argument("--init-points", type=POSITIVE_INT, default=None, help="random seeds when the scene has no points")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--field-iterations", type=int, default=None, help="mask-field steps (default 5000 CUDA, 1500 CPU)")
-    p.add_argument("--field-resolution", type=int, default=None, help="long side of the supervised feature image")
-    p.add_argument("--queries", type=int, default=None, help="number of scene-level queries (default 240)")
-    p.add_argument("--field-lr", type=float, default=None, help="learning rate of the per-Gaussian features")
-    p.add_argument("--dice-weight", type=float, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
-    p.add_argument("--gaussian-weight", type=float, default=None,
+    p.add_argument("--field-iterations", type=POSITIVE_INT, default=None, help="mask-field steps (default 5000 CUDA, 1500 CPU)")
+    p.add_argument("--field-resolution", type=_number(int, 8, 8192), default=None, help="long side of the supervised feature image")
+    p.add_argument("--queries", type=_number(int, 1, 100_000), default=None, help="number of scene-level queries (default 240)")
+    p.add_argument("--field-lr", type=POSITIVE_FLOAT, default=None, help="learning rate of the per-Gaussian features")
+    p.add_argument("--dice-weight", type=NON_NEGATIVE_FLOAT, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
+    p.add_argument("--gaussian-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, default=None, help="mask probability for a Gaussian to count (0.5)")
-    p.add_argument("--relevancy", type=float, default=None, help="query relevancy against negatives (0.6)")
+    p.add_argument("--threshold", type=_number(float, 0, 1, low_open=True), default=None, help="mask probability for a Gaussian to count (0.5)")
+    p.add_argument("--relevancy", type=_number(float, 0, 1), default=None, help="query relevancy against negatives (0.6)")
     p.add_argument("--no-exclusive", action="store_true",
                    help="let a prompt keep Gaussians that a query of another meaning lights more strongly "
                         "(the plain union of the prompt's queries)")
@@ -58,9 +85,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="priors from instance-label images (DIR defaults to SCENE/labels) instead of SAM + CLIP")
     p.add_argument("--label-noise", nargs="?", const=0, default=None, type=int, metavar="SEED",
                    help="with --from-labels: SAM-like noise on the label masks")
-    p.add_argument("--prior-views", type=int, default=None)
+    p.add_argument("--prior-views", type=POSITIVE_INT, default=None)
     p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default=None)
-    p.add_argument("--points-per-side", type=int, default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
+    p.add_argument("--points-per-side", type=_number(int, 1, 256), default=None, help="SAM grid (default 32 on CUDA, 16 on CPU)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--offline", action="store_true", help="never download weights")
     p.add_argument("--embedding", choices=("dense", "crop"), default="dense")
@@ -69,7 +96,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskfield", description=__doc__)
+    parser = _Parser(prog="maskfield", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit 3D Gaussians to camera-posed photos (colour)")
@@ -82,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-field", help="train the mask field of a fitted run on its priors")
     p.add_argument("run", help="run folder with gaussians.ply and priors/")
+    p.add_argument("--scene", default=None, help="the run's scene folder, if it moved since training")
     _field_options(p)
     _common(p)
 
@@ -135,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None,
                    help="prompts to evaluate (default: every object name in objects.json)")
     p.add_argument("--views", choices=["test", "train", "all"], default="test")
+    p.add_argument("--scene", default=None, help="the run's scene folder, if it moved since training")
     _segment_options(p)
     _common(p)
 
@@ -147,16 +176,113 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus an ``error`` event for usage errors when the caller reads JSON lines."""
+
+    jsonl = False
+
+    def error(self, message):
+        if _Parser.jsonl:
+            sys.stdout.write(json.dumps({"event": "error", "message": f"{self.prog}: {message}",
+                                         "kind": "usage"}) + "\n")
+            sys.stdout.flush()
+        super().error(message)
+
+
+# the folder each command works in: where its lock and crash logs go
+RUN_ARGUMENT = {"fit": "out", "train": "out", "priors": "out", "train-field": "run", "evaluate": "run",
+                "segment": "run", "serve": "run"}
+WRITERS = ("fit", "train", "priors", "train-field", "evaluate")  # commands that lock the run folder
+
+
+REQUIREMENTS = ("numpy", "torch", "PIL", "scipy", "plyfile", "tqdm")  # backend/pyproject.toml dependencies
+
+
+def missing_requirements() -> list[str]:
+    """The backend's core packages this Python cannot import (found without importing them)."""
+    import importlib.util
+
+    missing = []
+    for name in REQUIREMENTS:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+PARENT_ENV = "MASKFIELD_PARENT_PID"  # set by the add-on: the Blender process that started us
+
+
+def watch_parent(reporter: Reporter, poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+    """When started by Blender, stop when Blender is gone (quit, crashed, killed): save like a
+    cancel, so the run resumes, and leave no orphan. A thread checks that the parent is alive."""
+    import os
+    import threading
+    import time
+
+    try:
+        parent = int(os.environ.get(PARENT_ENV, "0"))
+    except ValueError:
+        return
+    if parent <= 0 or os.name != "posix":
+        return
+
+    def gone() -> bool:
+        if os.getppid() != parent:  # re-parented: the parent exited
+            return True
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(poll_s)
+        try:
+            reporter.log("the program that started this run has exited; saving and stopping (the same command "
+                         "resumes)", level="warning")
+        except (OSError, ValueError):  # nobody reads stdout any more
+            pass
+        reporter.cancel()
+        time.sleep(grace_s)  # a stage that cannot stop in time ends here
+        os._exit(130)
+
+    threading.Thread(target=watch, name="maskfield-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.jsonl = any(a == "--events=jsonl" or (a == "--events" and argv[i + 1:i + 2] == ["jsonl"])
+                        for i, a in enumerate(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     reporter = Reporter(getattr(args, "events", "tqdm"))
     reporter.install_signal_handlers()
+    watch_parent(reporter)
+    folder = getattr(args, RUN_ARGUMENT.get(args.command, ""), None)
+    missing = missing_requirements()
+    if missing:  # every missing package at once, before any work
+        reporter.error(f"the Python running MaskField ({sys.executable}) lacks {', '.join(repr(m) for m in missing)}, "
+                       "which the backend needs. Install the backend with its requirements into this Python (in "
+                       "Blender: Preferences > Add-ons > MaskField > Set up backend), or choose the Python where it "
+                       "is installed.", kind="setup")
+        return 2
     try:
         handler = COMMANDS.get(args.command) or getattr(args, "func", None)
         if handler is None:
             parser.error(f"unknown command {args.command}")
-        result = handler(args, reporter)
+        if args.command in WRITERS:
+            from .run import run_lock
+
+            with run_lock(folder, f"maskfield {args.command}", reporter):
+                result = handler(args, reporter)
+        else:
+            result = handler(args, reporter)
         if result is not None and reporter.mode != "jsonl":
             print(json.dumps(result, indent=2, default=str))
         return 0
@@ -168,12 +294,32 @@ def main(argv: list[str] | None = None) -> int:
         if reporter.mode != "jsonl":
             print("cancelled; run the same command again to resume", file=sys.stderr)
         return 130
+    except ImportError as exc:  # this Python lacks a library the backend needs (e.g. torch)
+        missing = getattr(exc, "name", None) or str(exc)
+        reporter.error(f"the Python running MaskField ({sys.executable}) cannot import '{missing}', which the "
+                       f"backend needs ({exc}). Install the backend with its requirements into this Python (in "
+                       "Blender: Preferences > Add-ons > MaskField > Set up backend), or choose the Python where "
+                       "it is installed.", kind="setup")
+        return 2
+    except OSError as exc:  # the system refused a path: permissions, a full disk, a name too long
+        from .run import io_error_message
+
+        log = write_crash_log(exc, folder, argv)
+        reporter.error(f"{io_error_message(exc)} (details in {log})", kind="io")
+        return 2
+    except Exception as exc:  # a bug: one line for the person, the traceback in a file
+        log = write_crash_log(exc, folder, argv)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        reporter.error(f"internal error ({type(exc).__name__}: {first}). This is a bug in MaskField; the full "
+                       f"report is in {log}, please attach it when you report it.", kind="internal")
+        return 1
     except KeyboardInterrupt:
         reporter.error("interrupted", kind="cancelled")
         return 130
 
 
 def run_fit(args, reporter: Reporter) -> dict:
+    from .checks import check_image_size
     from .run import RunFolder, resolve_device
     from .scene import load_scene
     from .splats.fit import FitSettings, fit
@@ -184,7 +330,15 @@ def run_fit(args, reporter: Reporter) -> dict:
     if scene.skipped:
         reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing: {', '.join(scene.skipped[:5])}"
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
+    for note in scene.notes:
+        reporter.log(note, level="warning")
     downscale = args.downscale if args.downscale else _auto_downscale(scene)
+    check_image_size(scene, downscale)
+    seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
+    if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
+        raise MaskFieldError(f"--max-gaussians {args.max_gaussians} is below the {seeds:,} Gaussians the fit starts "
+                             f"from ({'the scene points' if scene.points is not None and len(scene.points) else '--init-points'}); "
+                             f"it only stops densification from growing, so give at least {seeds}.")
     run = RunFolder(args.out)
     run.claim(scene, args.scene, overwrite=args.overwrite)
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
@@ -236,21 +390,20 @@ def _field_settings(args, device):
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     from .field.data import build_views, load_priors_folder
     from .field.train import train_field
-    from .run import RunFolder, resolve_device
-    from .scene import load_scene
+    from .checks import check_priors_fit_cameras, require_gaussians
+    from .run import RunFolder, resolve_device, scene_of_run
     from .splats.ply import read_ply
 
     device = resolve_device(args.device)
     run = RunFolder(args.run)
     run.require("gaussians")
     run.require("priors")
-    info = run.read()
     if scene is None:
-        if not info.get("scene"):
-            raise MaskFieldError(f"{run.json_path} does not name its scene; re-run `maskfield fit`.")
-        scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
+        scene = scene_of_run(run, getattr(args, "scene", None), "train-field", reporter)
     gaussians = read_ply(run.gaussians_ply)
+    require_gaussians(gaussians, run.gaussians_ply)
     priors = load_priors_folder(run.priors_dir)
+    check_priors_fit_cameras(priors, scene, run.priors_dir)  # before anything is trained or written
     models = {p.embedding_model for p in priors.values()}
     dims = {int(p.embeddings.shape[1]) for p in priors.values() if p.embeddings.ndim == 2}
     if len(models) > 1 or len(dims) > 1:
@@ -292,7 +445,9 @@ def run_train(args, reporter: Reporter) -> dict:
 
         from .splats.ply import read_ply
 
-        read_ply(args.ply)  # validates the file before anything is written
+        from .checks import require_gaussians
+
+        require_gaussians(read_ply(args.ply), args.ply)  # validates the file before anything is written
         run.claim(scene, args.scene, overwrite=args.overwrite)
         shutil.copyfile(args.ply, run.gaussians_ply)
         run.update_stage("fit", source=str(Path(args.ply).resolve()))
@@ -448,23 +603,28 @@ def run_serve(args, reporter: Reporter) -> None:
         line = line.strip()
         if not line:
             continue
+        request_id = None
         try:
-            request = json.loads(line)
-            cmd = request.get("cmd")
-            if cmd == "quit":
+            request = parse_request(line)
+            request_id = request.get("id")
+            if request["cmd"] == "quit":
                 break
-            if cmd != "segment":
-                raise MaskFieldError(f"unknown request {cmd!r}; use 'segment' or 'quit'.")
             out = Path(request.get("out") or seg.run.segments_dir)
             points = request.get("points")
-            summary = write_segments(seg, list(request.get("prompts") or []), out,
-                                     Path(points) if points else None, reporter, request=_serve_request(request))
+            summary = write_segments(seg, request["prompts"], out, Path(points) if points else None, reporter,
+                                     request=_serve_request(request))
             summary["out"] = str(out)
-            reporter.result("segment", id=request.get("id"), **summary)
+            reporter.result("segment", id=request_id, **summary)
         except MaskFieldError as exc:
-            reporter.error(str(exc), kind=exc.kind)
-        except json.JSONDecodeError as exc:
-            reporter.error(f"not a JSON request: {exc}", kind="input")
+            reporter.emit("error", message=str(exc), kind=exc.kind, id=request_id)
+        except OSError as exc:
+            from .run import io_error_message
+
+            reporter.emit("error", message=io_error_message(exc), kind="io", id=request_id)
+        except Exception as exc:  # a bug answering one request must not end the server
+            log = write_crash_log(exc, args.run)
+            reporter.emit("error", message=f"internal error ({type(exc).__name__}: {exc}); the server goes on. "
+                          f"The full report is in {log}.", kind="internal", id=request_id)
     return None
 
 
@@ -488,11 +648,47 @@ def _serve_request(request: dict):
                           supersplat=bool(request.get("supersplat")))
 
 
+def parse_request(line: str) -> dict:
+    """One serve request, checked: {"cmd": "segment", "prompts": [str, ...], "out": str?,
+    "points": str?, "id": any} or {"cmd": "quit"}. Raises MaskFieldError saying what is wrong."""
+    example = '{"cmd": "segment", "prompts": ["red mug"], "out": "DIR"}'
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MaskFieldError(f"not a JSON request ({exc}); send one object per line, e.g. {example}.") from None
+    if not isinstance(request, dict):
+        raise MaskFieldError(f"a request must be a JSON object, got {type(request).__name__}; e.g. {example}.")
+    cmd = request.get("cmd")
+    if cmd not in ("segment", "quit"):
+        raise MaskFieldError(f"unknown request {cmd!r}; use 'segment' or 'quit'.")
+    if cmd == "quit":
+        return request
+    prompts = request.get("prompts")
+    if prompts is None and request.get("at"):
+        request["prompts"] = prompts = []  # pointing only
+    if isinstance(prompts, str):
+        raise MaskFieldError(f"'prompts' must be a list of strings, got the string {prompts[:60]!r}; "
+                             f"write [{json.dumps(prompts[:60])}].")
+    if not isinstance(prompts, list) or not (prompts or request.get("at")):
+        raise MaskFieldError(f"'prompts' must be a non-empty list of strings (or give 'at' positions); e.g. {example}.")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise MaskFieldError(f"every prompt must be a string; got {json.dumps(bad[0])[:60]} "
+                             f"({type(bad[0]).__name__}).")
+    for key in ("out", "points"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise MaskFieldError(f"'{key}' must be a path (a string) or null, got {type(request[key]).__name__}.")
+    return request
+
+
 def run_evaluate(args, reporter: Reporter) -> dict:
     from .evaluate import evaluate_run
 
+    from .run import scene_of_run
+
     seg = _segmenter(args, reporter)
-    result = evaluate_run(seg, Path(args.labels), args.prompt, args.views, reporter)
+    scene = scene_of_run(seg.run, args.scene, "evaluate", reporter)
+    result = evaluate_run(seg, Path(args.labels), args.prompt, args.views, reporter, scene=scene)
     seg.run.update_stage("evaluate", **result)
     reporter.result("evaluate", **result)
     return result

@@ -451,7 +451,7 @@ def prompt_labels_to_classes(pred: np.ndarray, background: int = -1) -> np.ndarr
 # --------------------------------------------------------------------------------------
 # a trained run against ground-truth label images
 # --------------------------------------------------------------------------------------
-def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None) -> dict:
+def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None, scene=None) -> dict:
     """Render each prompt's 2D masks for the chosen views and score them against the
     instance-label images (``labels/<image>.png`` + ``objects.json``).
 
@@ -474,8 +474,9 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
         raise MaskFieldError(f"{labels_dir / 'objects.json'} is missing or empty; it maps label ids to names.")
     prompts = list(prompts) if prompts else [objects[k] for k in sorted(objects)]
     matches_gt = match_prompts_to_objects(prompts, objects)
-    info = seg.run.read()
-    scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
+    if scene is None:  # the scene run.json names (the command passes it, checked, with --scene)
+        info = seg.run.read()
+        scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
     if views == "test":
         indices = list(scene.test_indices)
     elif views == "train":

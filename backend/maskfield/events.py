@@ -28,6 +28,31 @@ class MaskFieldError(Exception):
         self.kind = kind
 
 
+def write_crash_log(exc: BaseException, folder, argv: list[str] | None = None) -> str:
+    """Write the full traceback of ``exc`` to FOLDER/logs/ (or the temp folder when FOLDER is
+    missing or not writable); returns the log's path, for the one-line message that names it."""
+    import os
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    text = (f"maskfield {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%S')}  python: {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    places = [Path(folder) / "logs"] if folder and Path(folder).is_dir() else []
+    places.append(Path(tempfile.gettempdir()) / "maskfield-logs")
+    for place in places:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            path = place / name
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(no log could be written)"
+
+
 class Cancelled(Exception):
     """The run was cancelled (SIGINT / SIGTERM, or a 'cancel' from the add-on)."""
 
@@ -43,6 +68,21 @@ class Reporter:
         self._stream = stream
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+
+    _reader_gone = False
+
+    def _reader_gone_now(self) -> None:
+        """Stdout is closed: stop like a cancel (the stage saves, the command resumes later), and
+        send what is still printed to nowhere instead of failing on every write."""
+        import os
+
+        self._reader_gone = True
+        self._cancel.set()
+        if self._stream is None:
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
 
     @property
     def stream(self) -> TextIO:
@@ -79,8 +119,13 @@ class Reporter:
         record = {"event": event, **fields}
         line = json.dumps(record, default=_json_default)
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            if self._reader_gone:
+                return
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # nobody reads us any more (the add-on or a pipe went away)
+                self._reader_gone_now()
 
     def log(self, message: str, level: str = "info") -> None:
         if self.mode == "jsonl":

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .events import MaskFieldError, Reporter
-from .run import RunFolder, write_json_atomic
+from .run import RunFolder, atomic_file, write_json_atomic
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 TOP_QUERIES = 3  # strongest queries kept per Gaussian for the competitor test
@@ -81,9 +81,18 @@ class PromptMatch:
         return len(self.queries) > 0
 
 
+MAX_SLUG_BYTES = 80  # file names stay far below every file system's limit (255 bytes)
+
+
 def slugify(text: str) -> str:
-    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-")
-    return slug or "prompt"
+    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-") or "prompt"
+    if len(slug.encode("utf-8")) > MAX_SLUG_BYTES:  # a long prompt: a shortened name, unique by a hash
+        import hashlib
+
+        digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:8]
+        short = slug.encode("utf-8")[:MAX_SLUG_BYTES - 9].decode("utf-8", "ignore").rstrip("-")
+        slug = f"{short}-{digest}"
+    return slug
 
 
 class Segmenter:
@@ -525,6 +534,7 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
     """Segment and write: per prompt (or pointed-at position) <slug>.npz (indices, scores) and
     <slug>.ply; labels.npz + labels.json (legend) for the whole scene; on request the rest,
     labels.ply, meshes, SuperSplat files and face labels. Returns the summary (segments.json)."""
+    from .run import prepare_folder
     from .splats.ply import write_ply
 
     reporter = reporter or Reporter("none")
@@ -534,6 +544,8 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
     req.points_file = points_file if points_file is not None else req.points_file
     if not req.prompts and not req.at:
         raise MaskFieldError("nothing to segment: give a --prompt, or a position with --at X Y Z.")
+    # positions to label are checked before anything is written
+    points = load_points(req.points_file) if req.points_file is not None else None
     t0 = time.perf_counter()
     matches = []
     if req.prompts:
@@ -545,8 +557,7 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         matches += seg.select_at(req.at, req.at_granularity, names=req.names or req.prompts)
     label, score, all_scores = seg.label_gaussians(matches)
     seconds = time.perf_counter() - t0
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_folder(out_dir)
     entries = []
     used_slugs: set[str] = set()
     for j, m in enumerate(matches):
@@ -593,16 +604,11 @@ def write_segments(seg: Segmenter, prompts: list[str], out_dir: Path, points_fil
         _write_meshes(seg, entries, out_dir, reporter)
     if req.supersplat:
         summary["supersplat"] = _write_supersplat(entries, out_dir, reporter)
-    if req.points_file is not None:
-        try:
-            points = np.load(req.points_file)
-        except Exception as exc:
-            raise MaskFieldError(f"cannot read --points {req.points_file}: {exc}; give an N x 3 .npy array.") from None
+    if points is not None:
         plabels, pscores = seg.label_points(points, label, all_scores)
         for name, arr in (("point_labels", plabels), ("point_scores", pscores)):
-            tmp = out_dir / f"{name}.tmp.npy"
-            np.save(tmp, arr)
-            tmp.replace(out_dir / f"{name}.npy")
+            with atomic_file(out_dir / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
         summary["point_labels"] = "point_labels.npy"
         summary["point_counts"] = [int((plabels == j).sum()) for j in range(len(matches))]
     write_json_atomic(out_dir / "segments.json", summary)
@@ -616,9 +622,8 @@ def glob_escape(text: str) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def _write_parts(seg: Segmenter, m: PromptMatch, idx: np.ndarray, score: np.ndarray, out_dir: Path,
@@ -694,3 +699,18 @@ def _write_supersplat(entries: list[dict], out_dir: Path, reporter: Reporter) ->
             compress(tool, out_dir / entry["ply"], target)
             entry["compressed_ply"] = target.name
     return {"written": True, "drops": SUPERSPLAT_DROPS}
+
+
+def load_points(points_file: Path) -> np.ndarray:
+    """An N x 3 array of finite positions from a .npy file, or a MaskFieldError saying what is wrong."""
+    try:
+        points = np.load(points_file, allow_pickle=False)
+    except Exception as exc:
+        raise MaskFieldError(f"cannot read --points {points_file}: {exc}; give an N x 3 .npy array.") from None
+    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise MaskFieldError(f"--points {points_file} must be an N x 3 array of positions, got shape "
+                             f"{getattr(points, 'shape', None)}.")
+    if not np.issubdtype(points.dtype, np.number) or not np.isfinite(points).all():
+        raise MaskFieldError(f"--points {points_file} holds non-numeric, NaN or infinite values; give finite "
+                             "positions.")
+    return points

@@ -227,6 +227,20 @@ def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:
     return [indices[i] for i in picks]
 
 
+def _name_other_missing_weights(exc: MaskFieldError, weights_dir) -> None:
+    """SAM's file is missing or unusable: say in the same message whether CLIP's is missing too,
+    so that one trip to the downloads fetches everything."""
+    from .embeddings import CLIP_WEIGHTS
+    from .weights import missing_checkpoints, missing_weights_message
+
+    if exc.kind != "weights":
+        return
+    others = missing_checkpoints([CLIP_WEIGHTS[("ViT-B-16", "openai")]], weights_dir)
+    if others:
+        raise MaskFieldError(f"{exc}\n\nThe CLIP weights are missing too.\n"
+                             + missing_weights_message(others, weights_dir), kind="weights") from exc
+
+
 def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """The ``priors`` command. Returns (and reports as a ``result`` event) the summary."""
     from ..scene import load_scene
@@ -288,8 +302,12 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         settings = MaskSettings(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch)
         allow_download = not getattr(args, "offline", False)
         reporter.log(f"loading SAM {model_type} and CLIP ViT-B-16 on {device}")
-        sam = load_sam(model_type, weights_dir=args.weights_dir, device=device,
-                       allow_download=allow_download, reporter=reporter)
+        try:
+            sam = load_sam(model_type, weights_dir=args.weights_dir, device=device,
+                           allow_download=allow_download, reporter=reporter)
+        except MaskFieldError as exc:
+            _name_other_missing_weights(exc, args.weights_dir)
+            raise
         clip = load_clip("ViT-B-16", "openai", weights_dir=args.weights_dir, device=device,
                          allow_download=allow_download, reporter=reporter)
         generator = SamMaskGenerator(sam, settings, name=f"sam:{model_type}")

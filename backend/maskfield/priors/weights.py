@@ -17,8 +17,10 @@ reading the file as a ZIP archive and testing every member's CRC-32 (PyTorch che
 and TorchScript archives are ZIP files), so a truncated or damaged download is still caught;
 the model loader's own loading is the last check.
 
-A cached file that fails its check is deleted (it is ours: we downloaded it) and a message
-says so; a user's own file that fails is never touched, the error says what is wrong with it.
+A cached file that fails its check (in our cache folder, or one we downloaded) is moved
+aside to ``<file>.damaged`` and fetched again, and a message says so; a file in a folder the
+user gave (``weights_dir``, ``local_file``) that fails is never touched: the error says what
+is wrong with it.
 
 Downloads. ``download()`` streams into ``<file>.part`` with a progress bar (tqdm, or the
 ``maskfield.events.Reporter`` progress events), resumes a ``.part`` left by an earlier
@@ -318,11 +320,12 @@ def _read_stamp(path: Path) -> dict | None:
         return None
 
 
-def _write_stamp(path: Path, sha256: str | None) -> None:
+def _write_stamp(path: Path, sha256: str | None, downloaded: bool = False) -> None:
     try:
         st = path.stat()
+        downloaded = downloaded or bool((_read_stamp(path) or {}).get("downloaded"))
         _stamp_path(path).write_text(
-            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256})
+            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256, "downloaded": downloaded})
         )
     except OSError:
         pass  # a read-only folder: the file is simply hashed again next time
@@ -448,6 +451,12 @@ def resolve_checkpoint(
         problem = verify_file(target, entry, reporter=reporter)
         if problem is None:
             return target
+        if not _is_ours(target, weights_dir):
+            raise MaskFieldError(
+                f"{target} in your weights folder is damaged or not the expected {entry.filename}: {problem}. "
+                f"It was left as it is. Replace it with a good copy from {entry.url or 'its publisher'}"
+                + (f" (SHA-256 {entry.sha256})" if entry.sha256 else "")
+                + ", or move it away and let MaskField download it (online).", kind="weights")
         _discard_cached(target, problem, reporter)
 
     if not allow_download or not downloads_allowed():
@@ -509,21 +518,37 @@ def _resolve_local(entry: WeightEntry, path: Path, reporter) -> Path:
     return path
 
 
-def _discard_cached(target: Path, problem: str, reporter) -> None:
-    _say(
-        reporter,
-        f"the cached checkpoint {target} is damaged or incomplete ({problem}); deleting it and downloading it again",
-        level="warning",
-    )
+def _is_ours(target: Path, weights_dir) -> bool:
+    """A file is ours to move aside when it lies in our cache folder (no folder was given), or
+    when we downloaded it (its stamp says so). A file in a folder the user gave is theirs."""
+    if weights_dir is None:
+        return True
+    return bool((_read_stamp(target) or {}).get("downloaded"))
+
+
+def _discard_cached(target: Path, problem: str, reporter) -> Path:
+    """Move a damaged file of our cache aside (never delete it: the user may want to look at it)."""
+    aside = target.with_name(target.name + ".damaged")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = target.with_name(f"{target.name}.damaged-{n}")
     _remove_stamp(target)
     try:
-        target.unlink()
+        os.replace(target, aside)
     except OSError as exc:
         raise MaskFieldError(
-            f"the cached checkpoint {target} is unusable ({problem}) and could not be removed: {exc}. "
-            "Delete it by hand.",
+            f"the cached checkpoint {target} is unusable ({problem}) and could not be moved aside: {exc}. "
+            "Move or delete it by hand.",
             kind="weights",
         ) from exc
+    _say(
+        reporter,
+        f"the cached checkpoint {target} is damaged or incomplete ({problem}); moved it aside to {aside.name} "
+        "and fetching it again",
+        level="warning",
+    )
+    return aside
 
 
 # --------------------------------------------------------------------------------------
@@ -733,7 +758,7 @@ def download(
         raise DownloadError(f"download of {url} failed: {reason}", reason=reason, kind="weights")
     os.replace(part, dest)
     if sha256 is not None:
-        _write_stamp(dest, sha256)
+        _write_stamp(dest, sha256, downloaded=True)
     else:
         _remove_stamp(dest)
     return dest

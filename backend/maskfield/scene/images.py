@@ -19,7 +19,7 @@ def read_image(path: Path, background: tuple[float, float, float] | None = None)
     try:
         with Image.open(path) as img:
             img.load()
-            array = _to_float(img)
+            array = _to_float(upright(img))
     except FileNotFoundError:
         raise MaskFieldError(f"image not found: {path}. Put the file there or remove its frame from the camera file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
@@ -44,13 +44,53 @@ def _to_float(img) -> np.ndarray:
     return data
 
 
+# EXIF orientations that turn the stored pixels by 90 degrees (width and height swap)
+TRANSPOSING = {5, 6, 7, 8}
+
+
+def upright(img):
+    """The image as a viewer shows it: a phone's portrait photo is stored landscape with an EXIF
+    orientation tag, and the camera that took it saw it upright."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img) if exif_orientation_of(img) not in (None, 1) else img
+
+
+def exif_orientation_of(img) -> int | None:
+    try:
+        value = img.getexif().get(0x0112)  # Orientation
+    except Exception:  # a damaged EXIF block: treat as untagged
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def exif_orientation(path: Path) -> int | None:
+    """The EXIF orientation tag of an image file (1-8), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return exif_orientation_of(img)
+    except Exception:
+        return None
+
+
+def stored_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the pixels as stored, before any EXIF rotation."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) without decoding the pixels."""
+    """(width, height) as the image is shown (EXIF orientation applied), without decoding it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            return (h, w) if exif_orientation_of(img) in TRANSPOSING else (w, h)
     except FileNotFoundError:
         raise MaskFieldError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:

@@ -58,28 +58,45 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     paths: list[Path] = []
     missing: list[str] = []
     split_of: list[str] = []
+    scaled: list[tuple[str, float]] = []  # frames whose camera matrix carried a uniform scale
     ply_points = None
     for file in files:
         try:
             meta = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
             raise MaskFieldError(f"{file} is not valid JSON ({exc}). Fix or re-export the camera file.") from None
+        if not isinstance(meta, dict):
+            raise MaskFieldError(f"{file} must hold a JSON object with 'frames' (and the intrinsics), got a "
+                                 f"{type(meta).__name__}.")
         frames = meta.get("frames")
         if not isinstance(frames, list) or not frames:
             raise MaskFieldError(f"{file} has no 'frames' list; each frame needs 'file_path' and 'transform_matrix'.")
         split = file.stem.replace("transforms_", "") if source == "nerf-synthetic" else "all"
         for index, frame in enumerate(frames):
             where = f"{file.name}, frame {index}"
-            if "file_path" not in frame or "transform_matrix" not in frame:
+            if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                 raise MaskFieldError(f"{where}: missing 'file_path' or 'transform_matrix'.")
+            if not isinstance(frame["file_path"], str) or not frame["file_path"].strip():
+                raise MaskFieldError(f"{where}: 'file_path' must be the image's path (a string) in {file.name}.")
             image_path = _resolve_image(root, file.parent, frame["file_path"])
             if image_path is None:
                 missing.append(frame["file_path"])
                 continue
-            c2w_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            try:
+                c2w_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise MaskFieldError(f"{where} ({frame['file_path']}): transform_matrix must be a 4x4 list of numbers "
+                                     f"in {file.name}, got {str(frame['transform_matrix'])[:60]!r}.") from None
             _check_pose(c2w_gl, f"{where} ({frame['file_path']})", file)
+            c2w_gl, scale = normalise_pose(c2w_gl, f"{where} ({frame['file_path']})", file)
+            if scale is not None:
+                scaled.append((frame["file_path"], scale))
             width, height = image_size(image_path)
-            intr = _intrinsics(meta, frame, width, height, where, file)
+            try:
+                intr = _intrinsics(meta, frame, width, height, where, file)
+            except (TypeError, ValueError) as exc:  # text where a number belongs
+                raise MaskFieldError(f"{where}: the intrinsics (fl_x, fl_y, cx, cy, w, h, camera_angle_x, k1 k2 p1 p2) "
+                                     f"must be numbers in {file.name} ({exc}).") from None
             cameras.append(Camera(
                 name=image_path.stem if source != "nerf-synthetic" else f"{split}_{image_path.stem}",
                 width=width, height=height,
@@ -114,6 +131,11 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
                   skipped=missing)
+    if scaled:
+        name, factor = scaled[0]
+        scene.notes.append(f"{len(scaled)} camera matrix(es) in {files[0].name} carry a uniform scale (e.g. {factor:.4g} "
+                           f"in {name}: a scaled camera object?); the scale was removed, so the poses are rotations "
+                           "and positions only.")
     return scene
 
 
@@ -142,6 +164,8 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, where: str, fi
 
     declared_w, declared_h = get("w"), get("h")
     if declared_w is not None and declared_h is not None:
+        if (int(round(float(declared_w))), int(round(float(declared_h)))) == (height, width) and width != height:
+            _orientation_contradiction(where, file, width, height)
         if int(round(float(declared_w))) != width or int(round(float(declared_h))) != height:
             raise MaskFieldError(
                 f"{where}: the image is {width}x{height} but {file.name} says {int(declared_w)}x{int(declared_h)}. "
@@ -172,6 +196,41 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, where: str, fi
     if values["fx"] <= 0 or values["fy"] <= 0:
         raise MaskFieldError(f"{where}: focal length must be positive in {file.name}.")
     return values
+
+
+def normalise_pose(c2w: np.ndarray, where: str, file: Path) -> tuple[np.ndarray, float | None]:
+    """A 4x4 camera-to-world whose rotation part has unit scale, and the uniform scale removed
+    (None when there was none). A non-uniform scale, a shear or a mirror cannot be a camera
+    pose: refused with the frame named."""
+    pose = np.eye(4)
+    pose[:c2w.shape[0], :] = c2w[:3] if c2w.shape[0] == 3 else c2w
+    m = pose[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.ptp(norms) > 1e-3 * norms.max():
+        raise MaskFieldError(f"{where}: transform_matrix carries a non-uniform scale (axes scaled "
+                             f"{', '.join(f'{v:.4g}' for v in norms)}) in {file.name}; a camera pose is a rotation and a "
+                             "position. Apply the scale of the camera object (or its parents) and export again.")
+    r = m / norms
+    if np.abs(r.T @ r - np.eye(3)).max() > 1e-3:
+        raise MaskFieldError(f"{where}: transform_matrix is sheared (its axes are not at right angles) in "
+                             f"{file.name}; export the camera without shear.")
+    if np.linalg.det(r) < 0:
+        raise MaskFieldError(f"{where}: transform_matrix is mirrored (negative scale) in {file.name}; "
+                             "export the camera without a negative scale.")
+    scale = float(norms.mean())
+    if abs(scale - 1.0) <= 1e-4:
+        return pose, None
+    pose[:3, :3] = r
+    return pose, scale
+
+
+def _orientation_contradiction(where: str, file: Path, width: int, height: int) -> None:
+    """The camera file describes the photo turned by 90 degrees: say whether EXIF is the cause."""
+    raise MaskFieldError(
+        f"{where}: the camera file says {height}x{width} but the photo, shown upright (EXIF orientation applied), is "
+        f"{width}x{height}. If the photo carries an EXIF orientation tag, the poses were computed on the stored, "
+        "unrotated pixels: remove the tag (e.g. exiftool -Orientation= -n FILE, or re-save the photos upright) and "
+        "run the pose estimation again; otherwise fix w/h and the intrinsics in " + file.name + ".", kind="input")
 
 
 def _check_pose(c2w: np.ndarray, where: str, file: Path) -> None:
@@ -252,7 +311,12 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
         _check_pose(c2w, f"COLMAP image {image.name}", sparse / "images")
         fx, fy, cx, cy, dist = _colmap_intrinsics(cam, image.name)
         width, height = image_size(path)
+        if (width, height) == (cam.height, cam.width) and width != height:
+            _orientation_contradiction(f"COLMAP image {image.name}", sparse / "cameras.bin", width, height)
         if (width, height) != (cam.width, cam.height):
+            if abs(width / height - cam.width / cam.height) > 0.01 * cam.width / cam.height:
+                raise MaskFieldError(f"COLMAP image {image.name} is {width}x{height}, but its camera is "
+                                     f"{cam.width}x{cam.height}, another aspect ratio; use the images COLMAP saw.")
             sx, sy = width / cam.width, height / cam.height
             fx, fy, cx, cy = fx * sx, fy * sy, cx * sx, cy * sy
         cameras.append(Camera(Path(image.name).stem, width, height, fx, fy, cx, cy, c2w, dist))

@@ -23,6 +23,7 @@ class Scene:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     skipped: list[str] = field(default_factory=list)  # frames left out by --skip-missing
     depth_bounds: np.ndarray | None = None  # N x 2 near/far depth per camera (LLFF), if known
+    notes: list[str] = field(default_factory=list)  # what the loader corrected, for the user to read
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

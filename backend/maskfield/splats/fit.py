@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..checks import check_cameras, check_fit_state
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .losses import psnr, ssim
@@ -63,6 +64,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))
+    check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
     images = {i: torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
               for i in reporter.track(train, "load", desc="loading images")}
     cameras = {i: RenderCamera.from_camera(scene.camera(i, settings.downscale), device) for i in train}
@@ -139,9 +141,11 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 # at the size cap: keep pruning, stop growing
                 strategy.grow_grad2d = grow_grad2d if len(gaussians) < settings.max_gaussians else math.inf
                 strategy.step_post_backward(gaussians.params, optimizers, strategy_state, step, info, packed=False)
+                check_fit_state(gaussians, step + 1, run.fit_checkpoint, full=False)
                 last_loss = loss.item()
                 bar.update(1, loss=last_loss, gaussians=len(gaussians), pairs=out.get("num_pairs", 0))
                 if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.iterations:
+                    check_fit_state(gaussians, step + 1, run.fit_checkpoint)  # never save a broken state
                     _save(run, gaussians, optimizers, strategy_state, step + 1, settings)
         step = settings.iterations
     except Cancelled:
@@ -149,6 +153,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         reporter.log(f"fit cancelled at step {step}; run the same command again to resume")
         raise
     fit_seconds = time.perf_counter() - t_start
+    check_fit_state(gaussians, step, run.fit_checkpoint)
     _save(run, gaussians, optimizers, strategy_state, step, settings)
     metrics = evaluate_views(scene, gaussians, scene.test_indices, settings, device, reporter)
     write_ply(run.gaussians_ply, gaussians)

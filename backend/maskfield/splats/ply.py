@@ -10,7 +10,6 @@ float properties (a label too: SuperSplat's reader takes an ``int`` property as 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +43,11 @@ def write_ply(path: str | Path, gaussians: Gaussians | dict, extra: dict[str, np
     data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
     for name, values in columns:
         data[name] = values
+    from ..run import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        PlyData([PlyElement.describe(data, "vertex")], text=False).write(str(tmp))
     return path
 
 

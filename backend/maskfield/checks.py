@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Checks at the border of each stage, so that a degenerate input stops where it starts and
+the message blames the right thing: cameras before a fit, the Gaussians during it (and when a
+file of them is handed in), the priors against the cameras before the mask field trains."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .events import MaskFieldError
+
+MIN_IMAGE_SIDE = 8  # pixels: the smallest image a fit or the mask field can learn from
+
+
+def check_cameras(scene, indices) -> None:
+    """Refuse cameras a 3D fit cannot use: one view, all at one position, no scene extent."""
+    indices = list(indices)
+    if len(indices) < 2:
+        raise MaskFieldError(f"the fit has {len(indices)} training view(s); a 3D fit needs at least 2 views from "
+                             "different positions (lower --holdout-every, or add photos).", kind="cameras")
+    centers = np.stack([scene.cameras[i].center for i in indices])
+    spread = float(np.linalg.norm(centers - centers.mean(0), axis=1).max())
+    scale = max(1.0, float(np.abs(centers).max()))
+    _, radius = scene.bounds()
+    if spread <= 1e-6 * scale or (np.isfinite(radius) and radius > 0 and spread < 1e-4 * radius):
+        where = ", ".join(f"{v:.3g}" for v in centers.mean(0))
+        raise MaskFieldError(
+            f"all {len(indices)} training cameras are at one position ({where}): with no baseline between the "
+            "views there is no depth to fit. Check the poses (e.g. a transforms.json whose translations were "
+            "lost), or capture from several places.", kind="cameras")
+    if not np.isfinite(radius) or radius <= 0:
+        raise MaskFieldError(f"the scene has no extent (radius {radius:g} from the cameras and seed points); "
+                             "check the camera poses and the seed point cloud.", kind="cameras")
+
+
+def check_image_size(scene, downscale: float) -> None:
+    """--downscale must leave images a fit can learn from."""
+    cam = scene.cameras[0]
+    w, h = scene.camera(0, downscale).width, scene.camera(0, downscale).height
+    if min(w, h) < MIN_IMAGE_SIDE:
+        largest = min(cam.width, cam.height) / MIN_IMAGE_SIDE
+        raise MaskFieldError(f"--downscale {downscale:g} makes the {cam.width}x{cam.height} images {w}x{h} pixels; "
+                             f"allowed here: more than 0 and at most {largest:.4g} (keeps {MIN_IMAGE_SIDE} px on the "
+                             "short side).", kind="input")
+
+
+def require_gaussians(gaussians, source: str | Path) -> None:
+    """A set of Gaussians handed in (a .ply) must hold some, with finite values."""
+    if len(gaussians) == 0:
+        raise MaskFieldError(f"{source} holds 0 Gaussians; give a trained 3DGS .ply (or fit colour without --ply).",
+                             kind="input")
+    bad = _non_finite(gaussians)
+    if bad:
+        raise MaskFieldError(f"{source} has non-finite values ({bad}); it cannot be used. Re-export it, or fit "
+                             "colour without --ply.", kind="input")
+
+
+def check_fit_state(gaussians, step: int, checkpoint: Path, full: bool = True) -> None:
+    """Called during the colour fit: stop at the first step that empties or breaks the Gaussians.
+    The checkpoint on disk is left as it is: it holds the last good state. Each step checks the
+    count and the positions (cheap); ``full`` checks every parameter (before each save)."""
+    kept = (f"The last good state is kept in {checkpoint.name} (saved before step {step})" if checkpoint.exists()
+            else "No checkpoint had been saved yet")
+    if len(gaussians) == 0:
+        raise MaskFieldError(f"every Gaussian was pruned away at step {step}: the images give the fit nothing to "
+                             f"hold on to (blank or all background?). {kept}. Check the photos and the "
+                             "background, or seed from a point cloud.", kind="diverged")
+    bad = _non_finite(gaussians, None if full else ("means",))
+    if bad:
+        raise MaskFieldError(f"the colour fit broke at step {step}: {bad}. {kept}; nothing else was written. "
+                             "Check the camera poses and scale, or try a larger --downscale.", kind="diverged")
+
+
+def _non_finite(gaussians, names=None) -> str:
+    import torch
+
+    params = gaussians.params if hasattr(gaussians, "params") else gaussians
+    for name, value in params.items():
+        if names is not None and name not in names:
+            continue
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            rows = (~finite).reshape(len(value), -1).any(1) if value.ndim else ~finite
+            return f"{int(rows.sum()):,} Gaussians have NaN or infinite '{name}'"
+    return ""
+
+
+def check_priors_fit_cameras(priors: dict, scene, folder: Path) -> None:
+    """Every priors file must have its image's aspect ratio: masks of another shape would be
+    stretched onto the view without a word. Checked for all files before training starts."""
+    by_name = {c.name: c for c in scene.cameras}
+    wrong = []
+    for name, p in priors.items():
+        cam = by_name.get(name)
+        if cam is None:
+            continue
+        shapes = [tuple(int(v) for v in np.asarray(p.image_size).reshape(-1)[:2])]
+        if getattr(p, "masks", None) is not None and np.ndim(p.masks) == 3 and len(p.masks):
+            shapes.append(tuple(p.masks.shape[1:]))
+        for h, w in shapes:
+            expected_h = w * cam.height / cam.width
+            if abs(h - expected_h) > max(1.0, 0.01 * expected_h):
+                wrong.append(f"{name}.npz is {w}x{h}, the image {cam.width}x{cam.height}")
+                break
+    if wrong:
+        shown = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise MaskFieldError(f"priors in {folder} do not have their image's aspect ratio ({shown}), so their masks "
+                             "would be stretched. Make the masks for the images as they are (same width:height), "
+                             "or delete these files and compute them again.", kind="input")
