@@ -191,8 +191,8 @@ class _Parser(argparse.ArgumentParser):
 
 # the folder each command works in: where its lock and crash logs go
 RUN_ARGUMENT = {"fit": "out", "train": "out", "priors": "out", "train-field": "run", "evaluate": "run",
-                "segment": "run", "serve": "run"}
-WRITERS = ("fit", "train", "priors", "train-field", "evaluate")  # commands that lock the run folder
+                "segment": "run", "serve": "run", "benchmark": "out"}
+WRITERS = ("fit", "train", "priors", "train-field", "evaluate", "benchmark")  # commands that lock the run folder
 
 
 REQUIREMENTS = ("numpy", "torch", "PIL", "scipy", "plyfile", "tqdm")  # backend/pyproject.toml dependencies
