@@ -114,3 +114,26 @@ def test_floater_pruning_removes_near_camera_and_over_large_gaussians():
     assert len(g) == 3 and torch.allclose(g.means.detach()[:, 0], torch.tensor([0.0, 0.2, 0.1]), atol=1e-2)
     assert state["grad2d"].tolist() == [0.0, 1.0, 4.0]  # the strategy's running state follows
     assert opts["means"].state[g.params["means"]]["exp_avg"].shape == (3, 3)  # and Adam's
+
+
+def test_gaussian_label_rendering_blends_the_3d_answer():
+    """Two splats side by side: each pixel takes the prompt of the Gaussians it is made of."""
+    from types import SimpleNamespace
+
+    from maskfield.evaluate import render_gaussian_labels
+    from maskfield.scene.cameras import Camera
+    from maskfield.segment import SegmentSettings
+
+    n = 2
+    g = Gaussians({"means": torch.tensor([[-0.5, 0.0, 3.0], [0.5, 0.0, 3.0]]),
+                   "scales": torch.log(torch.full((n, 3), 0.2)), "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                   "opacities": torch.full((n,), 5.0), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}, 0)
+    camera = Camera("c", 32, 16, 60.0, 60.0, 16.0, 8.0, np.eye(4))  # the splats at x = 6 and 26, 4 px wide
+    seg = SimpleNamespace(gaussians=g, settings=SegmentSettings(mask_threshold=0.5))
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)  # Gaussian 0 is prompt 0's, 1 is prompt 1's
+    labels = render_gaussian_labels(seg, camera, scores)
+    assert labels.shape == (16, 32)
+    assert labels[8, 6] == 0 and labels[8, 26] == 1  # under each splat
+    assert labels[0, 0] == -1 and labels[8, 16] == -1  # too thin a cover there
+    weak = render_gaussian_labels(seg, camera, np.array([[0.4, 0.1], [0.2, 0.3]], np.float32))
+    assert (weak == -1).all()  # no prompt passes the mask threshold

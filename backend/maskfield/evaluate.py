@@ -520,13 +520,51 @@ def fit_background(run_info: dict) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------
 # a trained run against ground-truth label images
 # --------------------------------------------------------------------------------------
-def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None, colour: bool = True) -> dict:
+LABEL_MODES = ("features", "gaussians")
+
+
+def render_gaussian_labels(seg, camera, all_scores: np.ndarray, min_alpha: float = 0.5) -> np.ndarray:
+    """A view's prompt labels rendered from the 3D answer: each pixel blends the prompt
+    scores of the Gaussians it is made of (``all_scores``, N x P, as ``Segmenter.segment``
+    gives them) with their compositing weights, and takes the best prompt if it passes the
+    mask threshold (-1 otherwise, and where the Gaussians cover less than ``min_alpha``).
+
+    ``Segmenter.render_labels`` instead blends the 16-d features and decodes the blend;
+    near an edge that blend can decode to a third query. This one shows what a user gets
+    in 3D, seen from the camera.
+    """
+    import torch
+
+    from .splats.render import RenderCamera, compositing_weights
+
+    n_pix = camera.width * camera.height
+    p = all_scores.shape[1]
+    if p == 0:
+        return np.full((camera.height, camera.width), -1, np.int32)
+    g = {k: v.detach() for k, v in seg.gaussians.activated().items()}
+    pixel, gauss, weight = compositing_weights(g, RenderCamera.from_camera(camera))
+    scores = torch.as_tensor(all_scores, dtype=torch.float32)
+    blended = torch.zeros(n_pix, p).index_add_(0, pixel, weight[:, None] * scores[gauss])
+    alpha = torch.zeros(n_pix).index_add_(0, pixel, weight)
+    blended = blended / alpha.clamp_min(1e-6)[:, None]
+    best, label = blended.max(1)
+    ok = (best >= seg.settings.mask_threshold) & (alpha >= min_alpha)
+    return torch.where(ok, label, torch.full_like(label, -1)).numpy().astype(np.int32).reshape(camera.height,
+                                                                                               camera.width)
+
+
+def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None, colour: bool = True,
+                 label_mode: str = "features") -> dict:
     """Render each prompt's 2D masks for the chosen views and score them against the
     instance-label images (``labels/<image>.png`` + ``objects.json``).
 
     With ``colour``, the same views' colour is scored too (``colour_metrics``: PSNR and the
     largest floater share, at the fit's downscale, over the fit's background), so that a
     segmentation error can be told apart from a geometry error.
+
+    ``label_mode``: how a view's labels are rendered, ``features`` (the blended mask
+    features, decoded per pixel: ``Segmenter.render_labels``) or ``gaussians`` (the 3D
+    answer's per-Gaussian scores, blended: ``render_gaussian_labels``).
 
     Also scores the answer in 3D: every Gaussian seen in these views gets the ground-truth
     object it is most blended into; ``gaussian_accuracy`` is the fraction of those visible
@@ -558,14 +596,19 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     if not indices:
         raise MaskFieldError("the scene has no held-out views; use --views train or all.")
     t0 = time.perf_counter()
-    matches, label_g, _, _ = seg.segment(prompts)
+    if label_mode not in LABEL_MODES:
+        raise MaskFieldError(f"unknown label mode {label_mode!r}; use one of {', '.join(LABEL_MODES)}.")
+    matches, label_g, _, all_scores = seg.segment(prompts)
     metrics = SegmentationMetrics(background=0)
     g = {k: v.detach() for k, v in seg.gaussians.activated().items()}
     n_obj = max(objects) + 1
     votes = np.zeros((len(seg.gaussians), n_obj), dtype=np.float64)
     scored = 0
     for cam, gt in labelled_views(scene, reporter.track(indices, "evaluate", desc="evaluating views"), labels_dir):
-        pred, _ = seg.render_labels(cam, matches)
+        if label_mode == "gaussians":
+            pred = render_gaussian_labels(seg, cam, all_scores)
+        else:
+            pred, _ = seg.render_labels(cam, matches)
         metrics.update(prompt_labels_to_classes(pred), gt_to_prompt_classes(gt, matches_gt))
         add_object_votes(votes, g, cam, gt)
         scored += 1
@@ -586,6 +629,7 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
         "prompts": prompts,
         "views": scored,
         "view_set": views,
+        "label_mode": label_mode,
         "gaussian_accuracy": accuracy,
         "visible_object_gaussians": considered,
         "found": [bool(m.found) for m in matches],
