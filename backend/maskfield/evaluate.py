@@ -665,12 +665,15 @@ def gaussian_accuracy(label_g: np.ndarray, votes: np.ndarray, matches_gt) -> tup
     return float(correct.sum() / max(1, considered.sum())), int(considered.sum())
 
 
-def background_gaussians_labelled(label_g: np.ndarray, votes: np.ndarray) -> tuple[float | None, int]:
-    """Fraction of the visible Gaussians that paint mostly background (ground-truth id 0)
-    which a prompt took anyway: such Gaussians belong to no object and must stay out of
-    every segment."""
-    visible = votes.sum(1) >= 0.05
-    background = visible & (votes.argmax(1) == 0)
+def background_gaussians_labelled(label_g: np.ndarray, votes: np.ndarray,
+                                  share: float = 0.9) -> tuple[float | None, int]:
+    """Fraction of the visible Gaussians that paint only background (at least ``share`` of
+    their blending weight on ground-truth id 0: the world, floaters over it) which a prompt
+    took anyway: such Gaussians belong to no object and must stay out of every segment.
+    Gaussians on an object's silhouette, half over the background, are not counted."""
+    total = votes.sum(1)
+    visible = total >= 0.05
+    background = visible & (votes[:, 0] >= share * total)
     count = int(background.sum())
     return (float((label_g[background] >= 0).sum() / count) if count else None), count
 
