@@ -7,7 +7,8 @@
 Datasets: ``fox`` is ``../shared/data/fox`` (50 real photos with lens distortion, no seed
 points) at 1/``--downscale``; ``bookshelf`` / ``room`` are ``tools/make_scenes.py`` scenes
 rendered without seed points (world background, held-out views off the training rings),
-built under ``--work`` if missing (``--views``, ``--resolution`` set their size). Each
+built under ``--work`` if missing (``--views``, ``--resolution`` set their size); any other
+dataset is a path to a scene folder. Each
 renderer fits each dataset with the default settings (``FitSettings.for_device('cpu')``,
 ``--iterations`` steps); every ``--eval-every`` steps the held-out views are rendered and
 scored (PSNR, worst floater share). Evaluation time is left out of the steps per second.
@@ -41,6 +42,8 @@ def known_renderer(name: str) -> str | None:
 
 
 def dataset_folder(name: str, args) -> Path:
+    if Path(name).is_dir():  # any scene folder
+        return Path(name)
     if name == "fox":
         folder = Path(args.fox)
         if not (folder / "transforms.json").exists():
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
         downscale = args.downscale if dataset == "fox" else 1.0
         for renderer in renderers:
             row = fit_curve(folder, renderer, downscale, args)
-            row["dataset"] = dataset
+            row["dataset"] = folder.name if Path(dataset).is_dir() else dataset
             rows.append(row)
     print(f"\ncolour fit, default settings, {args.iterations} steps, {torch.get_num_threads()} threads "
           "(CPU; timings on a shared machine are noisy)")
