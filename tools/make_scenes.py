@@ -45,13 +45,8 @@ SCENES = ("bookshelf", "room")
 
 def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
     """An axis-aligned box of ``size`` (x, y, z) whose bottom centre sits at ``location``."""
-    bm = bmesh.new()
-    bmesh.ops.create_cube(bm, size=1.0)
-    bmesh.ops.scale(bm, verts=bm.verts, vec=size)
-    bmesh.ops.translate(bm, verts=bm.verts, vec=(0, 0, size[2] / 2))
-    me = bpy.data.meshes.new(name)
-    bm.to_mesh(me)
-    bm.free()
+    me = _box_mesh(size)
+    me.name = name
     return _link(name, me, location, color, coll, rotation_z)
 
 
@@ -64,7 +59,7 @@ def _link(name: str, me, location, color, coll, rotation_z: float = 0.0):
     return ob
 
 
-def _join(name: str, parts, color, coll):
+def _join(name: str, parts):
     """One object from several (mesh, offset) parts, so an object keeps one label."""
     bm = bmesh.new()
     for me, offset in parts:
@@ -93,7 +88,7 @@ def _lamp(name: str, height: float, shade: float, coll, location, color=(0.9, 0.
     bm.to_mesh(stem)
     bm.free()
     cone = _mesh("cone", name + " shade", shade)
-    me = _join(name, [(stem, (0, 0, 0)), (cone, (0, 0, height * 0.8 - shade * 0.3))], color, coll)
+    me = _join(name, [(stem, (0, 0, 0)), (cone, (0, 0, height * 0.8 - shade * 0.3))])
     return _link(name, me, location, color, coll)
 
 
@@ -101,7 +96,7 @@ def _teapot(name: str, size: float, coll, location, color=(0.75, 0.75, 0.8)):
     body = _mesh("sphere", name + " body", size)
     spout = _mesh("cone", name + " spout", size * 0.3)
     lid = _mesh("cone", name + " lid", size * 0.35)
-    me = _join(name, [(body, (0, 0, 0)), (spout, (size * 0.55, 0, size * 0.25)), (lid, (0, 0, size * 0.9))], color, coll)
+    me = _join(name, [(body, (0, 0, 0)), (spout, (size * 0.55, 0, size * 0.25)), (lid, (0, 0, size * 0.9))])
     return _link(name, me, location, color, coll)
 
 
@@ -115,17 +110,7 @@ def build_bookshelf(scene, seed: int = 0) -> list:
         parts.append(((board, d, h), (x + board / 2, 0, 0)))
     for z in (0.0, 0.55, 1.1, h - board):  # boards
         parts.append(((w, d, board), (0, 0, z)))
-    meshes = []
-    for k, (size, loc) in enumerate(parts):
-        bm = bmesh.new()
-        bmesh.ops.create_cube(bm, size=1.0)
-        bmesh.ops.scale(bm, verts=bm.verts, vec=size)
-        bmesh.ops.translate(bm, verts=bm.verts, vec=(0, 0, size[2] / 2))
-        me = bpy.data.meshes.new(f"shelf part {k}")
-        bm.to_mesh(me)
-        bm.free()
-        meshes.append((me, loc))
-    objs = [_link("shelf", _join("shelf", meshes, wood, coll), (0, 0, 0), wood, coll)]
+    objs = [_link("shelf", _join("shelf", [(_box_mesh(size), loc) for size, loc in parts]), (0, 0, 0), wood, coll)]
     top = [0.05, 0.6, 1.15]
     jitter = lambda: float(rng.uniform(-0.05, 0.05))  # noqa: E731
     # three books side by side on the lowest board
@@ -160,26 +145,26 @@ def build_room(scene, seed: int = 0) -> list:
         for sy in (-1, 1):
             legs.append(((0.06, 0.06, 0.7), (sx * 0.5, sy * 0.3, 0)))
     legs.append(((1.2, 0.75, 0.05), (0, 0, 0.7)))
-    objs.append(_link("table", _join("table", [(_box_mesh(s), o) for s, o in legs], (0.4, 0.25, 0.12), coll),
+    objs.append(_link("table", _join("table", [(_box_mesh(s), o) for s, o in legs]),
                       (0.3, 0.2, 0), (0.4, 0.25, 0.12), coll, a))
     chair = [((0.05, 0.05, 0.4), (sx * 0.2, sy * 0.2, 0)) for sx in (-1, 1) for sy in (-1, 1)]
     chair += [((0.45, 0.45, 0.05), (0, 0, 0.4)), ((0.45, 0.05, 0.45), (0, 0.2, 0.45))]
-    objs.append(_link("chair", _join("chair", [(_box_mesh(s), o) for s, o in chair], (0.6, 0.1, 0.1), coll),
+    objs.append(_link("chair", _join("chair", [(_box_mesh(s), o) for s, o in chair]),
                       (0.3, 0.85, 0), (0.6, 0.1, 0.1), coll, math.pi + a))
     sofa = [((1.4, 0.6, 0.4), (0, 0, 0)), ((1.4, 0.15, 0.45), (0, 0.25, 0.4)),
             ((0.15, 0.6, 0.25), (-0.7, 0, 0.4)), ((0.15, 0.6, 0.25), (0.7, 0, 0.4))]
-    objs.append(_link("sofa", _join("sofa", [(_box_mesh(s), o) for s, o in sofa], (0.1, 0.3, 0.5), coll),
+    objs.append(_link("sofa", _join("sofa", [(_box_mesh(s), o) for s, o in sofa]),
                       (-1.2, -0.6, 0), (0.1, 0.3, 0.5), coll, math.pi / 2))
     objs.append(_lamp("lamp", 1.3, 0.35, coll, (1.5, 1.5, 0)))
     objs.append(_teapot("teapot", 0.2, coll, (0.45, 0.15, 0.75)))
-    plant = _join("plant", [(_mesh("cylinder", "pot", 0.25), (0, 0, 0)), (_mesh("sphere", "leaves", 0.45), (0, 0, 0.3))],
-                  (0.1, 0.45, 0.1), coll)
+    plant = _join("plant", [(_mesh("cylinder", "pot", 0.25), (0, 0, 0)), (_mesh("sphere", "leaves", 0.45), (0, 0, 0.3))])
     objs.append(_link("plant", plant, (1.4, -1.2, 0), (0.1, 0.45, 0.1), coll))
     _lights(scene, coll, (2.0, -2.5, 3.5))
     return objs
 
 
 def _box_mesh(size):
+    """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
     bmesh.ops.create_cube(bm, size=1.0)
     bmesh.ops.scale(bm, verts=bm.verts, vec=size)
