@@ -59,6 +59,14 @@ class RenderSettings:
     use_gpu: bool = False
     labels: bool = True
     stem_format: str = "frame_{:05d}"
+    # False: the world is rendered behind the objects (opaque images, as photos are)
+    transparent: bool = True
+    # held-out views off the training trajectory: a ring at this elevation (degrees), at this
+    # factor of the training distance; listed in transforms.json's "test_filenames"
+    holdout_views: int = 0
+    holdout_elevation: float = 30.0
+    holdout_distance: float = 1.0
+    holdout_stem_format: str = "holdout_{:05d}"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -199,6 +207,18 @@ def camera_poses(settings: RenderSettings, center: np.ndarray, radius: float,
         rot = (c - loc).to_track_quat("-Z", "Y").to_matrix().to_4x4()
         poses.append(Matrix.Translation(loc) @ rot)
     return poses
+
+
+def holdout_poses(settings: RenderSettings, center: np.ndarray, radius: float, fov_min: float) -> list[Matrix]:
+    """Held-out cameras off the training trajectory: ``holdout_views`` on a ring at
+    ``holdout_elevation``, at ``holdout_distance`` times the training distance, at azimuths
+    of their own (another seed)."""
+    from dataclasses import replace
+
+    ring = replace(settings, views=settings.holdout_views, layout="RINGS",
+                   ring_elevations=(settings.holdout_elevation,), seed=settings.seed + 7919,
+                   margin=settings.margin * settings.holdout_distance)
+    return camera_poses(ring, center, radius, fov_min)
 
 
 def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
@@ -405,11 +425,11 @@ def _set_multilayer_exr(settings) -> None:
     settings.color_depth = "32"
 
 
-def _set_png(settings) -> None:
+def _set_png(settings, alpha: bool = True) -> None:
     if hasattr(settings, "media_type"):
         settings.media_type = "IMAGE"
     settings.file_format = "PNG"
-    settings.color_mode = "RGBA"
+    settings.color_mode = "RGBA" if alpha else "RGB"  # opaque renders (world background) as photos are
     settings.color_depth = "8"
     settings.compression = 15
 
@@ -437,6 +457,8 @@ class RenderJob:
         self.done = 0
         self.total = max(1, int(self.settings.views))
         self.frames: list[dict] = []
+        self.holdout: list[str] = []  # file paths of the held-out frames
+        self._n_train = self.total
         self._temp_ids: list[Any] = []
         self._tmp_scene: bpy.types.Scene | None = None
         self._cam: bpy.types.Object | None = None
@@ -506,9 +528,9 @@ class RenderJob:
         r.engine = "CYCLES"
         r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
         r.pixel_aspect_x = r.pixel_aspect_y = 1.0
-        # transparent film: images carry alpha, so the backend composites them over a known
-        # background instead of fitting Gaussians to the world colour
-        r.film_transparent = True
+        # transparent film (default): images carry alpha, so the backend composites them over a
+        # known background instead of fitting Gaussians to the world colour
+        r.film_transparent = bool(s.transparent)
         r.use_persistent_data = True
         try:
             r.use_compositing = False
@@ -573,9 +595,13 @@ class RenderJob:
         self._poses = []
         fov_min = 2.0 * math.atan(min(w, h) / max(w, h) * cam_data.sensor_width / (2.0 * cam_data.lens))
         self._poses = camera_poses(s, center, radius, fov_min)
+        self._n_train = len(self._poses)
+        if s.holdout_views > 0:
+            self._poses += holdout_poses(s, center, radius, fov_min)
         dist = radius * s.margin / math.sin(fov_min / 2.0)
-        cam_data.clip_start = max(1e-3, (dist - radius) * 0.1)
-        cam_data.clip_end = dist + 4.0 * radius
+        near = dist * min(1.0, s.holdout_distance if s.holdout_views > 0 else 1.0)
+        cam_data.clip_start = max(1e-3, (near - radius) * 0.1)
+        cam_data.clip_end = dist * max(1.0, s.holdout_distance) + 4.0 * radius
         cam = self._keep(bpy.data.objects.new("MaskField camera (temporary)", cam_data))
         coll.objects.link(cam)
         tmp.camera = cam
@@ -618,13 +644,14 @@ class RenderJob:
         assert tmp is not None and cam is not None and self._exr_dir is not None
         pose = self._poses[i]
         cam.matrix_world = pose
-        stem = s.stem_format.format(i + 1)
+        held_out = i >= self._n_train
+        stem = s.holdout_stem_format.format(i - self._n_train + 1) if held_out else s.stem_format.format(i + 1)
         bpy.ops.render.render(write_still=False, scene=tmp.name)
         result = bpy.data.images.get("Render Result")
         if result is None:
             raise RenderError("Blender produced no render result")
         img_rel = f"images/{stem}.png"
-        _set_png(tmp.render.image_settings)
+        _set_png(tmp.render.image_settings, alpha=s.transparent)
         result.save_render(os.path.join(self.out_dir, img_rel), scene=tmp)
         frame: dict[str, Any] = {"file_path": img_rel,
                                  "transform_matrix": [list(map(float, row)) for row in pose]}
@@ -644,6 +671,8 @@ class RenderJob:
             lab_rel = f"labels/{stem}.png"
             imageio.write_png(os.path.join(self.out_dir, lab_rel), ids.astype(dtype))
             frame["label_path"] = lab_rel
+        if held_out:
+            self.holdout.append(img_rel)
         self.frames.append(frame)
 
     def _render_index_pass(self, tmp):
@@ -694,11 +723,14 @@ class RenderJob:
             }
             if points_rel:
                 data["ply_file_path"] = points_rel
+            if self.holdout:  # nerfstudio's split keys: the loader holds out exactly these
+                data["train_filenames"] = [f["file_path"] for f in self.frames if f["file_path"] not in self.holdout]
+                data["test_filenames"] = list(self.holdout)
             with open(os.path.join(self.out_dir, "transforms.json"), "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, ensure_ascii=False)
             self._remove_stale_frames()
             self.summary.update({"folder": self.out_dir, "views": len(self.frames), "objects": names,
-                                 "width": w, "height": h})
+                                 "width": w, "height": h, "holdout_views": len(self.holdout)})
         finally:
             self.cleanup()
         return self.summary
@@ -707,8 +739,9 @@ class RenderJob:
         """Frames of an earlier render into the same folder that this one did not write."""
         import re
 
-        pattern = re.compile("^" + re.escape(self.settings.stem_format).replace(r"\{:05d\}", r"\d+")
-                             .replace(r"\{\}", r"\d+") + r"\.png$")
+        stems = (self.settings.stem_format, self.settings.holdout_stem_format)
+        pattern = re.compile("^(" + "|".join(re.escape(f).replace(r"\{:05d\}", r"\d+").replace(r"\{\}", r"\d+")
+                                             for f in stems) + r")\.png$")
         keep = {os.path.basename(f["file_path"]) for f in self.frames}
         for sub in ("images", "labels"):
             folder = os.path.join(self.out_dir, sub)

@@ -90,6 +90,9 @@ def test_evaluate_scores_held_out_views(trained):
     assert result["views"] >= 2 and set(result["names"].values()) >= {"red mug", "blue box", "table"}
     assert result["miou"] > 0.6 and result["accuracy"] > 0.9
     assert 0 <= result["mbiou"] <= 1 and 0 <= result["gaussian_accuracy"] <= 1
+    # colour of the same views beside the segmentation: PSNR and the worst floater
+    assert result["psnr"] > 20 and 0 <= result["floater_share_max"] < 0.05
+    assert result["colour"]["views"] == result["views"] and len(result["colour"]["psnr_per_view"]) == result["views"]
 
 
 def test_serve_answers_several_requests_with_one_load(trained):

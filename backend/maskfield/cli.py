@@ -55,6 +55,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gaussians", type=POSITIVE_INT, default=None,
                    help="densification stops growing past this many Gaussians (at least the seed count)")
     p.add_argument("--init-points", type=POSITIVE_INT, default=None, help="random seeds when the scene has no points")
+    p.add_argument("--background", choices=["auto", "learn", "random", "fixed"], default=None,
+                   help="behind the Gaussians while fitting: auto (random colours where images have alpha, else a "
+                        "learned colour), learn, random, or fixed (the scene's)")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:
@@ -343,7 +346,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     run.claim(scene, args.scene, overwrite=args.overwrite)
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
                                       renderer=args.renderer, max_gaussians=args.max_gaussians,
-                                      init_points=args.init_points)
+                                      init_points=args.init_points, background_mode=getattr(args, "background", None))
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)

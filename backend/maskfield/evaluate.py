@@ -79,6 +79,8 @@ __all__ = [
     "match_prompts_to_objects",
     "gt_to_prompt_classes",
     "prompt_labels_to_classes",
+    "floater_share",
+    "colour_metrics",
 ]
 
 
@@ -449,11 +451,120 @@ def prompt_labels_to_classes(pred: np.ndarray, background: int = -1) -> np.ndarr
 
 
 # --------------------------------------------------------------------------------------
+# colour on held-out views: PSNR and floaters
+# --------------------------------------------------------------------------------------
+FLOATER_ERROR = 0.2  # colour error (max over channels, 0..1) that marks a pixel as wrong
+
+
+def floater_share(render: np.ndarray, target: np.ndarray, threshold: float = FLOATER_ERROR) -> float:
+    """The largest connected region of wrong colour, as a fraction of the view.
+
+    A pixel is wrong where the rendered colour differs from the photo by more than
+    ``threshold`` in some channel. A 3x3 opening first removes regions one or two pixels
+    thin (edges off by a pixel, aliasing), so what remains are blobs: a floater painted in
+    front of the scene, or a hole where the background or an object should be. The share is
+    the largest 8-connected blob's pixel count over the view's. Works on photos as well as
+    renders (no depth or mask needed).
+    """
+    render = np.asarray(render, dtype=np.float32)
+    target = np.asarray(target, dtype=np.float32)
+    if render.shape != target.shape:
+        raise EvaluationError(f"render and photo differ in shape: {render.shape} vs {target.shape}")
+    wrong = np.abs(render - target).max(axis=-1) > threshold
+    wrong = ndimage.binary_opening(wrong, structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(wrong, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return 0.0
+    return float(np.bincount(labels.ravel())[1:].max() / wrong.size)
+
+
+def colour_metrics(gaussians, scene, indices, downscale: float = 1.0, background=(0.0, 0.0, 0.0),
+                   sh_degree: int | None = None, renderer: str = "auto", device: str = "cpu") -> dict:
+    """Colour PSNR of the given views and their floater shares (see ``floater_share``).
+
+    Returns ``psnr`` (mean over views), ``psnr_min``, ``floater_share_max`` (the worst view's
+    largest wrong region), ``floater_share_mean`` and per-view lists; Nones without views.
+    """
+    import torch
+
+    from .splats.losses import psnr
+    from .splats.render import RenderCamera, render
+
+    indices = list(indices)
+    if not indices:
+        return {"psnr": None, "psnr_min": None, "floater_share_max": None, "floater_share_mean": None,
+                "views": 0, "psnr_per_view": [], "floater_share_per_view": []}
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    values, shares = [], []
+    with torch.no_grad():
+        g = {k: v.detach().to(device) for k, v in gaussians.activated().items()}
+        for i in indices:
+            cam = RenderCamera.from_camera(scene.camera(i, downscale), device)
+            target = torch.as_tensor(scene.load_image(i, downscale), device=device)
+            color = render(g, cam, sh_degree=sh_degree, background=bg, backend=renderer)["color"].clamp(0, 1)
+            values.append(psnr(color, target))
+            shares.append(floater_share(color.cpu().numpy(), target.cpu().numpy()))
+    return {"psnr": float(np.mean(values)), "psnr_min": float(np.min(values)),
+            "floater_share_max": float(np.max(shares)), "floater_share_mean": float(np.mean(shares)),
+            "views": len(indices), "psnr_per_view": [round(v, 2) for v in values],
+            "floater_share_per_view": [round(v, 4) for v in shares]}
+
+
+def fit_background(run_info: dict) -> tuple[float, float, float]:
+    """The background the colour fit rendered over (learned, or the scene's), from run.json."""
+    fit = (run_info.get("stages") or {}).get("fit") or {}
+    bg = fit.get("background") or (fit.get("settings") or {}).get("background") or (0.0, 0.0, 0.0)
+    return tuple(float(c) for c in bg)
+
+
+# --------------------------------------------------------------------------------------
 # a trained run against ground-truth label images
 # --------------------------------------------------------------------------------------
-def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None, scene=None) -> dict:
+LABEL_MODES = ("features", "gaussians")
+
+
+def render_gaussian_labels(seg, camera, all_scores: np.ndarray, min_alpha: float = 0.5) -> np.ndarray:
+    """A view's prompt labels rendered from the 3D answer: each pixel blends the prompt
+    scores of the Gaussians it is made of (``all_scores``, N x P, as ``Segmenter.segment``
+    gives them) with their compositing weights, and takes the best prompt if it passes the
+    mask threshold (-1 otherwise, and where the Gaussians cover less than ``min_alpha``).
+
+    ``Segmenter.render_labels`` instead blends the 16-d features and decodes the blend;
+    near an edge that blend can decode to a third query. This one shows what a user gets
+    in 3D, seen from the camera.
+    """
+    import torch
+
+    from .splats.render import RenderCamera, compositing_weights
+
+    n_pix = camera.width * camera.height
+    p = all_scores.shape[1]
+    if p == 0:
+        return np.full((camera.height, camera.width), -1, np.int32)
+    g = {k: v.detach() for k, v in seg.gaussians.activated().items()}
+    pixel, gauss, weight = compositing_weights(g, RenderCamera.from_camera(camera))
+    scores = torch.as_tensor(all_scores, dtype=torch.float32)
+    blended = torch.zeros(n_pix, p).index_add_(0, pixel, weight[:, None] * scores[gauss])
+    alpha = torch.zeros(n_pix).index_add_(0, pixel, weight)
+    blended = blended / alpha.clamp_min(1e-6)[:, None]
+    best, label = blended.max(1)
+    ok = (best >= seg.settings.mask_threshold) & (alpha >= min_alpha)
+    return torch.where(ok, label, torch.full_like(label, -1)).numpy().astype(np.int32).reshape(camera.height,
+                                                                                               camera.width)
+
+
+def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=None, colour: bool = True,
+                 label_mode: str = "features", scene=None) -> dict:
     """Render each prompt's 2D masks for the chosen views and score them against the
     instance-label images (``labels/<image>.png`` + ``objects.json``).
+
+    With ``colour``, the same views' colour is scored too (``colour_metrics``: PSNR and the
+    largest floater share, at the fit's downscale, over the fit's background), so that a
+    segmentation error can be told apart from a geometry error.
+
+    ``label_mode``: how a view's labels are rendered, ``features`` (the blended mask
+    features, decoded per pixel: ``Segmenter.render_labels``) or ``gaussians`` (the 3D
+    answer's per-Gaussian scores, blended: ``render_gaussian_labels``).
 
     Also scores the answer in 3D: every Gaussian seen in these views gets the ground-truth
     object it is most blended into; ``gaussian_accuracy`` is the fraction of those visible
@@ -486,25 +597,40 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     if not indices:
         raise MaskFieldError("the scene has no held-out views; use --views train or all.")
     t0 = time.perf_counter()
-    matches, label_g, _, _ = seg.segment(prompts)
+    if label_mode not in LABEL_MODES:
+        raise MaskFieldError(f"unknown label mode {label_mode!r}; use one of {', '.join(LABEL_MODES)}.")
+    matches, label_g, _, all_scores = seg.segment(prompts)
     metrics = SegmentationMetrics(background=0)
     g = {k: v.detach() for k, v in seg.gaussians.activated().items()}
     n_obj = max(objects) + 1
     votes = np.zeros((len(seg.gaussians), n_obj), dtype=np.float64)
     scored = 0
     for cam, gt in labelled_views(scene, reporter.track(indices, "evaluate", desc="evaluating views"), labels_dir):
-        pred, _ = seg.render_labels(cam, matches)
+        if label_mode == "gaussians":
+            pred = render_gaussian_labels(seg, cam, all_scores)
+        else:
+            pred, _ = seg.render_labels(cam, matches)
         metrics.update(prompt_labels_to_classes(pred), gt_to_prompt_classes(gt, matches_gt))
         add_object_votes(votes, g, cam, gt)
         scored += 1
     if scored == 0:
         raise MaskFieldError(f"no label image in {labels_dir} matches the evaluated views.")
     result = metrics.compute(class_names={k + 1: p for k, p in enumerate(prompts)})
+    if colour:
+        fit = (info.get("stages") or {}).get("fit") or {}
+        downscale = float((fit.get("settings") or {}).get("downscale") or 1.0)
+        result["colour"] = colour_metrics(seg.gaussians, scene, indices, downscale, fit_background(info))
+        result["psnr"] = result["colour"]["psnr"]
+        result["floater_share_max"] = result["colour"]["floater_share_max"]
     accuracy, considered = gaussian_accuracy(label_g, votes, matches_gt)
+    bg_labelled, bg_count = background_gaussians_labelled(label_g, votes)
     result.update({
+        "background_gaussians_labelled": bg_labelled,
+        "visible_background_gaussians": bg_count,
         "prompts": prompts,
         "views": scored,
         "view_set": views,
+        "label_mode": label_mode,
         "gaussian_accuracy": accuracy,
         "visible_object_gaussians": considered,
         "found": [bool(m.found) for m in matches],
@@ -538,6 +664,19 @@ def gaussian_accuracy(label_g: np.ndarray, votes: np.ndarray, matches_gt) -> tup
     considered = visible & (gt_object > 0) & (expected >= 0)
     correct = considered & (label_g == expected)
     return float(correct.sum() / max(1, considered.sum())), int(considered.sum())
+
+
+def background_gaussians_labelled(label_g: np.ndarray, votes: np.ndarray,
+                                  share: float = 0.9) -> tuple[float | None, int]:
+    """Fraction of the visible Gaussians that paint only background (at least ``share`` of
+    their blending weight on ground-truth id 0: the world, floaters over it) which a prompt
+    took anyway: such Gaussians belong to no object and must stay out of every segment.
+    Gaussians on an object's silhouette, half over the background, are not counted."""
+    total = votes.sum(1)
+    visible = total >= 0.05
+    background = visible & (votes[:, 0] >= share * total)
+    count = int(background.sum())
+    return (float((label_g[background] >= 0).sum() / count) if count else None), count
 
 
 def object_votes(gaussians, scene, indices, labels_dir) -> np.ndarray:

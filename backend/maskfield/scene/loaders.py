@@ -59,6 +59,8 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     missing: list[str] = []
     split_of: list[str] = []
     scaled: list[tuple[str, float]] = []  # frames whose camera matrix carried a uniform scale
+    listed: list[str] = []  # the frame's file_path as written, for nerfstudio's split keys
+    test_files: set[str] | None = None
     ply_points = None
     for file in files:
         try:
@@ -106,6 +108,9 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             ))
             paths.append(image_path)
             split_of.append(split)
+            listed.append(frame["file_path"])
+        if source != "nerf-synthetic" and isinstance(meta.get("test_filenames"), list) and meta["test_filenames"]:
+            test_files = {str(f) for f in meta["test_filenames"]}
         if "ply_file_path" in meta and ply_points is None:
             ply_points = _read_point_ply(_first_existing(root, file.parent, meta["ply_file_path"]), file)
     if missing:
@@ -125,6 +130,11 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
         if not test:
             test = [i for i in range(len(cameras)) if i % holdout_every == 0]
             train = [i for i in range(len(cameras)) if i not in set(test)]
+    elif test_files is not None:
+        # nerfstudio's "test_filenames": the capture says which views are held out (e.g.
+        # cameras off the training trajectory); --holdout-every does not apply then
+        test = [i for i, f in enumerate(listed) if f in test_files]
+        train = [i for i, f in enumerate(listed) if f not in test_files]
     else:
         train, test = _holdout(len(cameras), holdout_every)
     points, colors = ply_points if ply_points is not None else (None, None)

@@ -21,6 +21,9 @@ from .ply import write_ply
 from .render import RenderCamera, render
 
 
+BACKGROUND_MODES = ("auto", "learn", "random", "fixed")
+
+
 @dataclass
 class FitSettings:
     iterations: int = 3000
@@ -36,6 +39,15 @@ class FitSettings:
     reset_every: int = 1500
     checkpoint_every: int = 250
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # What is behind the Gaussians (see BACKGROUND_MODES): "auto" trains over a random colour
+    # each step where images have alpha (so no Gaussian learns to paint the backdrop), and
+    # learns one colour where they are opaque (a world or a sky behind the scene) instead of
+    # leaving it to floaters and shells of Gaussians
+    background_mode: str = "auto"
+    background_lr: float = 1e-2
+    # pruning, on the densification steps and on until the end (see prune_floaters)
+    prune_near_camera: float = 0.3  # closer to a training camera than this x its distance to the scene
+    prune_angular_scale: float = 0.1  # 3D scale over the distance to the nearest camera (radians)
     renderer: str = "auto"
     seed: int = 0
     lr: dict = field(default_factory=lambda: {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3,
@@ -54,19 +66,34 @@ class FitSettings:
 
 
 def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
-        reporter: Reporter | None = None, resume: bool = True) -> dict:
-    """Fit colour Gaussians to the scene's training views; write gaussians.ply; return metrics."""
+        reporter: Reporter | None = None, resume: bool = True, monitor=None) -> dict:
+    """Fit colour Gaussians to the scene's training views; write gaussians.ply; return metrics.
+
+    ``monitor(step, gaussians, background)``, if given, is called after every step (the
+    fit benchmark scores held-out views from it every N steps)."""
     from gsplat.strategy import DefaultStrategy
 
     reporter = reporter or Reporter("none")
+    if settings.background_mode not in BACKGROUND_MODES:
+        raise MaskFieldError(f"unknown background mode {settings.background_mode!r}; use one of "
+                             f"{', '.join(BACKGROUND_MODES)}.")
     if scene.has_alpha:  # transparent images were composited over this colour on load
         settings.background = tuple(float(c) for c in scene.background)
+    mode = settings.background_mode
+    if mode == "auto":
+        mode = "random" if scene.has_alpha else "learn"
+    if mode == "random" and not scene.has_alpha:
+        raise MaskFieldError("--background random needs images with alpha (transparent background); these are "
+                             "opaque. Use --background learn or fixed.")
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
     images = {i: torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
               for i in reporter.track(train, "load", desc="loading images")}
+    alphas = {i: torch.as_tensor(load_alpha(scene, i, settings.downscale), device=device) for i in train} \
+        if mode == "random" else {}
+    backdrop = Backdrop(mode, settings, images, alphas, device)
     cameras = {i: RenderCamera.from_camera(scene.camera(i, settings.downscale), device) for i in train}
     center, radius = scene.bounds()
     cam_centers = np.stack([scene.cameras[i].center for i in train])
@@ -86,6 +113,8 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
             for name, opt in optimizers.items():
                 opt.load_state_dict(ckpt["optimizers"][name])
             strategy_state = ckpt["strategy"]
+            if ckpt.get("backdrop"):
+                backdrop.load_state_dict(ckpt["backdrop"])
             start_step = int(ckpt["step"])
             state = "resumed"
             reporter.log(f"resuming the fit at step {start_step} of {settings.iterations}")
@@ -105,7 +134,11 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     strategy.check_sanity(gaussians.params, optimizers)
     grow_grad2d = strategy.grow_grad2d
 
-    background = torch.tensor(settings.background, dtype=torch.float32, device=device)
+    cam_dist = np.linalg.norm(cam_centers - center, axis=1)
+    floaters = FloaterPruning(torch.as_tensor(cam_centers, dtype=torch.float32, device=device),
+                              torch.as_tensor(cam_dist, dtype=torch.float32, device=device), settings)
+    pruned = {"near_camera": 0, "too_large": 0}
+    zero = torch.zeros(3, device=device)
     means_lr_end = settings.lr["means"] * 0.01
     gamma = (means_lr_end / settings.lr["means"]) ** (1.0 / max(1, settings.iterations))
     for group in optimizers["means"].param_groups:
@@ -121,12 +154,15 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 reporter.check_cancel()
                 view = int(order[step])
                 degree = min(settings.sh_degree, step // settings.sh_degree_every)
-                out = render(gaussians.activated(), cameras[view], sh_degree=degree, background=background,
+                background = backdrop.colour()
+                # composited here rather than in the renderer, so that a learned colour gets its gradient
+                out = render(gaussians.activated(), cameras[view], sh_degree=degree, background=zero,
                              backend=settings.renderer)
+                out["color"] = out["color"] + (1.0 - out["alpha"]).clamp_min(0.0)[..., None] * background
                 info = {"means2d": out["means2d"], "radii": out["radii"], "width": cameras[view].width,
                         "height": cameras[view].height, "n_cameras": 1, "gaussian_ids": None}
                 strategy.step_pre_backward(gaussians.params, optimizers, strategy_state, step, info)
-                target = images[view]
+                target = backdrop.target(view, background)
                 l1 = (out["color"] - target).abs().mean()
                 loss = (1 - settings.ssim_weight) * l1 + settings.ssim_weight * (1 - ssim(out["color"], target))
                 loss.backward()
@@ -136,39 +172,51 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 for opt in optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
+                backdrop.step()
                 for group in optimizers["means"].param_groups:
                     group["lr"] *= gamma
                 # at the size cap: keep pruning, stop growing
                 strategy.grow_grad2d = grow_grad2d if len(gaussians) < settings.max_gaussians else math.inf
                 strategy.step_post_backward(gaussians.params, optimizers, strategy_state, step, info, packed=False)
+                if step > settings.refine_start and step % settings.refine_every == 0:
+                    for why, count in floaters.prune(gaussians, optimizers, strategy_state).items():
+                        pruned[why] += count
                 check_fit_state(gaussians, step + 1, run.fit_checkpoint, full=False)
                 last_loss = loss.item()
                 bar.update(1, loss=last_loss, gaussians=len(gaussians), pairs=out.get("num_pairs", 0))
                 if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.iterations:
                     check_fit_state(gaussians, step + 1, run.fit_checkpoint)  # never save a broken state
-                    _save(run, gaussians, optimizers, strategy_state, step + 1, settings)
+                    _save(run, gaussians, optimizers, strategy_state, step + 1, settings, backdrop)
+                if monitor is not None:
+                    monitor(step + 1, gaussians, backdrop.render_colour())
         step = settings.iterations
     except Cancelled:
-        _save(run, gaussians, optimizers, strategy_state, step, settings)
+        _save(run, gaussians, optimizers, strategy_state, step, settings, backdrop)
         reporter.log(f"fit cancelled at step {step}; run the same command again to resume")
         raise
     fit_seconds = time.perf_counter() - t_start
     check_fit_state(gaussians, step, run.fit_checkpoint)
-    _save(run, gaussians, optimizers, strategy_state, step, settings)
-    metrics = evaluate_views(scene, gaussians, scene.test_indices, settings, device, reporter)
+    _save(run, gaussians, optimizers, strategy_state, step, settings, backdrop)
+    metrics = evaluate_views(scene, gaussians, scene.test_indices, settings, device, reporter,
+                             background=backdrop.render_colour())
     write_ply(run.gaussians_ply, gaussians)
     result = {"gaussians": len(gaussians), "seconds": round(fit_seconds, 1), "final_loss": last_loss,
-              "settings": asdict(settings), "device": device, "resumed_from": start_step, **metrics}
+              "settings": asdict(settings), "device": device, "resumed_from": start_step,
+              "background_mode": mode, "background": list(backdrop.render_colour()), "pruned": pruned, **metrics}
     run.update_stage("fit", **result)
     return result
 
 
-def evaluate_views(scene, gaussians: Gaussians, indices, settings: FitSettings, device, reporter=None) -> dict:
-    """Held-out PSNR and SSIM (the views never trained on)."""
+def evaluate_views(scene, gaussians: Gaussians, indices, settings: FitSettings, device, reporter=None,
+                   background=None) -> dict:
+    """Held-out PSNR, SSIM and the worst floater share (the views never trained on)."""
+    from ..evaluate import floater_share
+
     if not indices:
-        return {"test_psnr": None, "test_ssim": None, "test_views": 0}
-    values_psnr, values_ssim = [], []
-    background = torch.tensor(settings.background, dtype=torch.float32, device=device)
+        return {"test_psnr": None, "test_ssim": None, "test_views": 0, "test_floater_share_max": None}
+    values_psnr, values_ssim, shares = [], [], []
+    background = torch.tensor(settings.background if background is None else background, dtype=torch.float32,
+                              device=device)
     with torch.no_grad():
         g = gaussians.activated()
         for i in indices:
@@ -178,8 +226,123 @@ def evaluate_views(scene, gaussians: Gaussians, indices, settings: FitSettings, 
                            backend=settings.renderer)["color"].clamp(0, 1)
             values_psnr.append(psnr(color, target))
             values_ssim.append(float(ssim(color, target)))
+            shares.append(floater_share(color.cpu().numpy(), target.cpu().numpy()))
     return {"test_psnr": float(np.mean(values_psnr)), "test_ssim": float(np.mean(values_ssim)),
-            "test_views": len(indices)}
+            "test_views": len(indices), "test_floater_share_max": float(np.max(shares))}
+
+
+def load_alpha(scene, index: int, downscale: float) -> np.ndarray:
+    """The image's alpha (H x W float32 in [0, 1]) at the fit's size, as ``Scene.load_image`` sizes colour."""
+    from PIL import Image
+
+    from ..scene.cameras import undistort_image
+    from ..scene.images import resize_image
+
+    with Image.open(scene.image_paths[index]) as img:
+        alpha = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3:] / 255.0
+    full = scene.cameras[index]
+    target = full.scaled(downscale)
+    alpha = resize_image(np.repeat(alpha, 3, axis=2), target.width, target.height)
+    if full.has_distortion:
+        alpha = undistort_image(alpha, target)
+    return np.ascontiguousarray(alpha[..., 0])
+
+
+class Backdrop:
+    """What the Gaussians are composited over while fitting, and the matching targets.
+
+    - ``fixed``: the settings' colour (images with alpha were composited over it on load);
+    - ``learn``: one colour, a parameter fitted with the Gaussians (opaque images whose
+      backdrop is a world colour or a distant, even sky);
+    - ``random``: a new random colour every step, the target re-composited over it from the
+      image's alpha, so that Gaussians cannot paint the backdrop (transparent renders).
+    """
+
+    def __init__(self, mode: str, settings: FitSettings, images: dict, alphas: dict, device):
+        self.mode, self.images, self.alphas, self.device = mode, images, alphas, device
+        self.fixed = torch.tensor(settings.background, dtype=torch.float32, device=device)
+        self.gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)
+        self.logit = None
+        self.optimizer = None
+        if mode == "learn":
+            # start from the images' border colour, which is mostly backdrop
+            border = torch.cat([torch.cat([im[0], im[-1], im[:, 0], im[:, -1]]) for im in images.values()])
+            start = border.median(0).values.clamp(0.02, 0.98)
+            self.logit = torch.nn.Parameter(torch.logit(start).to(device))
+            self.optimizer = torch.optim.Adam([self.logit], lr=settings.background_lr)
+
+    def colour(self) -> torch.Tensor:
+        if self.mode == "learn":
+            return torch.sigmoid(self.logit)
+        if self.mode == "random":
+            return torch.rand(3, generator=self.gen).to(self.device)
+        return self.fixed
+
+    def target(self, view: int, background: torch.Tensor) -> torch.Tensor:
+        image = self.images[view]
+        if self.mode != "random":
+            return image
+        alpha = self.alphas[view][..., None]
+        # the image is colour * alpha + fixed * (1 - alpha): swap the fixed colour for this step's
+        return image + (background.detach() - self.fixed) * (1.0 - alpha)
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def render_colour(self) -> tuple[float, float, float]:
+        """The colour to render novel views over: the learned one, else the fixed one."""
+        c = torch.sigmoid(self.logit.detach()) if self.mode == "learn" else self.fixed
+        return tuple(float(v) for v in c)
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "logit": None if self.logit is None else self.logit.detach().cpu(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.mode == "learn" and state.get("logit") is not None:
+            with torch.no_grad():
+                self.logit.copy_(state["logit"].to(self.device))
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class FloaterPruning:
+    """Removes Gaussians that only a camera's near field or a huge footprint explains.
+
+    - near a camera: closer to a training camera's centre than ``prune_near_camera`` times
+      that camera's distance to the scene centre. Such a Gaussian covers much of one view
+      and little of the others: the floaters that held-out views show as dark blots;
+    - too large: the largest 3D scale over the distance to the nearest training camera (the
+      angle it spans, in radians) above ``prune_angular_scale``; angular, so distant
+      backgrounds of photos keep their big Gaussians while a blob across the view goes.
+    """
+
+    def __init__(self, cam_centers: torch.Tensor, cam_dist: torch.Tensor, settings: FitSettings):
+        self.centers, self.dist, self.settings = cam_centers, cam_dist, settings
+
+    @torch.no_grad()
+    def flags(self, gaussians: Gaussians) -> dict[str, torch.Tensor]:
+        means = gaussians.params["means"].detach()
+        near = torch.zeros(len(means), dtype=torch.bool, device=means.device)
+        nearest = torch.full((len(means),), torch.inf, device=means.device)
+        for chunk in torch.split(torch.arange(len(means), device=means.device), 65_536):
+            d = torch.cdist(means[chunk], self.centers)  # (n, cameras)
+            near[chunk] = (d < self.settings.prune_near_camera * self.dist[None]).any(1)
+            nearest[chunk] = d.min(1).values
+        scale = torch.exp(gaussians.params["scales"].detach()).max(1).values
+        large = scale > self.settings.prune_angular_scale * nearest.clamp_min(1e-6)
+        return {"near_camera": near, "too_large": large & ~near}
+
+    @torch.no_grad()
+    def prune(self, gaussians: Gaussians, optimizers: dict, strategy_state: dict) -> dict[str, int]:
+        from gsplat.strategy.ops import remove
+
+        flags = self.flags(gaussians)
+        mask = flags["near_camera"] | flags["too_large"]
+        if mask.any() and not mask.all():
+            remove(params=gaussians.params, optimizers=optimizers, state=strategy_state, mask=mask)
+        return {k: int(v.sum()) for k, v in flags.items()} if not mask.all() else {k: 0 for k in flags}
 
 
 def _optimizers(gaussians: Gaussians, settings: FitSettings, scene_scale: float) -> dict:
@@ -196,8 +359,9 @@ def _comparable(settings: FitSettings) -> dict:
     return d
 
 
-def _save(run: RunFolder, gaussians, optimizers, strategy_state, step, settings):
+def _save(run: RunFolder, gaussians, optimizers, strategy_state, step, settings, backdrop=None):
     save_torch_atomic({
+        "backdrop": backdrop.state_dict() if backdrop is not None else None,
         "gaussians": gaussians.state_dict(),
         "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
         "strategy": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in strategy_state.items()},

@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A clean colour fit: the learned background, random backgrounds for images with alpha,
+floater pruning (near cameras, over-large), and the floater share of a view."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import look_at_c2w_gl, write_png
+
+from maskfield.evaluate import floater_share
+from maskfield.run import RunFolder
+from maskfield.scene import load_scene
+from maskfield.splats.fit import Backdrop, FitSettings, FloaterPruning, fit
+from maskfield.splats.model import Gaussians
+
+
+def test_floater_share_is_the_largest_wrong_blob_not_thin_edges():
+    target = np.full((40, 50, 3), 0.5, np.float32)
+    render = target.copy()
+    render[5:15, 10:20] = 0.0  # a 10 x 10 floater
+    render[30:34, 30:34] = 1.0  # a smaller blob
+    render[:, 45] = 0.0  # a one-pixel line (an edge off by a pixel): not a floater
+    assert floater_share(render, target) == pytest.approx(100 / (40 * 50))
+    assert floater_share(target, target) == 0.0
+    render[5:15, 10:20] = 0.6  # below the error threshold
+    assert floater_share(render, target) == pytest.approx(16 / (40 * 50))
+
+
+def _uniform_scene(tmp_path, colour, n=6, w=40, h=30):
+    """Opaque images of one colour (a world background, nothing in front), seen from a ring."""
+    folder = tmp_path / "uniform"
+    frames = []
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        write_png(folder / "images" / f"{i:03d}.png", np.full((h, w, 3), np.round(np.array(colour) * 255), np.uint8))
+        frames.append({"file_path": f"images/{i:03d}.png",
+                       "transform_matrix": look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1.0]).tolist()})
+    meta = {"fl_x": 35.0, "fl_y": 35.0, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["learn", "fixed"])
+def test_learned_background_takes_the_world_colour(tmp_path, mode):
+    colour = (0.45, 0.6, 0.3)
+    folder = _uniform_scene(tmp_path, colour)
+    scene = load_scene(folder, holdout_every=3)
+    settings = FitSettings(iterations=40, init_points=300, background_mode=mode, refine_start=1000,
+                           sh_degree=0, checkpoint_every=1000)
+    result = fit(scene, RunFolder(tmp_path / f"run-{mode}"), settings, resume=False)
+    if mode == "learn":
+        # started from the border colour and kept it: the Gaussians need not paint the world
+        assert np.allclose(result["background"], colour, atol=0.05), result["background"]
+        assert result["test_psnr"] > 28, result["test_psnr"]
+    else:  # a black backdrop leaves the Gaussians to paint the world, which 40 steps cannot do
+        assert result["background"] == [0.0, 0.0, 0.0]
+        assert result["test_psnr"] < 25
+
+
+def test_learned_background_gets_a_gradient():
+    images = {0: torch.full((6, 8, 3), 0.8)}
+    backdrop = Backdrop("learn", FitSettings(background_lr=0.1), images, {}, "cpu")
+    with torch.no_grad():
+        backdrop.logit.fill_(0.0)  # 0.5, away from the images' 0.8
+    for _ in range(30):
+        colour = backdrop.colour()
+        loss = (colour - images[0]).abs().mean()  # nothing in front: the image is all backdrop
+        loss.backward()
+        backdrop.step()
+    assert np.allclose(backdrop.render_colour(), 0.8, atol=0.05)
+
+
+def test_random_background_recomposites_the_target():
+    fixed = (1.0, 1.0, 1.0)
+    rgb = torch.tensor([0.2, 0.4, 0.6])
+    alpha = torch.zeros(4, 5)
+    alpha[1:3, 1:4] = 1.0
+    alpha[0, 0] = 0.5
+    image = rgb * alpha[..., None] + torch.tensor(fixed) * (1 - alpha[..., None])  # as loaded over white
+    settings = FitSettings(background=fixed)
+    backdrop = Backdrop("random", settings, {0: image}, {0: alpha}, "cpu")
+    colours = [backdrop.colour() for _ in range(3)]
+    assert not torch.allclose(colours[0], colours[1])
+    for b in colours:
+        expected = rgb * alpha[..., None] + b * (1 - alpha[..., None])
+        assert torch.allclose(backdrop.target(0, b), expected, atol=1e-6)
+
+
+def test_floater_pruning_removes_near_camera_and_over_large_gaussians():
+    cams = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [-4.0, 0.0, 0.0]])
+    dist = cams.norm(dim=1)  # the scene centre is the origin
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.1, 0.0],  # in the scene
+                          [3.5, 0.1, 0.0],  # 0.5 from a camera: a floater in its face
+                          [0.0, -0.3, 0.2],  # in the scene but 2 units wide: spans half a view
+                          [0.1, 0.0, 0.3]])
+    scales = torch.log(torch.tensor([[0.02] * 3, [0.05] * 3, [0.02] * 3, [2.0, 0.1, 0.1], [0.1] * 3]))
+    n = len(means)
+    g = Gaussians({"means": means, "scales": scales, "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                   "opacities": torch.zeros(n), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}, 0)
+    opts = {k: torch.optim.Adam([{"params": p, "lr": 1e-3, "name": k}]) for k, p in g.params.items()}
+    (sum(p.sum() for p in g.params.values())).backward()
+    for o in opts.values():
+        o.step()
+    pruning = FloaterPruning(cams, dist, FitSettings(prune_near_camera=0.3, prune_angular_scale=0.1))
+    flags = pruning.flags(g)
+    assert flags["near_camera"].tolist() == [False, False, True, False, False]
+    assert flags["too_large"].tolist() == [False, False, False, True, False]
+    state = {"grad2d": torch.arange(n, dtype=torch.float32)}
+    counts = pruning.prune(g, opts, state)
+    assert counts == {"near_camera": 1, "too_large": 1}
+    assert len(g) == 3 and torch.allclose(g.means.detach()[:, 0], torch.tensor([0.0, 0.2, 0.1]), atol=1e-2)
+    assert state["grad2d"].tolist() == [0.0, 1.0, 4.0]  # the strategy's running state follows
+    assert opts["means"].state[g.params["means"]]["exp_avg"].shape == (3, 3)  # and Adam's
+
+
+def test_gaussian_label_rendering_blends_the_3d_answer():
+    """Two splats side by side: each pixel takes the prompt of the Gaussians it is made of."""
+    from types import SimpleNamespace
+
+    from maskfield.evaluate import render_gaussian_labels
+    from maskfield.scene.cameras import Camera
+    from maskfield.segment import SegmentSettings
+
+    n = 2
+    g = Gaussians({"means": torch.tensor([[-0.5, 0.0, 3.0], [0.5, 0.0, 3.0]]),
+                   "scales": torch.log(torch.full((n, 3), 0.2)), "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                   "opacities": torch.full((n,), 5.0), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}, 0)
+    camera = Camera("c", 32, 16, 60.0, 60.0, 16.0, 8.0, np.eye(4))  # the splats at x = 6 and 26, 4 px wide
+    seg = SimpleNamespace(gaussians=g, settings=SegmentSettings(mask_threshold=0.5))
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)  # Gaussian 0 is prompt 0's, 1 is prompt 1's
+    labels = render_gaussian_labels(seg, camera, scores)
+    assert labels.shape == (16, 32)
+    assert labels[8, 6] == 0 and labels[8, 26] == 1  # under each splat
+    assert labels[0, 0] == -1 and labels[8, 16] == -1  # too thin a cover there
+    weak = render_gaussian_labels(seg, camera, np.array([[0.4, 0.1], [0.2, 0.3]], np.float32))
+    assert (weak == -1).all()  # no prompt passes the mask threshold

@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The users'-scenes benchmark builder (tools/make_scenes.py, a Blender subprocess): opaque
+renders over the world's colour, training rings, held-out cameras off the trajectory that
+the loader holds out, object labels."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
+import harness  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
+Image = pytest.importorskip("PIL.Image")
+
+BOOKSHELF = {"shelf", "red book", "blue book", "green book", "vase", "globe", "yellow cone", "purple torus",
+             "teapot", "lamp"}
+
+
+@pytest.fixture(scope="module")
+def bookshelf(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    out = tmp_path_factory.mktemp("scenes") / "bookshelf"
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "bookshelf",
+           "--out", str(out), "--views", "6", "--resolution", "48x36", "--holdout-views", "3",
+           "--holdout-elevation", "30", "--holdout-distance", "0.8", "--samples", "2", "--points", "300", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=harness.blender_env(str(home)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    with open(out / "transforms.json", encoding="utf-8") as fh:
+        return out, json.load(fh)
+
+
+def _elevation_distance(frame, center):
+    pos = np.array(frame["transform_matrix"])[:3, 3] - center
+    dist = np.linalg.norm(pos)
+    return np.degrees(np.arcsin(pos[2] / dist)), dist
+
+
+def test_held_out_cameras_are_off_the_training_rings(bookshelf):
+    out, tj = bookshelf
+    center = np.array(tj["blender"]["center"])
+    test = set(tj["test_filenames"])
+    assert len(test) == 3 and len(tj["train_filenames"]) == 6 and not test & set(tj["train_filenames"])
+    train = [_elevation_distance(f, center) for f in tj["frames"] if f["file_path"] not in test]
+    held = [_elevation_distance(f, center) for f in tj["frames"] if f["file_path"] in test]
+    assert sorted({round(e) for e, _ in train}) == [20, 40]
+    assert all(abs(e - 30) < 0.5 for e, _ in held)
+    d_train = np.mean([d for _, d in train])
+    assert all(abs(d / d_train - 0.8) < 0.01 for _, d in held)
+    assert all(os.path.basename(f).startswith("holdout_") for f in test)
+
+    from maskfield.scene import load_scene
+
+    scene = load_scene(out)  # the loader holds out exactly the listed views, not every 8th
+    assert sorted(scene.cameras[i].name for i in scene.test_indices) == sorted(
+        os.path.splitext(os.path.basename(f))[0] for f in test)
+    assert len(scene.train_indices) == 6 and scene.points is not None and len(scene.points) == 300
+
+
+def test_renders_are_opaque_over_the_world_colour(bookshelf):
+    out, tj = bookshelf
+    with open(out / "labels" / "objects.json", encoding="utf-8") as fh:
+        assert set(json.load(fh).values()) == BOOKSHELF
+    assert tj["blender"]["settings"]["transparent"] is False
+    for frame in tj["frames"]:
+        img = Image.open(out / frame["file_path"])
+        assert img.mode == "RGB" and img.size == (48, 36)
+        rgb = np.asarray(img, dtype=np.float32) / 255
+        labels = np.asarray(Image.open(out / frame["label_path"]))
+        assert (labels > 0).any() and (labels == 0).mean() > 0.2
+        world = rgb[labels == 0]
+        # the grey world, not black film: bright, even and grey
+        assert world.mean() > 0.3 and world.std(0).max() < 0.08
+        assert np.ptp(world.mean(0)) < 0.05

@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Build benchmark scenes that look like users' scenes and render them into scene folders.
+
+    python tools/make_scenes.py --scene bookshelf --out DIR [--views 48] [--resolution 200x150]
+        [--holdout-views 8] [--holdout-elevation 30] [--holdout-distance 0.85] [--no-points]
+
+Unlike the tabletop (transparent film, held-out views on the training ring), these are
+rendered over the world's grey background (opaque images, as photos are), from training
+cameras on two rings (20 and 40 degrees elevation) and held-out cameras *off* that
+trajectory: a ring at another elevation (30 degrees) and another distance. The held-out
+frames are listed in transforms.json's ``test_filenames``, so ``maskfield`` holds out exactly
+those. Scenes:
+
+- ``bookshelf``: an open shelf unit (no back, seen from both sides) with nine objects on its boards (books, a vase, a globe, a
+  cone, a torus, a teapot, a small lamp);
+- ``room``: a floor and two walls with furniture (table, chair, sofa, a standing lamp, a
+  teapot on the table, a plant).
+
+Rendering is the add-on's own ``addon.scene_render`` code, as for the tabletop; labels are
+the object-index pass (``labels/``), seed points ``points.ply`` unless ``--no-points``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for path in (ROOT, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import bpy  # noqa: E402  (before bmesh, which the bpy module provides)
+import bmesh  # noqa: E402
+import numpy as np  # noqa: E402
+
+from addon import scene_render  # noqa: E402
+from make_tabletop import _material, _mesh  # noqa: E402  (the tabletop's primitives and materials)
+
+SCENES = ("bookshelf", "room")
+
+
+def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
+    """An axis-aligned box of ``size`` (x, y, z) whose bottom centre sits at ``location``."""
+    me = _box_mesh(size)
+    me.name = name
+    return _link(name, me, location, color, coll, rotation_z)
+
+
+def _link(name: str, me, location, color, coll, rotation_z: float = 0.0):
+    ob = bpy.data.objects.new(name, me)
+    ob.data.materials.append(_material(name, color))
+    ob.location = location
+    ob.rotation_euler = (0.0, 0.0, rotation_z)
+    coll.objects.link(ob)
+    return ob
+
+
+def _join(name: str, parts):
+    """One object from several (mesh, offset) parts, so an object keeps one label."""
+    bm = bmesh.new()
+    for me, offset in parts:
+        tmp = bmesh.new()
+        tmp.from_mesh(me)
+        bmesh.ops.translate(tmp, verts=tmp.verts, vec=offset)
+        data = bpy.data.meshes.new(name + " part")
+        tmp.to_mesh(data)
+        tmp.free()
+        bm.from_mesh(data)
+        bpy.data.meshes.remove(data)
+        bpy.data.meshes.remove(me)
+    me = bpy.data.meshes.new(name)
+    bm.to_mesh(me)
+    bm.free()
+    return me
+
+
+def _lamp(name: str, height: float, shade: float, coll, location, color=(0.9, 0.85, 0.6)):
+    """A thin stem with a cone shade on top: a thin object, hard at the edges."""
+    stem = _mesh("cylinder", name + " stem", height * 0.06)
+    # _mesh's cylinder is 1.3 x its size tall: scale the stem to the lamp's height
+    bm = bmesh.new()
+    bm.from_mesh(stem)
+    bmesh.ops.scale(bm, verts=bm.verts, vec=(1.0, 1.0, height * 0.8 / (height * 0.06 * 1.3)))
+    bm.to_mesh(stem)
+    bm.free()
+    cone = _mesh("cone", name + " shade", shade)
+    me = _join(name, [(stem, (0, 0, 0)), (cone, (0, 0, height * 0.8 - shade * 0.3))])
+    return _link(name, me, location, color, coll)
+
+
+def _teapot(name: str, size: float, coll, location, color=(0.75, 0.75, 0.8)):
+    body = _mesh("sphere", name + " body", size)
+    spout = _mesh("cone", name + " spout", size * 0.3)
+    lid = _mesh("cone", name + " lid", size * 0.35)
+    me = _join(name, [(body, (0, 0, 0)), (spout, (size * 0.55, 0, size * 0.25)), (lid, (0, 0, size * 0.9))])
+    return _link(name, me, location, color, coll)
+
+
+def build_bookshelf(scene, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    coll = scene.collection
+    wood = (0.40, 0.24, 0.12)
+    w, d, h, board = 2.0, 0.5, 1.6, 0.05
+    parts = []
+    for x in (-w / 2, w / 2 - board):  # sides
+        parts.append(((board, d, h), (x + board / 2, 0, 0)))
+    for z in (0.0, 0.55, 1.1, h - board):  # boards
+        parts.append(((w, d, board), (0, 0, z)))
+    objs = [_link("shelf", _join("shelf", [(_box_mesh(size), loc) for size, loc in parts]), (0, 0, 0), wood, coll)]
+    top = [0.05, 0.6, 1.15]
+    jitter = lambda: float(rng.uniform(-0.05, 0.05))  # noqa: E731
+    # three books side by side on the lowest board
+    for k, (name, color) in enumerate([("red book", (0.6, 0.04, 0.03)), ("blue book", (0.03, 0.1, 0.6)),
+                                       ("green book", (0.05, 0.4, 0.08))]):
+        objs.append(_box(name, (0.09, 0.32, 0.42 + 0.03 * k), (-0.7 + 0.11 * k + jitter() * 0.2, -0.02, top[0]),
+                         color, coll))
+    objs.append(_link("vase", _mesh("cylinder", "vase", 0.22), (0.1 + jitter(), -0.02, top[0]), (0.1, 0.5, 0.55), coll))
+    objs.append(_link("globe", _mesh("sphere", "globe", 0.34), (0.6 + jitter(), -0.02, top[0]), (0.15, 0.3, 0.7), coll))
+    objs.append(_link("yellow cone", _mesh("cone", "yellow cone", 0.3), (-0.55 + jitter(), -0.02, top[1]),
+                      (0.85, 0.65, 0.02), coll))
+    objs.append(_link("purple torus", _mesh("torus", "purple torus", 0.4), (0.05 + jitter(), -0.02, top[1]),
+                      (0.35, 0.04, 0.55), coll))
+    objs.append(_teapot("teapot", 0.26, coll, (0.6 + jitter(), -0.02, top[1])))
+    objs.append(_lamp("lamp", 0.4, 0.2, coll, (-0.3 + jitter(), -0.05, top[2])))
+    _lights(scene, coll, (1.5, -2.0, 3.0))
+    return objs
+
+
+def build_room(scene, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    coll = scene.collection
+    objs = [
+        _box("floor", (4.0, 4.0, 0.05), (0, 0, -0.05), (0.55, 0.5, 0.45), coll),
+        _box("back wall", (4.0, 0.08, 1.6), (0, 2.0, -0.05), (0.8, 0.78, 0.7), coll),
+        _box("side wall", (0.08, 4.0, 1.6), (-2.0, 0, -0.05), (0.7, 0.75, 0.8), coll),
+    ]
+    a = float(rng.uniform(-0.2, 0.2))
+    # a table: top and four legs, one object
+    legs = []
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            legs.append(((0.06, 0.06, 0.7), (sx * 0.5, sy * 0.3, 0)))
+    legs.append(((1.2, 0.75, 0.05), (0, 0, 0.7)))
+    objs.append(_link("table", _join("table", [(_box_mesh(s), o) for s, o in legs]),
+                      (0.3, 0.2, 0), (0.4, 0.25, 0.12), coll, a))
+    chair = [((0.05, 0.05, 0.4), (sx * 0.2, sy * 0.2, 0)) for sx in (-1, 1) for sy in (-1, 1)]
+    chair += [((0.45, 0.45, 0.05), (0, 0, 0.4)), ((0.45, 0.05, 0.45), (0, 0.2, 0.45))]
+    objs.append(_link("chair", _join("chair", [(_box_mesh(s), o) for s, o in chair]),
+                      (0.3, 0.85, 0), (0.6, 0.1, 0.1), coll, math.pi + a))
+    sofa = [((1.4, 0.6, 0.4), (0, 0, 0)), ((1.4, 0.15, 0.45), (0, 0.25, 0.4)),
+            ((0.15, 0.6, 0.25), (-0.7, 0, 0.4)), ((0.15, 0.6, 0.25), (0.7, 0, 0.4))]
+    objs.append(_link("sofa", _join("sofa", [(_box_mesh(s), o) for s, o in sofa]),
+                      (-1.2, -0.6, 0), (0.1, 0.3, 0.5), coll, math.pi / 2))
+    objs.append(_lamp("lamp", 1.3, 0.35, coll, (1.5, 1.5, 0)))
+    objs.append(_teapot("teapot", 0.2, coll, (0.45, 0.15, 0.75)))
+    plant = _join("plant", [(_mesh("cylinder", "pot", 0.25), (0, 0, 0)), (_mesh("sphere", "leaves", 0.45), (0, 0, 0.3))])
+    objs.append(_link("plant", plant, (1.4, -1.2, 0), (0.1, 0.45, 0.1), coll))
+    _lights(scene, coll, (2.0, -2.5, 3.5))
+    return objs
+
+
+def _box_mesh(size):
+    """A box mesh of ``size`` (x, y, z) standing on the origin."""
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=1.0)
+    bmesh.ops.scale(bm, verts=bm.verts, vec=size)
+    bmesh.ops.translate(bm, verts=bm.verts, vec=(0, 0, size[2] / 2))
+    me = bpy.data.meshes.new("part")
+    bm.to_mesh(me)
+    bm.free()
+    return me
+
+
+def _lights(scene, coll, key_location) -> None:
+    key = bpy.data.lights.new("key light", "AREA")
+    key.energy = 300.0
+    key.size = 3.0
+    key_ob = bpy.data.objects.new("key light", key)
+    key_ob.location = key_location
+    key_ob.rotation_euler = (math.radians(35), 0.0, math.radians(40))
+    coll.objects.link(key_ob)
+    sun = bpy.data.lights.new("sun", "SUN")
+    sun.energy = 2.5
+    sun_ob = bpy.data.objects.new("sun", sun)
+    sun_ob.rotation_euler = (math.radians(50), math.radians(-20), math.radians(-30))
+    coll.objects.link(sun_ob)
+    scene.world = scene_render.grey_world("grey world", 0.45, 0.9)
+
+
+BUILDERS = {"bookshelf": build_bookshelf, "room": build_room}
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return (int(w), int(h or w))
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scene", choices=SCENES, default="bookshelf")
+    ap.add_argument("--out", required=True, help="scene folder to write")
+    ap.add_argument("--views", type=int, default=48, help="training views, on the rings")
+    ap.add_argument("--rings", default="20,40", help="training ring elevations in degrees")
+    ap.add_argument("--resolution", type=_resolution, default=(200, 150), help="WxH (or one number)")
+    ap.add_argument("--holdout-views", type=int, default=8)
+    ap.add_argument("--holdout-elevation", type=float, default=30.0)
+    ap.add_argument("--holdout-distance", type=float, default=0.85, help="factor of the training distance")
+    ap.add_argument("--margin", type=float, default=0.9, help="framing: 1 fits the bounding sphere in view")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--engine", default="CYCLES", choices=scene_render.ENGINES)
+    ap.add_argument("--points", type=int, default=20000)
+    ap.add_argument("--no-points", action="store_true", help="write no seed points (fit from random points)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-blend")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.name = args.scene
+    objs = BUILDERS[args.scene](scene, args.seed)
+    settings = scene_render.RenderSettings(
+        views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine,
+        points=0 if args.no_points else args.points, layout="RINGS", margin=args.margin,
+        ring_elevations=tuple(float(e) for e in args.rings.split(",")), seed=args.seed, transparent=False,
+        holdout_views=args.holdout_views, holdout_elevation=args.holdout_elevation,
+        holdout_distance=args.holdout_distance, extra={"generator": "tools/make_scenes.py", "scene": args.scene})
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and (done == total or done % 10 == 0):
+            print(f"rendered {done}/{total} views", file=sys.stderr, flush=True)
+
+    summary = scene_render.render_scene_folder(objs, args.out, settings, scene=scene, progress=progress)
+    if args.save_blend:
+        bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.save_blend), copy=True)
+    if not args.quiet:
+        print(f"wrote {summary['views']} views ({summary['holdout_views']} held out) of {len(summary['objects'])} "
+              f"objects to {summary['folder']} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
