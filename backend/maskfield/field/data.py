@@ -143,6 +143,10 @@ def build_views(scene, gaussians, priors: dict, indices, long_side: int, device,
         keep = targets.sum(1) >= 1.0  # masks smaller than a pixel at this resolution teach nothing
         if not keep.any():
             continue
+        if not bool((alpha > 0.5).any()):  # the Gaussians cover none of it: nothing to supervise
+            reporter.log(f"view {name}: the Gaussians cover none of its pixels; it is left out of the mask field",
+                         level="warning")
+            continue
         views.append(FieldView(
             name=name, weights=W, alpha=alpha,
             targets=torch.as_tensor(targets[keep], device=device),
