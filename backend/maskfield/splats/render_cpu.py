@@ -80,7 +80,7 @@ def _bin_tiles(means2d, conics, opacities, valid, order, width, height):
     return offsets, entries, box
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _alpha_at(px, py, mx, my, ca, cb, cc, o):
     """(alpha before the 0.99 clamp, falloff, dx, dy) of one pixel-Gaussian pair."""
     dx = px - mx
@@ -231,7 +231,7 @@ def _sum_per_gaussian(entry_grads, entries, n):
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, count):
     """Walk one tile as the forward pass does; count each pixel's blending pairs (``count``) or
     write them from ``first[pixel]`` on, front to back."""
@@ -385,7 +385,7 @@ NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _mm(A, B):
     """A @ B for the small matrices here (plain loops: numba would call BLAS for @)."""
     out = np.zeros((A.shape[0], B.shape[1]))
@@ -396,7 +396,7 @@ def _mm(A, B):
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _mv(A, v):
     out = np.zeros(A.shape[0])
     for i in range(A.shape[0]):
@@ -405,7 +405,7 @@ def _mv(A, v):
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _quat_to_rotmat(w, x, y, z):
     R = np.empty((3, 3))
     R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
@@ -414,7 +414,7 @@ def _quat_to_rotmat(w, x, y, z):
     return R
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _camera_covariance(quat, scale, Rv):
     """(unit quaternion, its rotation, the covariance in camera axes)."""
     qn = math.sqrt(quat[0] ** 2 + quat[1] ** 2 + quat[2] ** 2 + quat[3] ** 2)
@@ -429,7 +429,7 @@ def _camera_covariance(quat, scale, Rv):
     return (w, x, y, z, qn), Rq, M, cov_c
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _jacobian(pc, K, width, height):
     """gsplat's perspective Jacobian (2,3), with x/z and y/z clamped to 1.3x the field of view."""
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
@@ -561,7 +561,7 @@ def _project_backward(means, quats, scales, viewmat, K, width, height, g_means2d
     return d_means, d_quats, d_scales
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sh_basis(n_bases, x, y, z, B, dB):
     """Real SH basis at the unit direction (gsplat's ordering and constants), and its partials."""
     B[0] = 0.2820947917738781
@@ -696,3 +696,13 @@ def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, 
 def sh_colors(means, sh, viewmat, degree: int):
     campos = torch.linalg.inv(viewmat.detach())[:3, 3]
     return _SphericalHarmonics.apply(means, sh, campos, (degree + 1) ** 2)
+
+
+def threading_layer() -> str:
+    """The threading layer numba runs its parallel loops on (after the first parallel call)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # nothing has run in parallel yet
+        return "not started"
