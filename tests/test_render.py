@@ -315,3 +315,58 @@ def test_reading_a_plain_point_cloud_as_gaussians_says_what_it_is(tmp_path):
     PlyData([PlyElement.describe(data, "vertex")]).write(str(tmp_path / "p.ply"))
     with pytest.raises(MaskFieldError, match="not a 3D Gaussian Splatting PLY"):
         read_ply(tmp_path / "p.ply")
+
+
+@pytest.mark.parametrize("t_mps, t_cpu, expected", [(0.05, 0.2, ("mps", "torch")), (0.3, 0.1, ("cpu", "cpu"))])
+def test_on_apple_gpus_the_faster_renderer_is_kept_and_said(t_mps, t_cpu, expected):
+    from maskfield.splats.render import choose_fit_device
+
+    calls, said = [], []
+
+    def timer(device, backend):
+        calls.append((device, backend))
+        return {"mps": t_mps, "cpu": t_cpu}[device]
+
+    assert choose_fit_device("mps", "auto", timer=timer, log=said.append) == expected
+    assert sorted(calls) == [("cpu", "cpu"), ("mps", "torch")]
+    assert len(said) == 1 and f"{t_mps:.3f} s" in said[0] and f"{t_cpu:.3f} s" in said[0]
+    assert ("Apple GPU" if expected[0] == "mps" else "the CPU") in said[0].split("fitting on")[1]
+
+
+@pytest.mark.parametrize("device, renderer", [("cpu", "auto"), ("cuda", "auto"), ("mps", "torch"), ("mps", "cpu")])
+def test_no_timing_unless_mps_is_left_to_choose(device, renderer):
+    from maskfield.splats.render import choose_fit_device
+
+    def timer(*_):
+        raise AssertionError("timed although the choice was made")
+
+    assert choose_fit_device(device, renderer, timer=timer) == (device, renderer)
+
+
+def test_the_render_timer_times_a_real_render():
+    from maskfield.splats.render import time_one_render
+
+    seconds = time_one_render("cpu", "cpu", n=500, width=32, height=24, repeats=1)
+    assert 0 < seconds < 60
+
+
+def test_auto_picks_the_compiled_renderer_on_the_cpu_and_says_what_is_wrong():
+    from maskfield.splats.render import choose_backend
+
+    assert choose_backend("auto", "cpu") == "cpu"
+    assert choose_backend("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="CPU tensors"):
+        choose_backend("cpu", "meta")
+    with pytest.raises(ValueError, match="unknown renderer"):
+        choose_backend("numba", "cpu")
+
+
+def test_random_initialisation_sizes_gaussians_by_their_nearest_neighbours():
+    g = Gaussians.random_in_bounds(np.array([1.0, 2.0, 3.0]), 2.0, 300, seed=3)
+    pts = g.means.detach().numpy().astype(np.float64)
+    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    nearest3 = np.sort(d, axis=1)[:, 1:4]  # brute force, column 0 is the point itself
+    expected = np.sqrt((nearest3 ** 2).mean(1))
+    scales = np.exp(g.params["scales"].detach().numpy())
+    assert np.allclose(scales, expected[:, None], rtol=1e-4)
+    assert (np.abs(pts[:240] - [1.0, 2.0, 3.0]) <= 2.0 + 1e-5).all()  # four fifths inside the bounds

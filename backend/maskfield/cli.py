@@ -21,7 +21,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
     p.add_argument("--holdout-every", type=int, default=8, help="every Nth image is held out for PSNR (0: none)")
-    p.add_argument("--renderer", choices=["auto", "gsplat", "torch"], default="auto")
+    p.add_argument("--renderer", choices=["auto", "gsplat", "cpu", "torch"], default="auto",
+                   help="auto: gsplat on CUDA, the compiled CPU renderer on the CPU, on MPS whichever of MPS "
+                        "and the compiled CPU renderer renders a test view faster; torch: the PyTorch reference")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another scene in --out")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a saved fit")
     p.add_argument("--max-gaussians", type=int, default=None)
@@ -147,6 +149,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .run import RunFolder, resolve_device
     from .scene import load_scene
     from .splats.fit import FitSettings, fit
+    from .splats.render import choose_fit_device
 
     device = resolve_device(args.device)
     scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every)
@@ -156,8 +159,9 @@ def run_fit(args, reporter: Reporter) -> dict:
     downscale = args.downscale if args.downscale else _auto_downscale(scene)
     run = RunFolder(args.out)
     run.claim(scene, args.scene, overwrite=args.overwrite)
+    device, renderer = choose_fit_device(device, args.renderer, log=reporter.log)
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
-                                      renderer=args.renderer, max_gaussians=args.max_gaussians,
+                                      renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")

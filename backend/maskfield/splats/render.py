@@ -430,3 +430,55 @@ def compositing_weights(g: dict[str, torch.Tensor], camera: RenderCamera, backen
     _, _, _, _, alpha_raw = _pair_geometry(m2, con, opac, pairs, camera.width)
     alpha, T, kept = _blend_alpha(alpha_raw, pairs)
     return pairs.pixel[kept], visible[pairs.gaussian[kept]], (alpha * T)[kept]
+
+
+# --- Apple GPUs: MPS or the compiled CPU renderer, whichever is faster here -----------------
+
+def choose_fit_device(device: str, renderer: str = "auto", timer=None, log=None) -> tuple[str, str]:
+    """(device, renderer) for fitting: on MPS with ``renderer='auto'``, time one small render on
+    each of MPS (the torch renderer) and the CPU (the compiled one) and keep the faster.
+
+    Apple's CPUs are fast and the torch renderer's many small ops are not, so either can win
+    depending on the machine. ``timer(device, backend)`` returns seconds per render (injected
+    in tests); ``log`` receives the sentence saying what was chosen and why.
+    """
+    if device != "mps" or renderer != "auto":
+        return device, renderer
+    if not compiled_available():
+        return "mps", "torch"
+    timer = timer or time_one_render
+    t_mps, t_cpu = timer("mps", "torch"), timer("cpu", "cpu")
+    choice = ("mps", "torch") if t_mps < t_cpu else ("cpu", "cpu")
+    if log is not None:
+        log(f"renderer: one test view took {t_mps:.3f} s on the Apple GPU (PyTorch renderer) and {t_cpu:.3f} s "
+            f"on the CPU (compiled renderer); fitting on {'the Apple GPU' if choice[0] == 'mps' else 'the CPU'}")
+    return choice
+
+
+def time_one_render(device: str, backend: str, n: int = 20_000, width: int = 200, height: int = 150,
+                    repeats: int = 3) -> float:
+    """Median seconds of a forward+backward render of ``n`` random Gaussians on ``device``."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    depth = 2.0 + 4.0 * torch.rand(n, generator=gen)
+    f = 0.8 * width
+    xy = (torch.rand(n, 2, generator=gen) - 0.5) * torch.tensor([width, height]) / f * depth[:, None]
+    g = {"means": torch.cat([xy, depth[:, None]], 1),
+         "scales": torch.exp(torch.empty(n, 3).uniform_(-5.5, -4.5, generator=gen)) * depth[:, None],
+         "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=gen), dim=-1),
+         "opacities": 0.1 + 0.8 * torch.rand(n, generator=gen),
+         "sh": 0.3 * torch.randn(n, 16, 3, generator=gen)}
+    g = {k: v.to(device).requires_grad_() for k, v in g.items()}
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    camera = RenderCamera(torch.eye(4, device=device), K.to(device), width, height)
+    times = []
+    for i in range(repeats + 1):  # the first run compiles / warms up
+        t0 = time.perf_counter()
+        out = render(g, camera, sh_degree=3, backend=backend)
+        out["color"].sum().backward()
+        if device == "mps":
+            torch.mps.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
