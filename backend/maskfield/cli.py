@@ -163,6 +163,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points)
+    _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)
@@ -170,6 +171,18 @@ def run_fit(args, reporter: Reporter) -> dict:
     summary["ply"] = str(run.gaussians_ply)
     reporter.result("fit", **summary)
     return summary
+
+
+def _prepare_compiled_renderer(device: str, renderer: str, reporter: Reporter) -> None:
+    """Compile (first run on this machine, about a minute) or load the CPU renderer, saying so."""
+    from .splats.render import choose_backend
+
+    if choose_backend(renderer, device) != "cpu":
+        return
+    from .splats import render_cpu
+
+    reporter.log("loading the compiled CPU renderer (the first run on a machine compiles it, about a minute)")
+    reporter.log(f"compiled CPU renderer ready in {render_cpu.warm_up():.1f} s")
 
 
 def _auto_downscale(scene) -> float:

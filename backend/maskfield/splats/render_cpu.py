@@ -81,15 +81,31 @@ def _bin_tiles(means2d, conics, opacities, valid, order, width, height):
 
 
 @njit(cache=True)
-def _alpha_at(px, py, mx, my, ca, cb, cc, o):
-    """(alpha before the 0.99 clamp, falloff, dx, dy) of one pixel-Gaussian pair."""
+def _alpha_at(px, py, mx, my, ca, cb, cc, o, s_cut):
+    """(alpha before the 0.99 clamp, falloff, dx, dy) of one pixel-Gaussian pair; alpha 0 where
+    sigma is past ``s_cut`` (just past alpha = 1/255: the exact test stays the caller's), which
+    saves the exp for most pixels of a Gaussian's box."""
     dx = px - mx
     dy = py - my
     sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    if sigma < 0.0:
+    if sigma < 0.0 or sigma > s_cut:
         return 0.0, 0.0, dx, dy
     falloff = math.exp(-sigma)
     return o * falloff, falloff, dx, dy
+
+
+@njit(cache=True)
+def _row_span(y, mx, my, ca, cb, cc, s_cut, x_lo, x_hi):
+    """The pixels of row y (within x_lo..x_hi) whose centres lie inside sigma <= s_cut."""
+    dy = y + 0.5 - my
+    # 0.5 ca dx^2 + cb dy dx + 0.5 cc dy^2 - s_cut <= 0
+    disc = cb * cb * dy * dy - ca * (cc * dy * dy - 2.0 * s_cut)
+    if disc < 0.0 or ca <= 0.0:
+        return 1, 0
+    root = math.sqrt(disc)
+    x0 = max(math.ceil(mx + (-cb * dy - root) / ca - 0.5), x_lo)
+    x1 = min(math.floor(mx + (-cb * dy + root) / ca - 0.5), x_hi)
+    return x0, x1
 
 
 # Each tile runs Gaussian by Gaussian, front to back, over the pixels of the Gaussian's box
@@ -120,12 +136,14 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+            s_cut = math.log(o / ALPHA_MIN) + 1e-3
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
-                for x in range(max(box[g, 0], x_lo), min(box[g, 1], x_hi) + 1):
+                x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+                for x in range(x0, x1 + 1):
                     i = (y - y_lo) * tw + (x - x_lo)
                     if done[i]:
                         continue
-                    a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o)
+                    a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
                     if a_raw < ALPHA_MIN:
                         continue
                     a = min(a_raw, ALPHA_MAX)
@@ -187,14 +205,16 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+            s_cut = math.log(o / ALPHA_MIN) + 1e-3
             g_o = g_a = g_b = g_c = g_x = g_y = 0.0
             gv[:] = 0.0
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
-                for x in range(max(box[g, 0], x_lo), min(box[g, 1], x_hi) + 1):
+                x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+                for x in range(x0, x1 + 1):
                     i = (y - y_lo) * tw + (x - x_lo)
                     if k >= last[i]:
                         continue
-                    a_raw, falloff, dx, dy = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o)
+                    a_raw, falloff, dx, dy = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
                     if a_raw < ALPHA_MIN:
                         continue
                     a = min(a_raw, ALPHA_MAX)
@@ -249,12 +269,14 @@ def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, h
         g = entries[k]
         mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
         ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+        s_cut = math.log(o / ALPHA_MIN) + 1e-3
         for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
-            for x in range(max(box[g, 0], x_lo), min(box[g, 1], x_hi) + 1):
+            x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+            for x in range(x0, x1 + 1):
                 i = (y - y_lo) * tw + (x - x_lo)
                 if done[i]:
                     continue
-                a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o)
+                a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
                 if a_raw < ALPHA_MIN:
                     continue
                 a = min(a_raw, ALPHA_MAX)
