@@ -368,5 +368,5 @@ def test_random_initialisation_sizes_gaussians_by_their_nearest_neighbours():
     nearest3 = np.sort(d, axis=1)[:, 1:4]  # brute force, column 0 is the point itself
     expected = np.sqrt((nearest3 ** 2).mean(1))
     scales = np.exp(g.params["scales"].detach().numpy())
-    assert np.allclose(scales, expected[:, None], rtol=1e-4)
+    assert np.allclose(scales, 0.3 * expected[:, None], rtol=1e-4)
     assert (np.abs(pts[:240] - [1.0, 2.0, 3.0]) <= 2.0 + 1e-5).all()  # four fifths inside the bounds
