@@ -49,7 +49,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="LLFF scenes: the image folder to use (images, images_4, images_8; default images)")
     p.add_argument("--holdout-every", type=_number(int, 0), default=8, help="every Nth image is held out for PSNR (0: none)")
-    p.add_argument("--renderer", choices=["auto", "gsplat", "torch"], default="auto")
+    p.add_argument("--renderer", choices=["auto", "gsplat", "cpu", "torch"], default="auto",
+                   help="auto: gsplat on CUDA, the compiled CPU renderer on the CPU, on MPS whichever of MPS "
+                        "and the compiled CPU renderer renders a test view faster; torch: the PyTorch reference")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another scene in --out")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a saved fit")
     p.add_argument("--max-gaussians", type=POSITIVE_INT, default=None,
@@ -326,6 +328,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .run import RunFolder, resolve_device
     from .scene import load_scene
     from .splats.fit import FitSettings, fit
+    from .splats.render import choose_fit_device
 
     device = resolve_device(args.device)
     scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
@@ -344,9 +347,11 @@ def run_fit(args, reporter: Reporter) -> dict:
                              f"it only stops densification from growing, so give at least {seeds}.")
     run = RunFolder(args.out)
     run.claim(scene, args.scene, overwrite=args.overwrite)
+    device, renderer = choose_fit_device(device, args.renderer, log=reporter.log)
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
-                                      renderer=args.renderer, max_gaussians=args.max_gaussians,
+                                      renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None))
+    _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)
@@ -354,6 +359,18 @@ def run_fit(args, reporter: Reporter) -> dict:
     summary["ply"] = str(run.gaussians_ply)
     reporter.result("fit", **summary)
     return summary
+
+
+def _prepare_compiled_renderer(device: str, renderer: str, reporter: Reporter) -> None:
+    """Compile (first run on this machine, about a minute) or load the CPU renderer, saying so."""
+    from .splats.render import choose_backend
+
+    if choose_backend(renderer, device) != "cpu":
+        return
+    from .splats import render_cpu
+
+    reporter.log("loading the compiled CPU renderer (the first run on a machine compiles it, about a minute)")
+    reporter.log(f"compiled CPU renderer ready in {render_cpu.warm_up():.1f} s")
 
 
 def _auto_downscale(scene) -> float:

@@ -233,7 +233,7 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"maskfield": __version__, "python": platform.python_version()}
-    for dist in ("torch", "gsplat", "segment-anything", "open_clip_torch", "numpy"):
+    for dist in ("torch", "gsplat", "numba", "segment-anything", "open_clip_torch", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -1,23 +1,29 @@
-"""One ``render`` function over two rasterisers with the same outputs.
+"""One ``render`` function over three rasterisers with the same outputs.
 
 - ``gsplat``: gsplat's CUDA rasteriser (fast, NVIDIA only; compiles its kernels on first use).
-- ``torch``: our own differentiable renderer in plain PyTorch, for the CPU and Apple MPS
-  (and for CUDA machines where gsplat cannot compile). It uses gsplat's PyTorch projection
-  and spherical-harmonics maths, then:
+- ``cpu``: our compiled CPU rasteriser (numba, tile-based, multi-threaded; ``render_cpu.py``),
+  the default on the CPU.
+- ``torch``: our own differentiable renderer in plain PyTorch and float32 only, for Apple MPS
+  (and for CUDA machines where gsplat cannot compile), and the reference the compiled one is
+  tested against. All three use gsplat's PyTorch projection and spherical-harmonics maths
+  (gsplat's own on CUDA); the torch renderer then:
     1. culls each Gaussian to its screen footprint (3-sigma box) and lists the
        (pixel, Gaussian) pairs inside it whose alpha is at least 1/255 — never a dense
        Gaussians x pixels matrix;
     2. orders the pairs front to back per pixel (Gaussians sorted by depth, then a stable
        sort by pixel);
-    3. composites with a custom autograd function whose backward is the closed-form
-       gradient of alpha blending (segmented prefix / suffix sums), which is several times
-       cheaper than letting autograd trace the blending.
+    3. stops each pixel once its transmittance would fall below 1e-4, as 3DGS does;
+    4. composites with a custom autograd function whose backward is the closed-form
+       gradient of alpha blending (segmented prefix / suffix sums, in float32 by a
+       log-step scan inside each pixel's segment), several times cheaper than letting
+       autograd trace the blending.
 Both return colour, extra feature channels, alpha and depth, plus ``means2d`` and ``radii``
 in the form gsplat's densification strategies read.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +31,8 @@ import torch
 
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped, as in 3DGS
 ALPHA_MAX = 0.99  # keeps 1 - alpha away from zero (3DGS clamps the same way)
+T_MIN = 1e-4  # a pixel stops blending before its transmittance would fall below this (3DGS)
+RENDERERS = ("auto", "gsplat", "cpu", "torch")
 
 
 @dataclass
@@ -58,20 +66,47 @@ def render(gaussians: dict[str, torch.Tensor], camera: RenderCamera, sh_degree: 
         background = torch.zeros(3, device=gaussians["means"].device)
     if backend == "gsplat":
         return _render_gsplat(gaussians, camera, sh_degree, colors, features, background)
+    if backend == "cpu":
+        return _render_compiled(gaussians, camera, sh_degree, colors, features, background)
     return _render_torch(gaussians, camera, sh_degree, colors, features, background)
 
 
 def choose_backend(requested: str, device: torch.device | str) -> str:
+    """The renderer for tensors on ``device``: 'auto' is gsplat on CUDA, compiled on the CPU."""
     device = torch.device(device)
     if requested == "torch":
         return "torch"
     if requested == "gsplat":
         if device.type != "cuda":
-            raise ValueError("the gsplat rasteriser runs on CUDA only; use backend='torch' on this device")
+            raise ValueError("the gsplat rasteriser runs on CUDA only; use backend='cpu' or 'torch' on this device")
         return "gsplat"
+    if requested == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"the compiled rasteriser renders CPU tensors, these are on {device.type}; "
+                             "move the Gaussians to the CPU or use backend='torch'")
+        return "cpu"
     if requested != "auto":
-        raise ValueError(f"unknown renderer {requested!r}: use 'auto', 'gsplat' or 'torch'")
-    return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+        raise ValueError(f"unknown renderer {requested!r}: use one of {', '.join(RENDERERS)}")
+    if device.type == "cuda":
+        return "gsplat" if gsplat_available() else "torch"
+    if device.type == "cpu" and compiled_available():
+        return "cpu"
+    return "torch"
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_available() -> bool:
+    """True when numba imports (a pinned dependency; without it the torch renderer stands in)."""
+    try:
+        import numba  # noqa: F401
+
+        return True
+    except ImportError as exc:
+        import sys
+
+        print(f"maskfield: the compiled CPU rasteriser is unavailable ({exc}); using the PyTorch renderer.",
+              file=sys.stderr)
+        return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,19 +248,46 @@ def _pairs(means2d, conics, opacities, depths, width, height) -> Pairs:
     return Pairs(pix_sorted, gid, seg_start, seg_start + per_pixel[pix_sorted])
 
 
-def _segment_exclusive_cumsum(x: torch.Tensor, seg_start: torch.Tensor) -> torch.Tensor:
-    """Sum of x over earlier pairs of the same pixel (float64: millions of terms)."""
-    xd = x.double()
-    cs = torch.cumsum(xd, 0)
-    return cs - xd - (cs[seg_start] - xd[seg_start])
+def _segment_inclusive_scan(x: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """Sum of x over the pairs up to and including each one, within its pixel's segment.
+
+    ``rank`` is each pair's place in its segment. A log-step (Hillis-Steele) scan: step k adds
+    the partial sum k places back when that is still in the segment. Every sum only ever
+    holds terms of one pixel, so float32 keeps its accuracy where one global cumsum over
+    millions of pairs (then differenced per segment) would not.
+    """
+    out = x
+    longest = int(rank.max()) + 1 if rank.numel() else 0
+    k = 1
+    while k < longest:
+        shifted = torch.where(rank[k:] >= k, out[:-k], out.new_zeros(()))
+        out = torch.cat([out[:k], out[k:] + shifted])
+        k *= 2
+    return out
 
 
-def _segment_exclusive_suffix(x: torch.Tensor, seg_end: torch.Tensor) -> torch.Tensor:
+def _segment_exclusive_cumsum(x: torch.Tensor, pairs: "Pairs") -> torch.Tensor:
+    """Sum of x over earlier pairs of the same pixel."""
+    rank = torch.arange(x.numel(), device=x.device) - pairs.seg_start
+    return _segment_inclusive_scan(x, rank) - x
+
+
+def _segment_exclusive_suffix(x: torch.Tensor, pairs: "Pairs") -> torch.Tensor:
     """Sum of x over later pairs of the same pixel."""
-    xd = x.double()
-    rc = torch.flip(torch.cumsum(torch.flip(xd, (0,)), 0), (0,))
-    rc = torch.cat([rc, rc.new_zeros(1)])
-    return rc[:-1] - xd - rc[seg_end]
+    rank_from_end = torch.flip(pairs.seg_end - 1 - torch.arange(x.numel(), device=x.device), (0,))
+    return torch.flip(_segment_inclusive_scan(torch.flip(x, (0,)), rank_from_end), (0,)) - x
+
+
+def _blend_alpha(alpha_raw: torch.Tensor, pairs: "Pairs") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(alpha, T in front, kept): clamped alpha, zero past each pixel's early termination."""
+    alpha = alpha_raw.clamp(max=ALPHA_MAX)
+    log_t = _segment_exclusive_cumsum(torch.log1p(-alpha), pairs)
+    # 3DGS stops a pixel before the pair that would take T below T_MIN; T only falls, so the
+    # kept pairs are a prefix of each segment
+    kept = (log_t + torch.log1p(-alpha)) >= math.log(T_MIN)
+    alpha = alpha * kept
+    T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pairs))
+    return alpha, T, kept
 
 
 def _pair_geometry(means2d, conics, opacities, pairs: Pairs, width: int):
@@ -256,29 +318,29 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, values, background, pairs: Pairs, width, n_pix):
         dx, dy, c, falloff, alpha_raw = _pair_geometry(means2d, conics, opacities, pairs, width)
-        alpha = alpha_raw.clamp(max=ALPHA_MAX)
-        T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pairs.seg_start)).to(alpha.dtype)
+        alpha, T, kept = _blend_alpha(alpha_raw, pairs)
         w = alpha * T
         out = values.new_zeros(n_pix, values.shape[1]).index_add_(0, pairs.pixel, w[:, None] * values[pairs.gaussian])
         acc = values.new_zeros(n_pix).index_add_(0, pairs.pixel, w)
         t_final = (1.0 - acc).clamp_min(0.0)
         out = out + t_final[:, None] * background[None, :]
         ctx.pairs = pairs
-        ctx.save_for_backward(values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final)
+        ctx.save_for_backward(values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final, kept)
         return out, acc
 
     @staticmethod
     def backward(ctx, grad_out, grad_acc):
-        values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final = ctx.saved_tensors
+        values, background, dx, dy, c, falloff, alpha_raw, alpha, T, t_final, kept = ctx.saved_tensors
         pairs = ctx.pairs
         g, pix = pairs.gaussian, pairs.pixel
         w = alpha * T
         G = grad_out[pix]
         # the accumulated alpha is a channel of value 1 with no background
         dot = (values[g] * G).sum(1) + grad_acc[pix]
-        later = _segment_exclusive_suffix(w * dot, pairs.seg_end).to(alpha.dtype)
+        later = _segment_exclusive_suffix(w * dot, pairs)
         bg_term = (t_final * (grad_out @ background))[pix]
-        grad_alpha = (T * dot - (later + bg_term) / (1.0 - alpha)) * (alpha_raw < ALPHA_MAX)
+        # pairs past the termination and clamped alphas pass no gradient to alpha
+        grad_alpha = (T * dot - (later + bg_term) / (1.0 - alpha)) * ((alpha_raw < ALPHA_MAX) & kept)
         grad_sigma = -grad_alpha * alpha_raw
         # one scatter for every per-Gaussian gradient: [opacity | conic (3) | mean (2) | values]
         per_pair = torch.cat([
@@ -291,15 +353,16 @@ class _Rasterize(torch.autograd.Function):
         return grads[:, 4:6], grads[:, 1:4], grads[:, 0], grads[:, 6:], None, None, None, None
 
 
-def _render_torch(g, camera, sh_degree, colors, features, background):
-    width, height = camera.width, camera.height
+def _visible(g, camera):
+    """Project; keep the Gaussians in view: (radii, means2d, visible ids, their 2D means, conics, opacities, depths)."""
     radii, means2d, depths, conics = project(g, camera)
     visible = torch.nonzero((radii[0] > 0).all(dim=-1)).squeeze(1)
-    m2 = means2d[0][visible]
-    con = conics[0][visible]
-    opac = g["opacities"][visible]
-    dep = depths[0][visible]
-    pairs = _pairs(m2.detach(), con.detach(), opac.detach(), dep.detach(), width, height)
+    return radii, means2d, visible, means2d[0][visible], conics[0][visible], g["opacities"][visible], depths[0][visible]
+
+
+def _render_torch(g, camera, sh_degree, colors, features, background):
+    width, height = camera.width, camera.height
+    radii, means2d, visible, m2, con, opac, dep = _visible(g, camera)
     rgb = _torch_colors(g, camera, sh_degree, colors, visible)
     parts = [rgb]
     if features is not None:
@@ -307,37 +370,115 @@ def _render_torch(g, camera, sh_degree, colors, features, background):
     parts.append(dep[:, None])
     values = torch.cat(parts, dim=1)
     bg = torch.cat([background.to(values.dtype), values.new_zeros(values.shape[1] - 3)])
+    pairs = _pairs(m2.detach(), con.detach(), opac.detach(), dep.detach(), width, height)
     out, acc = _Rasterize.apply(m2, con, opac, values, bg, pairs, width, width * height)
-    out = out.reshape(height, width, -1)
-    acc = acc.reshape(height, width)
+    return _result(out, acc, means2d, radii, features is not None, camera, "torch", int(pairs.pixel.numel()))
+
+
+def _render_compiled(g, camera, sh_degree, colors, features, background):
+    """Every stage compiled (projection, SH colour, compositing), over all Gaussians at once."""
+    from . import render_cpu
+
+    width, height = camera.width, camera.height
+    radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, width, height)
+    means2d = m2[None]  # what densification reads (and retains the gradient of)
+    if colors is None:
+        colors = render_cpu.sh_colors(g["means"], g["sh"], camera.viewmat, _degree(g, sh_degree))
+    parts = [colors] + ([features] if features is not None else []) + [dep[:, None]]
+    values = torch.cat(parts, dim=1)
+    bg = torch.cat([background.to(values.dtype), values.new_zeros(values.shape[1] - 3)])
+    valid = (radii > 0).all(dim=-1)
+    out, acc, entries = render_cpu.composite(means2d[0], con, g["opacities"], dep, valid, values, bg, width, height)
+    return _result(out, acc, means2d, radii[None], features is not None, camera, "cpu", entries)
+
+
+def _result(out, acc, means2d, radii, has_features, camera, backend, num_pairs):
+    out = out.reshape(camera.height, camera.width, -1)
+    acc = acc.reshape(camera.height, camera.width)
     result = {
         "color": out[..., :3],
         "alpha": acc,
         "depth": out[..., -1] / acc.clamp_min(1e-6),
         "means2d": means2d,
         "radii": radii,
-        "backend": "torch",
-        "num_pairs": int(pairs.pixel.numel()),
+        "backend": backend,
+        "num_pairs": num_pairs,  # pixel-Gaussian pairs (torch), tile-Gaussian entries (cpu)
     }
-    if features is not None:
+    if has_features:
         result["features"] = out[..., 3:-1]
     return result
 
 
 @torch.no_grad()
-def compositing_weights(g: dict[str, torch.Tensor], camera: RenderCamera):
-    """The blending weights of one view as (pixel, gaussian, weight) triples.
+def compositing_weights(g: dict[str, torch.Tensor], camera: RenderCamera, backend: str = "auto"):
+    """The blending weights of one view as (pixel, gaussian, weight) triples, by pixel then depth.
 
     With frozen geometry these never change, so the mask field renders a view as a sparse
-    (pixels x Gaussians) matrix times the per-Gaussian features.
+    (pixels x Gaussians) matrix times the per-Gaussian features. On the CPU they come from
+    the compiled kernel that renders colour; elsewhere from the torch renderer (gsplat does
+    not hand out its weights).
     """
-    radii, means2d, depths, conics = project(g, camera)
-    visible = torch.nonzero((radii[0] > 0).all(dim=-1)).squeeze(1)
-    m2 = means2d[0][visible]
-    con = conics[0][visible]
-    opac = g["opacities"][visible]
-    pairs = _pairs(m2, con, opac, depths[0][visible], camera.width, camera.height)
+    if choose_backend(backend, g["means"].device) == "cpu":
+        from . import render_cpu
+
+        radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, camera.width, camera.height)
+        pixel, gaussian, weight = render_cpu.weights(m2, con, g["opacities"], dep, (radii > 0).all(dim=-1),
+                                                     camera.width, camera.height)
+        return pixel, gaussian, weight.to(m2.dtype)
+    _, _, visible, m2, con, opac, dep = _visible(g, camera)
+    pairs = _pairs(m2, con, opac, dep, camera.width, camera.height)
     _, _, _, _, alpha_raw = _pair_geometry(m2, con, opac, pairs, camera.width)
-    alpha = alpha_raw.clamp(max=ALPHA_MAX)
-    T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pairs.seg_start)).to(alpha.dtype)
-    return pairs.pixel, visible[pairs.gaussian], alpha * T
+    alpha, T, kept = _blend_alpha(alpha_raw, pairs)
+    return pairs.pixel[kept], visible[pairs.gaussian[kept]], (alpha * T)[kept]
+
+
+# --- Apple GPUs: MPS or the compiled CPU renderer, whichever is faster here -----------------
+
+def choose_fit_device(device: str, renderer: str = "auto", timer=None, log=None) -> tuple[str, str]:
+    """(device, renderer) for fitting: on MPS with ``renderer='auto'``, time one small render on
+    each of MPS (the torch renderer) and the CPU (the compiled one) and keep the faster.
+
+    Apple's CPUs are fast and the torch renderer's many small ops are not, so either can win
+    depending on the machine. ``timer(device, backend)`` returns seconds per render (injected
+    in tests); ``log`` receives the sentence saying what was chosen and why.
+    """
+    if device != "mps" or renderer != "auto":
+        return device, renderer
+    if not compiled_available():
+        return "mps", "torch"
+    timer = timer or time_one_render
+    t_mps, t_cpu = timer("mps", "torch"), timer("cpu", "cpu")
+    choice = ("mps", "torch") if t_mps < t_cpu else ("cpu", "cpu")
+    if log is not None:
+        log(f"renderer: one test view took {t_mps:.3f} s on the Apple GPU (PyTorch renderer) and {t_cpu:.3f} s "
+            f"on the CPU (compiled renderer); fitting on {'the Apple GPU' if choice[0] == 'mps' else 'the CPU'}")
+    return choice
+
+
+def time_one_render(device: str, backend: str, n: int = 20_000, width: int = 200, height: int = 150,
+                    repeats: int = 3) -> float:
+    """Median seconds of a forward+backward render of ``n`` random Gaussians on ``device``."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    depth = 2.0 + 4.0 * torch.rand(n, generator=gen)
+    f = 0.8 * width
+    xy = (torch.rand(n, 2, generator=gen) - 0.5) * torch.tensor([width, height]) / f * depth[:, None]
+    g = {"means": torch.cat([xy, depth[:, None]], 1),
+         "scales": torch.exp(torch.empty(n, 3).uniform_(-5.5, -4.5, generator=gen)) * depth[:, None],
+         "quats": torch.nn.functional.normalize(torch.randn(n, 4, generator=gen), dim=-1),
+         "opacities": 0.1 + 0.8 * torch.rand(n, generator=gen),
+         "sh": 0.3 * torch.randn(n, 16, 3, generator=gen)}
+    g = {k: v.to(device).requires_grad_() for k, v in g.items()}
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    camera = RenderCamera(torch.eye(4, device=device), K.to(device), width, height)
+    times = []
+    for i in range(repeats + 1):  # the first run compiles / warms up
+        t0 = time.perf_counter()
+        out = render(g, camera, sh_degree=3, backend=backend)
+        out["color"].sum().backward()
+        if device == "mps":
+            torch.mps.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,730 @@
+"""The compiled CPU rasteriser: 3DGS's tile-based alpha blending in numba, forward and backward.
+
+Projection and spherical harmonics stay in PyTorch (``render.py``); this module does the per-pixel
+compositing, the part that costs, as the CUDA rasterisers do:
+
+1. each Gaussian lists the 16x16 tiles its alpha >= 1/255 ellipse touches; the Gaussians are
+   visited front to back, so every tile's list comes out depth-sorted without a sort per tile;
+2. forward, one thread per tile (``prange``): each pixel blends its tile's list front to back
+   and stops once transmittance would fall below 1e-4 (3DGS's early termination); it keeps its
+   final transmittance and how far down the list it read;
+3. backward, again one thread per tile: each pixel walks its list back to front, recovering
+   each transmittance by division (alpha <= 0.99 keeps it stable), and writes the gradients of
+   a (tile, Gaussian) entry into that entry's own row, so no two threads ever write the same
+   memory; the rows are then summed per Gaussian. Results do not depend on the thread count.
+
+The kernels compile on first use and are cached on disk (``cache=True``), so only the first
+run on a machine pays the compile time (see ``warm_up``).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .render import ALPHA_MAX, ALPHA_MIN, T_MIN
+
+TILE = 16
+
+
+# --- kernels (float32 arrays, C-contiguous) -----------------------------------------------
+
+@njit(cache=True)
+def _bin_tiles(means2d, conics, opacities, valid, order, width, height):
+    """Each tile's touching Gaussians, front to back: (tile offsets, entries, pixel boxes (N,4)).
+
+    A Gaussian's box holds the pixel centres inside its alpha >= 1/255 ellipse (x0, x1, y0, y1,
+    inclusive; empty where x1 < x0).
+    """
+    tiles_x = (width + TILE - 1) // TILE
+    tiles_y = (height + TILE - 1) // TILE
+    n = order.shape[0]
+    box = np.empty((n, 4), dtype=np.int32)
+    counts = np.zeros(tiles_x * tiles_y + 1, dtype=np.int64)
+    for g in range(n):
+        box[g, 0], box[g, 1], box[g, 2], box[g, 3] = 0, -1, 0, -1
+        o = opacities[g]
+        if o < ALPHA_MIN or not valid[g]:
+            continue
+        s_max = math.log(o / ALPHA_MIN)  # alpha >= 1/255  <=>  sigma <= s_max
+        a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+        det = max(a * c - b * b, 1e-12)
+        rx = math.sqrt(2.0 * s_max * c / det)
+        ry = math.sqrt(2.0 * s_max * a / det)
+        # pixel centres x + 0.5 inside [mx - rx, mx + rx]
+        x0 = max(math.ceil(means2d[g, 0] - rx - 0.5), 0)
+        x1 = min(math.floor(means2d[g, 0] + rx - 0.5), width - 1)
+        y0 = max(math.ceil(means2d[g, 1] - ry - 0.5), 0)
+        y1 = min(math.floor(means2d[g, 1] + ry - 0.5), height - 1)
+        if x1 < x0 or y1 < y0:
+            continue
+        box[g, 0], box[g, 1], box[g, 2], box[g, 3] = x0, x1, y0, y1
+        for ty in range(y0 // TILE, y1 // TILE + 1):
+            for tx in range(x0 // TILE, x1 // TILE + 1):
+                counts[ty * tiles_x + tx + 1] += 1
+    offsets = np.cumsum(counts)
+    cursor = offsets[:-1].copy()
+    entries = np.empty(offsets[-1], dtype=np.int32)
+    for k in range(n):  # front to back, so every tile's list comes out in depth order
+        g = order[k]
+        if box[g, 1] < box[g, 0]:
+            continue
+        for ty in range(box[g, 2] // TILE, box[g, 3] // TILE + 1):
+            for tx in range(box[g, 0] // TILE, box[g, 1] // TILE + 1):
+                t = ty * tiles_x + tx
+                entries[cursor[t]] = g
+                cursor[t] += 1
+    return offsets, entries, box
+
+
+@njit(cache=True)
+def _alpha_at(px, py, mx, my, ca, cb, cc, o, s_cut):
+    """(alpha before the 0.99 clamp, falloff, dx, dy) of one pixel-Gaussian pair; alpha 0 where
+    sigma is past ``s_cut`` (just past alpha = 1/255: the exact test stays the caller's), which
+    saves the exp for most pixels of a Gaussian's box."""
+    dx = px - mx
+    dy = py - my
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    if sigma < 0.0 or sigma > s_cut:
+        return 0.0, 0.0, dx, dy
+    falloff = math.exp(-sigma)
+    return o * falloff, falloff, dx, dy
+
+
+@njit(cache=True)
+def _row_span(y, mx, my, ca, cb, cc, s_cut, x_lo, x_hi):
+    """The pixels of row y (within x_lo..x_hi) whose centres lie inside sigma <= s_cut."""
+    dy = y + 0.5 - my
+    # 0.5 ca dx^2 + cb dy dx + 0.5 cc dy^2 - s_cut <= 0
+    disc = cb * cb * dy * dy - ca * (cc * dy * dy - 2.0 * s_cut)
+    if disc < 0.0 or ca <= 0.0:
+        return 1, 0
+    root = math.sqrt(disc)
+    x0 = max(math.ceil(mx + (-cb * dy - root) / ca - 0.5), x_lo)
+    x1 = min(math.floor(mx + (-cb * dy + root) / ca - 0.5), x_hi)
+    return x0, x1
+
+
+# Each tile runs Gaussian by Gaussian, front to back, over the pixels of the Gaussian's box
+# inside the tile, with every pixel's running state in small per-tile arrays (as a CUDA block
+# does with its threads); a pixel that terminated is skipped and the tile stops when all have.
+
+@njit(cache=True, parallel=True)
+def _forward(means2d, conics, opacities, values, background, offsets, entries, box, width, height):
+    """Blend every pixel: (out (P,C) with the background, final transmittance (P,), entries read (P,))."""
+    tiles_x = (width + TILE - 1) // TILE
+    n_tiles = tiles_x * ((height + TILE - 1) // TILE)
+    n_ch = values.shape[1]
+    out = np.empty((width * height, n_ch), dtype=np.float32)
+    t_final = np.empty(width * height, dtype=np.float32)
+    n_read = np.empty(width * height, dtype=np.int64)
+    for t in prange(n_tiles):
+        x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
+        tw = x_hi - x_lo + 1
+        n_live = tw * (y_hi - y_lo + 1)
+        T = np.ones(TILE * TILE, dtype=np.float32)
+        acc = np.zeros((TILE * TILE, n_ch), dtype=np.float32)
+        last = np.full(TILE * TILE, offsets[t], dtype=np.int64)
+        done = np.zeros(TILE * TILE, dtype=np.bool_)
+        for k in range(offsets[t], offsets[t + 1]):
+            if n_live == 0:
+                break
+            g = entries[k]
+            mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
+            ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+            s_cut = math.log(o / ALPHA_MIN) + 1e-3
+            for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
+                x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+                for x in range(x0, x1 + 1):
+                    i = (y - y_lo) * tw + (x - x_lo)
+                    if done[i]:
+                        continue
+                    a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
+                    if a_raw < ALPHA_MIN:
+                        continue
+                    a = min(a_raw, ALPHA_MAX)
+                    next_t = T[i] * (1.0 - a)
+                    if next_t < T_MIN:
+                        done[i] = True
+                        n_live -= 1
+                        continue
+                    w = a * T[i]
+                    for c in range(n_ch):
+                        acc[i, c] += w * values[g, c]
+                    T[i] = next_t
+                    last[i] = k + 1
+        for y in range(y_lo, y_hi + 1):
+            for x in range(x_lo, x_hi + 1):
+                i = (y - y_lo) * tw + (x - x_lo)
+                pix = y * width + x
+                for c in range(n_ch):
+                    out[pix, c] = acc[i, c] + T[i] * background[c]
+                t_final[pix] = T[i]
+                n_read[pix] = last[i]
+    return out, t_final, n_read
+
+
+@njit(cache=True, parallel=True)
+def _backward(means2d, conics, opacities, values, background, offsets, entries, box, t_final, n_read,
+              grad_out, grad_acc, width, height):
+    """Per-entry gradients (E, 6 + C): [opacity, conic a b c, mean x y, values]."""
+    tiles_x = (width + TILE - 1) // TILE
+    n_tiles = tiles_x * ((height + TILE - 1) // TILE)
+    n_ch = values.shape[1]
+    grads = np.zeros((entries.shape[0], 6 + n_ch), dtype=np.float32)
+    for t in prange(n_tiles):
+        x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
+        tw = x_hi - x_lo + 1
+        T = np.empty(TILE * TILE, dtype=np.float32)
+        tail = np.empty(TILE * TILE, dtype=np.float32)  # the background's share behind every pair
+        later = np.zeros(TILE * TILE, dtype=np.float32)  # sum over later pairs of T alpha (v . G)
+        last = np.empty(TILE * TILE, dtype=np.int64)
+        G = np.empty((TILE * TILE, n_ch), dtype=np.float32)
+        g_acc = np.empty(TILE * TILE, dtype=np.float32)
+        k_end = offsets[t]
+        for y in range(y_lo, y_hi + 1):
+            for x in range(x_lo, x_hi + 1):
+                i = (y - y_lo) * tw + (x - x_lo)
+                pix = y * width + x
+                T[i] = t_final[pix]
+                last[i] = n_read[pix]
+                k_end = max(k_end, n_read[pix])
+                bg_dot = 0.0
+                for c in range(n_ch):
+                    G[i, c] = grad_out[pix, c]
+                    bg_dot += grad_out[pix, c] * background[c]
+                tail[i] = t_final[pix] * bg_dot
+                g_acc[i] = grad_acc[pix]  # the accumulated alpha: a channel of value 1, background 0
+        gv = np.empty(n_ch, dtype=np.float32)
+        for k in range(k_end - 1, offsets[t] - 1, -1):
+            g = entries[k]
+            mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
+            ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+            s_cut = math.log(o / ALPHA_MIN) + 1e-3
+            g_o = g_a = g_b = g_c = g_x = g_y = 0.0
+            gv[:] = 0.0
+            for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
+                x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+                for x in range(x0, x1 + 1):
+                    i = (y - y_lo) * tw + (x - x_lo)
+                    if k >= last[i]:
+                        continue
+                    a_raw, falloff, dx, dy = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
+                    if a_raw < ALPHA_MIN:
+                        continue
+                    a = min(a_raw, ALPHA_MAX)
+                    T[i] = T[i] / (1.0 - a)  # transmittance in front of this pair
+                    w = a * T[i]
+                    dot = g_acc[i]
+                    for c in range(n_ch):
+                        dot += values[g, c] * G[i, c]
+                        gv[c] += w * G[i, c]
+                    grad_alpha = T[i] * dot - (later[i] + tail[i]) / (1.0 - a)
+                    later[i] += w * dot
+                    if a_raw >= ALPHA_MAX:  # clamped: no gradient through alpha
+                        continue
+                    grad_sigma = -grad_alpha * a_raw
+                    g_o += grad_alpha * falloff
+                    g_a += 0.5 * dx * dx * grad_sigma
+                    g_b += dx * dy * grad_sigma
+                    g_c += 0.5 * dy * dy * grad_sigma
+                    g_x -= (ca * dx + cb * dy) * grad_sigma
+                    g_y -= (cb * dx + cc * dy) * grad_sigma
+            grads[k, 0], grads[k, 1], grads[k, 2], grads[k, 3], grads[k, 4], grads[k, 5] = g_o, g_a, g_b, g_c, g_x, g_y
+            for c in range(n_ch):
+                grads[k, 6 + c] = gv[c]
+    return grads
+
+
+@njit(cache=True, parallel=True)
+def _sum_per_gaussian(entry_grads, entries, n):
+    """Sum the entry rows of each Gaussian; one thread per column, so no races."""
+    out = np.zeros((n, entry_grads.shape[1]), dtype=np.float32)
+    for c in prange(entry_grads.shape[1]):
+        for k in range(entries.shape[0]):
+            out[entries[k], c] += entry_grads[k, c]
+    return out
+
+
+@njit(cache=True)
+def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, count):
+    """Walk one tile as the forward pass does; count each pixel's blending pairs (``count``) or
+    write them from ``first[pixel]`` on, front to back."""
+    tiles_x = (width + TILE - 1) // TILE
+    x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+    x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
+    tw = x_hi - x_lo + 1
+    n_live = tw * (y_hi - y_lo + 1)
+    T = np.ones(TILE * TILE, dtype=np.float32)
+    m = np.zeros(TILE * TILE, dtype=np.int64)
+    done = np.zeros(TILE * TILE, dtype=np.bool_)
+    for k in range(offsets[t], offsets[t + 1]):
+        if n_live == 0:
+            break
+        g = entries[k]
+        mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
+        ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+        s_cut = math.log(o / ALPHA_MIN) + 1e-3
+        for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
+            x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
+            for x in range(x0, x1 + 1):
+                i = (y - y_lo) * tw + (x - x_lo)
+                if done[i]:
+                    continue
+                a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
+                if a_raw < ALPHA_MIN:
+                    continue
+                a = min(a_raw, ALPHA_MAX)
+                next_t = T[i] * (1.0 - a)
+                if next_t < T_MIN:
+                    done[i] = True
+                    n_live -= 1
+                    continue
+                if not count:
+                    j = first[y * width + x] + m[i]
+                    gauss[j] = g
+                    weight[j] = a * T[i]
+                m[i] += 1
+                T[i] = next_t
+    if count:
+        for y in range(y_lo, y_hi + 1):
+            for x in range(x_lo, x_hi + 1):
+                first[y * width + x + 1] = m[(y - y_lo) * tw + (x - x_lo)]
+
+
+@njit(cache=True, parallel=True)
+def _weights(means2d, conics, opacities, offsets, entries, box, width, height):
+    """The blending weights as (pixel, Gaussian, weight), by pixel then front to back."""
+    n_tiles = ((width + TILE - 1) // TILE) * ((height + TILE - 1) // TILE)
+    counts = np.zeros(width * height + 1, dtype=np.int64)
+    no_i = np.empty(0, dtype=np.int64)
+    no_w = np.empty(0, dtype=np.float32)
+    for t in prange(n_tiles):  # first count the pairs of each pixel ...
+        _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, counts, no_i, no_w, True)
+    first = np.cumsum(counts)
+    gauss = np.empty(first[-1], dtype=np.int64)
+    weight = np.empty(first[-1], dtype=np.float32)
+    for t in prange(n_tiles):  # ... then write them
+        _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, False)
+    pixel = np.empty(first[-1], dtype=np.int64)
+    for p in prange(width * height):
+        pixel[first[p]:first[p + 1]] = p
+    return pixel, gauss, weight
+
+
+# --- torch side ------------------------------------------------------------------------------
+
+def _np32(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to(torch.float32).numpy())
+
+
+class Tiles:
+    """Each tile's Gaussians, front to back (indices into the visible list)."""
+
+    def __init__(self, means2d, conics, opacities, depths, valid, width, height):
+        order = torch.argsort(depths.detach()).to(torch.int64).numpy()
+        self.offsets, self.entries, self.box = _bin_tiles(_np32(means2d), _np32(conics), _np32(opacities),
+                                                          valid.numpy(), order, width, height)
+        self.width, self.height = width, height
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back blending with the closed-form backward of ``render._Rasterize``, compiled."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, values, background, tiles: Tiles):
+        arrays = (_np32(means2d), _np32(conics), _np32(opacities), _np32(values), _np32(background))
+        out, t_final, n_read = _forward(*arrays, tiles.offsets, tiles.entries, tiles.box, tiles.width, tiles.height)
+        ctx.tiles = tiles
+        ctx.arrays = arrays
+        ctx.state = (t_final, n_read)
+        ctx.dtype = values.dtype
+        out_t = torch.from_numpy(out).to(values.dtype)
+        acc = torch.from_numpy(1.0 - t_final).to(values.dtype)
+        return out_t, acc
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_acc):
+        tiles = ctx.tiles
+        t_final, n_read = ctx.state
+        entry_grads = _backward(*ctx.arrays, tiles.offsets, tiles.entries, tiles.box, t_final, n_read,
+                                _np32(grad_out), _np32(grad_acc), tiles.width, tiles.height)
+        grads = torch.from_numpy(_sum_per_gaussian(entry_grads, tiles.entries, ctx.arrays[0].shape[0]))
+        grads = grads.to(ctx.dtype)
+        return grads[:, 4:6], grads[:, 1:4], grads[:, 0], grads[:, 6:], None, None
+
+
+def composite(means2d, conics, opacities, depths, valid, values, background, width: int, height: int):
+    """Blend ``values`` (N,C) of the ``valid`` Gaussians: (out (H*W, C) with background, alpha (H*W,),
+    the number of tile-Gaussian entries)."""
+    tiles = Tiles(means2d, conics, opacities, depths, valid, width, height)
+    out, acc = _Composite.apply(means2d, conics, opacities, values, background, tiles)
+    return out, acc, int(tiles.entries.shape[0])
+
+
+@torch.no_grad()
+def weights(means2d, conics, opacities, depths, valid, width: int, height: int):
+    """(pixel, Gaussian, weight) of every pair that blends, as torch tensors."""
+    tiles = Tiles(means2d, conics, opacities, depths, valid, width, height)
+    pixel, gauss, weight = _weights(_np32(means2d), _np32(conics), _np32(opacities), tiles.offsets,
+                                    tiles.entries, tiles.box, width, height)
+    return torch.from_numpy(pixel), torch.from_numpy(gauss), torch.from_numpy(weight)
+
+
+def warm_up() -> float:
+    """Compile (or load from the cache) every kernel on a tiny scene; returns the seconds it took."""
+    t0 = time.perf_counter()
+    m = torch.tensor([[3.0, 3.0], [5.0, 4.0]])
+    c = torch.tensor([[0.5, 0.0, 0.5], [0.3, 0.1, 0.4]])
+    o = torch.tensor([0.8, 0.6])
+    d = torch.tensor([1.0, 2.0])
+    v = torch.rand(2, 4, requires_grad=True)
+    valid = torch.ones(2, dtype=torch.bool)
+    out, acc, _ = composite(m.requires_grad_(), c, o, d, valid, v, torch.zeros(4), 8, 8)
+    (out.sum() + acc.sum()).backward()
+    weights(m, c, o, d, valid, 8, 8)
+    g = {"means": torch.tensor([[0.0, 0.0, 3.0]], requires_grad=True), "quats": torch.tensor([[1.0, 0, 0, 0]]),
+         "scales": torch.full((1, 3), 0.1), "sh": torch.zeros(1, 16, 3, requires_grad=True)}
+    viewmat, K = torch.eye(4), torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]])
+    _, means2d, depths, conics = project(g, viewmat, K, 8, 8)
+    rgb = sh_colors(g["means"], g["sh"], viewmat, 3)
+    (means2d.sum() + depths.sum() + conics.sum() + rgb.sum()).backward()
+    return time.perf_counter() - t0
+
+
+# --- projection and spherical harmonics, compiled ---------------------------------------------
+# The same maths as gsplat's PyTorch reference (``_fully_fused_projection`` with a pinhole
+# camera, eps2d 0.3, near plane 0.01; ``_spherical_harmonics``), with hand-written backward
+# passes: autograd over ~30 small tensor ops per Gaussian cost more than the compositing.
+
+EPS2D = 0.3
+NEAR_PLANE = 0.01
+FAR_PLANE = 1e10
+
+
+@njit(cache=True)
+def _mm(A, B):
+    """A @ B for the small matrices here (plain loops: numba would call BLAS for @)."""
+    out = np.zeros((A.shape[0], B.shape[1]))
+    for i in range(A.shape[0]):
+        for k in range(A.shape[1]):
+            for j in range(B.shape[1]):
+                out[i, j] += A[i, k] * B[k, j]
+    return out
+
+
+@njit(cache=True)
+def _mv(A, v):
+    out = np.zeros(A.shape[0])
+    for i in range(A.shape[0]):
+        for k in range(A.shape[1]):
+            out[i] += A[i, k] * v[k]
+    return out
+
+
+@njit(cache=True)
+def _quat_to_rotmat(w, x, y, z):
+    R = np.empty((3, 3))
+    R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
+    R[1, 0], R[1, 1], R[1, 2] = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
+    R[2, 0], R[2, 1], R[2, 2] = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
+    return R
+
+
+@njit(cache=True)
+def _camera_covariance(quat, scale, Rv):
+    """(unit quaternion, its rotation, the covariance in camera axes)."""
+    qn = math.sqrt(quat[0] ** 2 + quat[1] ** 2 + quat[2] ** 2 + quat[3] ** 2)
+    qn = max(qn, 1e-12)
+    w, x, y, z = quat[0] / qn, quat[1] / qn, quat[2] / qn, quat[3] / qn
+    Rq = _quat_to_rotmat(w, x, y, z)
+    M = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            M[i, j] = Rq[i, j] * scale[j]
+    cov_c = _mm(_mm(Rv, _mm(M, M.T)), Rv.T)
+    return (w, x, y, z, qn), Rq, M, cov_c
+
+
+@njit(cache=True)
+def _jacobian(pc, K, width, height):
+    """gsplat's perspective Jacobian (2,3), with x/z and y/z clamped to 1.3x the field of view."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y
+    z = pc[2]
+    rx, ry = pc[0] / z, pc[1] / z
+    x_free = -lim_x_neg <= rx <= lim_x_pos
+    y_free = -lim_y_neg <= ry <= lim_y_pos
+    tx = z * min(max(rx, -lim_x_neg), lim_x_pos)
+    ty = z * min(max(ry, -lim_y_neg), lim_y_pos)
+    J = np.zeros((2, 3))
+    J[0, 0], J[0, 2] = fx / z, -fx * tx / (z * z)
+    J[1, 1], J[1, 2] = fy / z, -fy * ty / (z * z)
+    return J, tx, ty, x_free, y_free
+
+
+@njit(cache=True, parallel=True)
+def _project_forward(means, quats, scales, viewmat, K, width, height):
+    """(means2d (N,2), conics (N,3), depths (N,), radii (N,2) int32), as gsplat's reference."""
+    n = means.shape[0]
+    Rv = viewmat[:3, :3].astype(np.float64)
+    tv = viewmat[:3, 3].astype(np.float64)
+    Kd = K.astype(np.float64)
+    means2d = np.zeros((n, 2), dtype=np.float32)
+    conics = np.zeros((n, 3), dtype=np.float32)
+    depths = np.zeros(n, dtype=np.float32)
+    radii = np.zeros((n, 2), dtype=np.int32)
+    for g in prange(n):
+        pc = _mv(Rv, means[g].astype(np.float64)) + tv
+        _, _, _, cov_c = _camera_covariance(quats[g].astype(np.float64), scales[g].astype(np.float64), Rv)
+        J, _, _, _, _ = _jacobian(pc, Kd, width, height)
+        C = _mm(_mm(J, cov_c), J.T)
+        c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+        det = max(c00 * c11 - c01 * c01, 1e-10)
+        z = pc[2]
+        u = (Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1] + Kd[0, 2] * z) / z
+        v = (Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1] + Kd[1, 2] * z) / z
+        means2d[g, 0], means2d[g, 1] = u, v
+        conics[g, 0], conics[g, 1], conics[g, 2] = c11 / det, -c01 / det, c00 / det
+        depths[g] = z
+        if not (z > NEAR_PLANE and z < FAR_PLANE):
+            continue
+        r_x = math.ceil(3.33 * math.sqrt(c00))
+        r_y = math.ceil(3.33 * math.sqrt(c11))
+        if u + r_x > 0 and u - r_x < width and v + r_y > 0 and v - r_y < height:
+            radii[g, 0], radii[g, 1] = r_x, r_y
+    return means2d, conics, depths, radii
+
+
+@njit(cache=True, parallel=True)
+def _project_backward(means, quats, scales, viewmat, K, width, height, g_means2d, g_conics, g_depths):
+    """Gradients of the means (N,3), raw quaternions (N,4) and scales (N,3)."""
+    n = means.shape[0]
+    Rv = viewmat[:3, :3].astype(np.float64)
+    tv = viewmat[:3, 3].astype(np.float64)
+    Kd = K.astype(np.float64)
+    fx, fy = Kd[0, 0], Kd[1, 1]
+    d_means = np.zeros((n, 3), dtype=np.float32)
+    d_quats = np.zeros((n, 4), dtype=np.float32)
+    d_scales = np.zeros((n, 3), dtype=np.float32)
+    for g in prange(n):
+        gu, gv = g_means2d[g, 0], g_means2d[g, 1]
+        ga, gb, gc = g_conics[g, 0], g_conics[g, 1], g_conics[g, 2]
+        if gu == 0 and gv == 0 and ga == 0 and gb == 0 and gc == 0 and g_depths[g] == 0:
+            continue
+        scale = scales[g].astype(np.float64)
+        pc = _mv(Rv, means[g].astype(np.float64)) + tv
+        (w, x, y, z, qn), Rq, M, cov_c = _camera_covariance(quats[g].astype(np.float64), scale, Rv)
+        J, tx, ty, x_free, y_free = _jacobian(pc, Kd, width, height)
+        C = _mm(_mm(J, cov_c), J.T)
+        c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+        det_raw = c00 * c11 - c01 * c01
+        det = max(det_raw, 1e-10)
+        # conic (c11, -c01, c00) / det  ->  the 2D covariance
+        g_det = -(ga * c11 - gb * c01 + gc * c00) / (det * det) if det_raw > 1e-10 else 0.0
+        G = np.empty((2, 2))
+        G[0, 0] = gc / det + g_det * c11
+        G[1, 1] = ga / det + g_det * c00
+        G[0, 1] = G[1, 0] = 0.5 * (-gb / det - 2.0 * g_det * c01)
+        # C = J cov_c J^T  ->  cov_c and J
+        g_cov_c = _mm(_mm(J.T, G), J)
+        g_J = 2.0 * _mm(_mm(G, J), cov_c)
+        # J -> camera-space position
+        pz = pc[2]
+        d_pc = np.zeros(3)
+        d_pc[2] += g_J[0, 0] * (-fx / (pz * pz)) + g_J[1, 1] * (-fy / (pz * pz))
+        d_tx = g_J[0, 2] * (-fx / (pz * pz))
+        d_ty = g_J[1, 2] * (-fy / (pz * pz))
+        d_pc[2] += g_J[0, 2] * 2.0 * fx * tx / pz ** 3 + g_J[1, 2] * 2.0 * fy * ty / pz ** 3
+        if x_free:
+            d_pc[0] += d_tx
+        else:
+            d_pc[2] += d_tx * tx / pz
+        if y_free:
+            d_pc[1] += d_ty
+        else:
+            d_pc[2] += d_ty * ty / pz
+        # projected mean and depth
+        u_num = Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1]
+        v_num = Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1]
+        d_pc[0] += (gu * Kd[0, 0] + gv * Kd[1, 0]) / pz
+        d_pc[1] += (gu * Kd[0, 1] + gv * Kd[1, 1]) / pz
+        d_pc[2] += -(gu * u_num + gv * v_num) / (pz * pz) + g_depths[g]
+        d_mean = _mv(Rv.T, d_pc)
+        # cov_c = Rv M M^T Rv^T  ->  M  ->  scale and rotation
+        g_M = 2.0 * _mm(_mm(_mm(Rv.T, g_cov_c), Rv), M)
+        g_R = np.empty((3, 3))
+        for j in range(3):
+            d_scales[g, j] = g_M[0, j] * Rq[0, j] + g_M[1, j] * Rq[1, j] + g_M[2, j] * Rq[2, j]
+            for i in range(3):
+                g_R[i, j] = g_M[i, j] * scale[j]
+        dw = 2 * (-z * g_R[0, 1] + y * g_R[0, 2] + z * g_R[1, 0] - x * g_R[1, 2] - y * g_R[2, 0] + x * g_R[2, 1])
+        dx = 2 * (y * g_R[0, 1] + z * g_R[0, 2] + y * g_R[1, 0] - 2 * x * g_R[1, 1] - w * g_R[1, 2]
+                  + z * g_R[2, 0] + w * g_R[2, 1] - 2 * x * g_R[2, 2])
+        dy = 2 * (-2 * y * g_R[0, 0] + x * g_R[0, 1] + w * g_R[0, 2] + x * g_R[1, 0] + z * g_R[1, 2]
+                  - w * g_R[2, 0] + z * g_R[2, 1] - 2 * y * g_R[2, 2])
+        dz = 2 * (-2 * z * g_R[0, 0] - w * g_R[0, 1] + x * g_R[0, 2] + w * g_R[1, 0] - 2 * z * g_R[1, 1]
+                  + y * g_R[1, 2] + x * g_R[2, 0] + y * g_R[2, 1])
+        # through the normalisation q / |q|
+        dot = dw * w + dx * x + dy * y + dz * z
+        d_quats[g, 0] = (dw - w * dot) / qn
+        d_quats[g, 1] = (dx - x * dot) / qn
+        d_quats[g, 2] = (dy - y * dot) / qn
+        d_quats[g, 3] = (dz - z * dot) / qn
+        for j in range(3):
+            d_means[g, j] = d_mean[j]
+    return d_means, d_quats, d_scales
+
+
+@njit(cache=True)
+def _sh_basis(n_bases, x, y, z, B, dB):
+    """Real SH basis at the unit direction (gsplat's ordering and constants), and its partials."""
+    B[0] = 0.2820947917738781
+    dB[0, :] = 0.0
+    if n_bases <= 1:
+        return
+    A1 = -0.48860251190292
+    B[1], B[2], B[3] = A1 * y, -A1 * z, A1 * x
+    dB[1, 0], dB[1, 1], dB[1, 2] = 0.0, A1, 0.0
+    dB[2, 0], dB[2, 1], dB[2, 2] = 0.0, 0.0, -A1
+    dB[3, 0], dB[3, 1], dB[3, 2] = A1, 0.0, 0.0
+    if n_bases <= 4:
+        return
+    z2 = z * z
+    b2 = -1.092548430592079
+    a2 = 0.5462742152960395
+    c1, s1 = x * x - y * y, 2 * x * y
+    B[4], B[5], B[6], B[7], B[8] = a2 * s1, b2 * z * y, 0.9461746957575601 * z2 - 0.3153915652525201, b2 * z * x, a2 * c1
+    dB[4, 0], dB[4, 1], dB[4, 2] = 2 * a2 * y, 2 * a2 * x, 0.0
+    dB[5, 0], dB[5, 1], dB[5, 2] = 0.0, b2 * z, b2 * y
+    dB[6, 0], dB[6, 1], dB[6, 2] = 0.0, 0.0, 2 * 0.9461746957575601 * z
+    dB[7, 0], dB[7, 1], dB[7, 2] = b2 * z, 0.0, b2 * x
+    dB[8, 0], dB[8, 1], dB[8, 2] = 2 * a2 * x, -2 * a2 * y, 0.0
+    if n_bases <= 9:
+        return
+    tc = -2.285228997322329 * z2 + 0.4570457994644658
+    b3 = 1.445305721320277
+    a3 = -0.5900435899266435
+    c2, s2 = x * c1 - y * s1, x * s1 + y * c1
+    B[9], B[10], B[11], B[12] = a3 * s2, b3 * z * s1, tc * y, z * (1.865881662950577 * z2 - 1.119528997770346)
+    B[13], B[14], B[15] = tc * x, b3 * z * c1, a3 * c2
+    dB[9, 0], dB[9, 1], dB[9, 2] = a3 * 6 * x * y, a3 * 3 * (x * x - y * y), 0.0
+    dB[10, 0], dB[10, 1], dB[10, 2] = b3 * z * 2 * y, b3 * z * 2 * x, b3 * s1
+    dB[11, 0], dB[11, 1], dB[11, 2] = 0.0, tc, -2 * 2.285228997322329 * z * y
+    dB[12, 0], dB[12, 1], dB[12, 2] = 0.0, 0.0, 3 * 1.865881662950577 * z2 - 1.119528997770346
+    dB[13, 0], dB[13, 1], dB[13, 2] = tc, 0.0, -2 * 2.285228997322329 * z * x
+    dB[14, 0], dB[14, 1], dB[14, 2] = b3 * z * 2 * x, -b3 * z * 2 * y, b3 * c1
+    dB[15, 0], dB[15, 1], dB[15, 2] = a3 * 3 * (x * x - y * y), -a3 * 6 * x * y, 0.0
+
+
+@njit(cache=True, parallel=True)
+def _sh_forward(means, campos, sh, n_bases):
+    """Colour max(SH(view direction) + 0.5, 0) of every Gaussian (N,3)."""
+    n = means.shape[0]
+    rgb = np.empty((n, 3), dtype=np.float32)
+    for g in prange(n):
+        d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
+        norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
+        B = np.empty(16)
+        dB = np.empty((16, 3))
+        _sh_basis(n_bases, d0 / norm, d1 / norm, d2 / norm, B, dB)
+        for c in range(3):
+            s = 0.0
+            for k in range(n_bases):
+                s += B[k] * sh[g, k, c]
+            rgb[g, c] = max(s + 0.5, 0.0)
+    return rgb
+
+
+@njit(cache=True, parallel=True)
+def _sh_backward(means, campos, sh, n_bases, rgb, g_rgb):
+    """Gradients of the means (N,3) (through the view direction) and the SH coefficients (N,K,3)."""
+    n = means.shape[0]
+    d_means = np.zeros((n, 3), dtype=np.float32)
+    d_sh = np.zeros(sh.shape, dtype=np.float32)
+    for g in prange(n):
+        d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
+        norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
+        x, y, z = d0 / norm, d1 / norm, d2 / norm
+        B = np.empty(16)
+        dB = np.empty((16, 3))
+        _sh_basis(n_bases, x, y, z, B, dB)
+        g_raw = np.empty(3)
+        for c in range(3):
+            g_raw[c] = g_rgb[g, c] if rgb[g, c] > 0.0 else 0.0  # the clamp at 0
+        dn0 = dn1 = dn2 = 0.0
+        for k in range(n_bases):
+            s = 0.0
+            for c in range(3):
+                d_sh[g, k, c] = B[k] * g_raw[c]
+                s += sh[g, k, c] * g_raw[c]
+            dn0 += s * dB[k, 0]
+            dn1 += s * dB[k, 1]
+            dn2 += s * dB[k, 2]
+        dot = dn0 * x + dn1 * y + dn2 * z
+        d_means[g, 0] = (dn0 - x * dot) / norm
+        d_means[g, 1] = (dn1 - y * dot) / norm
+        d_means[g, 2] = (dn2 - z * dot) / norm
+    return d_means, d_sh
+
+
+class _Project(torch.autograd.Function):
+    """means (N,3), quats (N,4), scales (N,3) -> means2d (N,2), conics (N,3), depths (N,); radii aside."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmat, K, width, height):
+        arrays = (_np32(means), _np32(quats), _np32(scales), _np32(viewmat), _np32(K))
+        means2d, conics, depths, radii = _project_forward(*arrays, width, height)
+        ctx.arrays, ctx.size, ctx.dtype = arrays, (width, height), means.dtype
+        radii = torch.from_numpy(radii)
+        ctx.mark_non_differentiable(radii)
+        return tuple(torch.from_numpy(a).to(means.dtype) for a in (means2d, conics, depths)) + (radii,)
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_conics, g_depths, _g_radii):
+        grads = _project_backward(*ctx.arrays, *ctx.size, _np32(g_means2d), _np32(g_conics), _np32(g_depths))
+        return tuple(torch.from_numpy(a).to(ctx.dtype) for a in grads) + (None, None, None, None)
+
+
+class _SphericalHarmonics(torch.autograd.Function):
+    """means (N,3), SH (N,K,3) -> colour (N,3) seen from ``campos``, SH bands up to ``n_bases``."""
+
+    @staticmethod
+    def forward(ctx, means, sh, campos, n_bases):
+        arrays = (_np32(means), _np32(campos), _np32(sh))
+        rgb = _sh_forward(arrays[0], arrays[1], arrays[2], n_bases)
+        ctx.arrays, ctx.n_bases, ctx.rgb, ctx.dtype = arrays, n_bases, rgb, means.dtype
+        return torch.from_numpy(rgb).to(means.dtype)
+
+    @staticmethod
+    def backward(ctx, g_rgb):
+        d_means, d_sh = _sh_backward(*ctx.arrays, ctx.n_bases, ctx.rgb, _np32(g_rgb))
+        return torch.from_numpy(d_means).to(ctx.dtype), torch.from_numpy(d_sh).to(ctx.dtype), None, None
+
+
+def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int):
+    """Compiled ``render.project``: radii (N,2) int32, means2d (N,2), depths (N,), conics (N,3)."""
+    means2d, conics, depths, radii = _Project.apply(g["means"], g["quats"], g["scales"], viewmat, K, width, height)
+    return radii, means2d, depths, conics
+
+
+def sh_colors(means, sh, viewmat, degree: int):
+    campos = torch.linalg.inv(viewmat.detach())[:3, 3]
+    return _SphericalHarmonics.apply(means, sh, campos, (degree + 1) ** 2)
+
+
+def threading_layer() -> str:
+    """The threading layer numba runs its parallel loops on (after the first parallel call)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # nothing has run in parallel yet
+        return "not started"
