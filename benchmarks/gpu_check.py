@@ -274,9 +274,10 @@ def environment(table: Table, device: str) -> None:
 
 
 def cpu_renderers() -> list[str]:
-    from maskfield.splats import render as render_module
+    """Our renderers besides the PyTorch reference that run on the CPU (the compiled one)."""
+    from maskfield.splats.render import RENDERERS, compiled_available
 
-    return [name for name in ("cpu",) if name in getattr(render_module, "BACKENDS", ())]
+    return ["cpu"] if "cpu" in RENDERERS and compiled_available() else []
 
 
 def main(argv=None) -> int:
