@@ -445,10 +445,7 @@ def main() -> None:
         s.mode = "FACES"
         ok, msg = expect_error(lambda: bpy.ops.maskfield.segment(), "other objects", "Ghost Chair")
         check("err_other_scene", ok, msg)
-        s.run_dir = run_a  # a run without faces (points only)
-        open(os.path.join(run_a, "field.pt"), "wb").close()
-        ok, msg = expect_error(lambda: bpy.ops.maskfield.segment(), "Faces mode needs")
-        check("err_faces_without_objects", ok, msg)
+        # (a run without faces in Faces mode makes meshes from the Gaussians: tests/blender/drv_select.py)
 
         # the backend dies in the middle
         s.run_dir = run_b
