@@ -585,8 +585,8 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
         raise MaskFieldError(f"{labels_dir / 'objects.json'} is missing or empty; it maps label ids to names.")
     prompts = list(prompts) if prompts else [objects[k] for k in sorted(objects)]
     matches_gt = match_prompts_to_objects(prompts, objects)
+    info = seg.run.read()
     if scene is None:  # the scene run.json names (the command passes it, checked, with --scene)
-        info = seg.run.read()
         scene = load_scene(info["scene"], skip_missing=True, images=info.get("image_folder"))
     if views == "test":
         indices = list(scene.test_indices)
