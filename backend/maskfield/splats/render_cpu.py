@@ -408,52 +408,58 @@ FAR_PLANE = 1e10
 
 
 @njit(cache=True)
-def _mm(A, B):
-    """A @ B for the small matrices here (plain loops: numba would call BLAS for @)."""
-    out = np.zeros((A.shape[0], B.shape[1]))
+def _mm(A, B, out):
+    """out = A @ B for the small matrices here (plain loops into a buffer: numba would call
+    BLAS for @, and an allocation per product per Gaussian costs more than the product)."""
     for i in range(A.shape[0]):
-        for k in range(A.shape[1]):
-            for j in range(B.shape[1]):
-                out[i, j] += A[i, k] * B[k, j]
+        for j in range(B.shape[1]):
+            acc = 0.0
+            for k in range(A.shape[1]):
+                acc += A[i, k] * B[k, j]
+            out[i, j] = acc
     return out
 
 
 @njit(cache=True)
-def _mv(A, v):
-    out = np.zeros(A.shape[0])
-    for i in range(A.shape[0]):
-        for k in range(A.shape[1]):
-            out[i] += A[i, k] * v[k]
-    return out
-
-
-@njit(cache=True)
-def _quat_to_rotmat(w, x, y, z):
-    R = np.empty((3, 3))
+def _quat_to_rotmat(w, x, y, z, R):
     R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
     R[1, 0], R[1, 1], R[1, 2] = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
     R[2, 0], R[2, 1], R[2, 2] = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
-    return R
+
+
+# Per-thread scratch matrices of the projection (one block of 3x3 buffers per chunk of Gaussians)
+S_RQ, S_M, S_MMT, S_T1, S_COV, S_J, S_T2, S_C, S_G, S_GCOV, S_GJ, S_GM, S_GR, S_T3 = range(14)
+N_SCRATCH = 14
+CHUNK = 1024
 
 
 @njit(cache=True)
-def _camera_covariance(quat, scale, Rv):
-    """(unit quaternion, its rotation, the covariance in camera axes)."""
-    qn = math.sqrt(quat[0] ** 2 + quat[1] ** 2 + quat[2] ** 2 + quat[3] ** 2)
-    qn = max(qn, 1e-12)
-    w, x, y, z = quat[0] / qn, quat[1] / qn, quat[2] / qn, quat[3] / qn
-    Rq = _quat_to_rotmat(w, x, y, z)
-    M = np.empty((3, 3))
+def _camera_point(means, g, Rv, tv, pc):
+    for i in range(3):
+        pc[i] = Rv[i, 0] * means[g, 0] + Rv[i, 1] * means[g, 1] + Rv[i, 2] * means[g, 2] + tv[i]
+
+
+@njit(cache=True)
+def _camera_covariance(quats, scales, g, Rv, S):
+    """(unit quaternion w x y z, its norm); fills S[S_RQ] (rotation), S[S_M] (R diag(scale)) and
+    S[S_COV] (the covariance in camera axes)."""
+    q0, q1, q2, q3 = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
+    qn = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
+    w, x, y, z = q0 / qn, q1 / qn, q2 / qn, q3 / qn
+    Rq, M = S[S_RQ], S[S_M]
+    _quat_to_rotmat(w, x, y, z, Rq)
     for i in range(3):
         for j in range(3):
-            M[i, j] = Rq[i, j] * scale[j]
-    cov_c = _mm(_mm(Rv, _mm(M, M.T)), Rv.T)
-    return (w, x, y, z, qn), Rq, M, cov_c
+            M[i, j] = Rq[i, j] * scales[g, j]
+    _mm(M, M.T, S[S_MMT])
+    _mm(Rv, S[S_MMT], S[S_T1])
+    _mm(S[S_T1], Rv.T, S[S_COV])
+    return w, x, y, z, qn
 
 
 @njit(cache=True)
-def _jacobian(pc, K, width, height):
-    """gsplat's perspective Jacobian (2,3), with x/z and y/z clamped to 1.3x the field of view."""
+def _jacobian(pc, K, width, height, J):
+    """gsplat's perspective Jacobian (2,3) into J, with x/z and y/z clamped to 1.3x the field of view."""
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x
@@ -464,10 +470,9 @@ def _jacobian(pc, K, width, height):
     y_free = -lim_y_neg <= ry <= lim_y_pos
     tx = z * min(max(rx, -lim_x_neg), lim_x_pos)
     ty = z * min(max(ry, -lim_y_neg), lim_y_pos)
-    J = np.zeros((2, 3))
-    J[0, 0], J[0, 2] = fx / z, -fx * tx / (z * z)
-    J[1, 1], J[1, 2] = fy / z, -fy * ty / (z * z)
-    return J, tx, ty, x_free, y_free
+    J[0, 0], J[0, 1], J[0, 2] = fx / z, 0.0, -fx * tx / (z * z)
+    J[1, 0], J[1, 1], J[1, 2] = 0.0, fy / z, -fy * ty / (z * z)
+    return tx, ty, x_free, y_free
 
 
 @njit(cache=True, parallel=True)
@@ -481,25 +486,30 @@ def _project_forward(means, quats, scales, viewmat, K, width, height):
     conics = np.zeros((n, 3), dtype=np.float32)
     depths = np.zeros(n, dtype=np.float32)
     radii = np.zeros((n, 2), dtype=np.int32)
-    for g in prange(n):
-        pc = _mv(Rv, means[g].astype(np.float64)) + tv
-        _, _, _, cov_c = _camera_covariance(quats[g].astype(np.float64), scales[g].astype(np.float64), Rv)
-        J, _, _, _, _ = _jacobian(pc, Kd, width, height)
-        C = _mm(_mm(J, cov_c), J.T)
-        c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
-        det = max(c00 * c11 - c01 * c01, 1e-10)
-        z = pc[2]
-        u = (Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1] + Kd[0, 2] * z) / z
-        v = (Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1] + Kd[1, 2] * z) / z
-        means2d[g, 0], means2d[g, 1] = u, v
-        conics[g, 0], conics[g, 1], conics[g, 2] = c11 / det, -c01 / det, c00 / det
-        depths[g] = z
-        if not (z > NEAR_PLANE and z < FAR_PLANE):
-            continue
-        r_x = math.ceil(3.33 * math.sqrt(c00))
-        r_y = math.ceil(3.33 * math.sqrt(c11))
-        if u + r_x > 0 and u - r_x < width and v + r_y > 0 and v - r_y < height:
-            radii[g, 0], radii[g, 1] = r_x, r_y
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
+        S = np.empty((N_SCRATCH, 3, 3))
+        pc = np.empty(3)
+        for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+            _camera_point(means, g, Rv, tv, pc)
+            _camera_covariance(quats, scales, g, Rv, S)
+            J = S[S_J][:2]
+            _jacobian(pc, Kd, width, height, J)
+            _mm(J, S[S_COV], S[S_T2][:2])
+            C = _mm(S[S_T2][:2], J.T, S[S_C][:2, :2])
+            c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+            det = max(c00 * c11 - c01 * c01, 1e-10)
+            z = pc[2]
+            u = (Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1] + Kd[0, 2] * z) / z
+            v = (Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1] + Kd[1, 2] * z) / z
+            means2d[g, 0], means2d[g, 1] = u, v
+            conics[g, 0], conics[g, 1], conics[g, 2] = c11 / det, -c01 / det, c00 / det
+            depths[g] = z
+            if not (z > NEAR_PLANE and z < FAR_PLANE):
+                continue
+            r_x = math.ceil(3.33 * math.sqrt(c00))
+            r_y = math.ceil(3.33 * math.sqrt(c11))
+            if u + r_x > 0 and u - r_x < width and v + r_y > 0 and v - r_y < height:
+                radii[g, 0], radii[g, 1] = r_x, r_y
     return means2d, conics, depths, radii
 
 
@@ -514,72 +524,84 @@ def _project_backward(means, quats, scales, viewmat, K, width, height, g_means2d
     d_means = np.zeros((n, 3), dtype=np.float32)
     d_quats = np.zeros((n, 4), dtype=np.float32)
     d_scales = np.zeros((n, 3), dtype=np.float32)
-    for g in prange(n):
-        gu, gv = g_means2d[g, 0], g_means2d[g, 1]
-        ga, gb, gc = g_conics[g, 0], g_conics[g, 1], g_conics[g, 2]
-        if gu == 0 and gv == 0 and ga == 0 and gb == 0 and gc == 0 and g_depths[g] == 0:
-            continue
-        scale = scales[g].astype(np.float64)
-        pc = _mv(Rv, means[g].astype(np.float64)) + tv
-        (w, x, y, z, qn), Rq, M, cov_c = _camera_covariance(quats[g].astype(np.float64), scale, Rv)
-        J, tx, ty, x_free, y_free = _jacobian(pc, Kd, width, height)
-        C = _mm(_mm(J, cov_c), J.T)
-        c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
-        det_raw = c00 * c11 - c01 * c01
-        det = max(det_raw, 1e-10)
-        # conic (c11, -c01, c00) / det  ->  the 2D covariance
-        g_det = -(ga * c11 - gb * c01 + gc * c00) / (det * det) if det_raw > 1e-10 else 0.0
-        G = np.empty((2, 2))
-        G[0, 0] = gc / det + g_det * c11
-        G[1, 1] = ga / det + g_det * c00
-        G[0, 1] = G[1, 0] = 0.5 * (-gb / det - 2.0 * g_det * c01)
-        # C = J cov_c J^T  ->  cov_c and J
-        g_cov_c = _mm(_mm(J.T, G), J)
-        g_J = 2.0 * _mm(_mm(G, J), cov_c)
-        # J -> camera-space position
-        pz = pc[2]
-        d_pc = np.zeros(3)
-        d_pc[2] += g_J[0, 0] * (-fx / (pz * pz)) + g_J[1, 1] * (-fy / (pz * pz))
-        d_tx = g_J[0, 2] * (-fx / (pz * pz))
-        d_ty = g_J[1, 2] * (-fy / (pz * pz))
-        d_pc[2] += g_J[0, 2] * 2.0 * fx * tx / pz ** 3 + g_J[1, 2] * 2.0 * fy * ty / pz ** 3
-        if x_free:
-            d_pc[0] += d_tx
-        else:
-            d_pc[2] += d_tx * tx / pz
-        if y_free:
-            d_pc[1] += d_ty
-        else:
-            d_pc[2] += d_ty * ty / pz
-        # projected mean and depth
-        u_num = Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1]
-        v_num = Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1]
-        d_pc[0] += (gu * Kd[0, 0] + gv * Kd[1, 0]) / pz
-        d_pc[1] += (gu * Kd[0, 1] + gv * Kd[1, 1]) / pz
-        d_pc[2] += -(gu * u_num + gv * v_num) / (pz * pz) + g_depths[g]
-        d_mean = _mv(Rv.T, d_pc)
-        # cov_c = Rv M M^T Rv^T  ->  M  ->  scale and rotation
-        g_M = 2.0 * _mm(_mm(_mm(Rv.T, g_cov_c), Rv), M)
-        g_R = np.empty((3, 3))
-        for j in range(3):
-            d_scales[g, j] = g_M[0, j] * Rq[0, j] + g_M[1, j] * Rq[1, j] + g_M[2, j] * Rq[2, j]
-            for i in range(3):
-                g_R[i, j] = g_M[i, j] * scale[j]
-        dw = 2 * (-z * g_R[0, 1] + y * g_R[0, 2] + z * g_R[1, 0] - x * g_R[1, 2] - y * g_R[2, 0] + x * g_R[2, 1])
-        dx = 2 * (y * g_R[0, 1] + z * g_R[0, 2] + y * g_R[1, 0] - 2 * x * g_R[1, 1] - w * g_R[1, 2]
-                  + z * g_R[2, 0] + w * g_R[2, 1] - 2 * x * g_R[2, 2])
-        dy = 2 * (-2 * y * g_R[0, 0] + x * g_R[0, 1] + w * g_R[0, 2] + x * g_R[1, 0] + z * g_R[1, 2]
-                  - w * g_R[2, 0] + z * g_R[2, 1] - 2 * y * g_R[2, 2])
-        dz = 2 * (-2 * z * g_R[0, 0] - w * g_R[0, 1] + x * g_R[0, 2] + w * g_R[1, 0] - 2 * z * g_R[1, 1]
-                  + y * g_R[1, 2] + x * g_R[2, 0] + y * g_R[2, 1])
-        # through the normalisation q / |q|
-        dot = dw * w + dx * x + dy * y + dz * z
-        d_quats[g, 0] = (dw - w * dot) / qn
-        d_quats[g, 1] = (dx - x * dot) / qn
-        d_quats[g, 2] = (dy - y * dot) / qn
-        d_quats[g, 3] = (dz - z * dot) / qn
-        for j in range(3):
-            d_means[g, j] = d_mean[j]
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
+        S = np.empty((N_SCRATCH, 3, 3))
+        pc = np.empty(3)
+        d_pc = np.empty(3)
+        for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+            gu, gv = g_means2d[g, 0], g_means2d[g, 1]
+            ga, gb, gc = g_conics[g, 0], g_conics[g, 1], g_conics[g, 2]
+            if gu == 0 and gv == 0 and ga == 0 and gb == 0 and gc == 0 and g_depths[g] == 0:
+                continue
+            _camera_point(means, g, Rv, tv, pc)
+            w, x, y, z, qn = _camera_covariance(quats, scales, g, Rv, S)
+            Rq, M, cov_c = S[S_RQ], S[S_M], S[S_COV]
+            J = S[S_J][:2]
+            tx, ty, x_free, y_free = _jacobian(pc, Kd, width, height, J)
+            _mm(J, cov_c, S[S_T2][:2])
+            C = _mm(S[S_T2][:2], J.T, S[S_C][:2, :2])
+            c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+            det_raw = c00 * c11 - c01 * c01
+            det = max(det_raw, 1e-10)
+            # conic (c11, -c01, c00) / det  ->  the 2D covariance
+            g_det = -(ga * c11 - gb * c01 + gc * c00) / (det * det) if det_raw > 1e-10 else 0.0
+            G = S[S_G][:2, :2]
+            G[0, 0] = gc / det + g_det * c11
+            G[1, 1] = ga / det + g_det * c00
+            G[0, 1] = G[1, 0] = 0.5 * (-gb / det - 2.0 * g_det * c01)
+            # C = J cov_c J^T  ->  cov_c and J
+            _mm(J.T, G, S[S_T3][:, :2])
+            g_cov_c = _mm(S[S_T3][:, :2], J, S[S_GCOV])
+            _mm(G, J, S[S_T2][:2])
+            g_J = _mm(S[S_T2][:2], cov_c, S[S_GJ][:2])
+            for i in range(2):
+                for j in range(3):
+                    g_J[i, j] *= 2.0
+            # J -> camera-space position
+            pz = pc[2]
+            d_pc[0], d_pc[1] = 0.0, 0.0
+            d_pc[2] = g_J[0, 0] * (-fx / (pz * pz)) + g_J[1, 1] * (-fy / (pz * pz))
+            d_tx = g_J[0, 2] * (-fx / (pz * pz))
+            d_ty = g_J[1, 2] * (-fy / (pz * pz))
+            d_pc[2] += g_J[0, 2] * 2.0 * fx * tx / pz ** 3 + g_J[1, 2] * 2.0 * fy * ty / pz ** 3
+            if x_free:
+                d_pc[0] += d_tx
+            else:
+                d_pc[2] += d_tx * tx / pz
+            if y_free:
+                d_pc[1] += d_ty
+            else:
+                d_pc[2] += d_ty * ty / pz
+            # projected mean and depth
+            u_num = Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1]
+            v_num = Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1]
+            d_pc[0] += (gu * Kd[0, 0] + gv * Kd[1, 0]) / pz
+            d_pc[1] += (gu * Kd[0, 1] + gv * Kd[1, 1]) / pz
+            d_pc[2] += -(gu * u_num + gv * v_num) / (pz * pz) + g_depths[g]
+            for j in range(3):  # Rv^T d_pc
+                d_means[g, j] = Rv[0, j] * d_pc[0] + Rv[1, j] * d_pc[1] + Rv[2, j] * d_pc[2]
+            # cov_c = Rv M M^T Rv^T  ->  M  ->  scale and rotation
+            _mm(Rv.T, g_cov_c, S[S_T1])
+            _mm(S[S_T1], Rv, S[S_T3])
+            g_M = _mm(S[S_T3], M, S[S_GM])
+            g_R = S[S_GR]
+            for j in range(3):
+                d_scales[g, j] = 2.0 * (g_M[0, j] * Rq[0, j] + g_M[1, j] * Rq[1, j] + g_M[2, j] * Rq[2, j])
+                for i in range(3):
+                    g_R[i, j] = 2.0 * g_M[i, j] * scales[g, j]
+            dw = 2 * (-z * g_R[0, 1] + y * g_R[0, 2] + z * g_R[1, 0] - x * g_R[1, 2] - y * g_R[2, 0] + x * g_R[2, 1])
+            dx = 2 * (y * g_R[0, 1] + z * g_R[0, 2] + y * g_R[1, 0] - 2 * x * g_R[1, 1] - w * g_R[1, 2]
+                      + z * g_R[2, 0] + w * g_R[2, 1] - 2 * x * g_R[2, 2])
+            dy = 2 * (-2 * y * g_R[0, 0] + x * g_R[0, 1] + w * g_R[0, 2] + x * g_R[1, 0] + z * g_R[1, 2]
+                      - w * g_R[2, 0] + z * g_R[2, 1] - 2 * y * g_R[2, 2])
+            dz = 2 * (-2 * z * g_R[0, 0] - w * g_R[0, 1] + x * g_R[0, 2] + w * g_R[1, 0] - 2 * z * g_R[1, 1]
+                      + y * g_R[1, 2] + x * g_R[2, 0] + y * g_R[2, 1])
+            # through the normalisation q / |q|
+            dot = dw * w + dx * x + dy * y + dz * z
+            d_quats[g, 0] = (dw - w * dot) / qn
+            d_quats[g, 1] = (dx - x * dot) / qn
+            d_quats[g, 2] = (dy - y * dot) / qn
+            d_quats[g, 3] = (dz - z * dot) / qn
     return d_means, d_quats, d_scales
 
 
