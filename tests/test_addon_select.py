@@ -12,17 +12,20 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "blender"))
 import harness  # noqa: E402
+from harness import blender  # noqa: E402,F401  (the Blender-version matrix fixture)
 
 pytestmark = pytest.mark.skipif(not harness.have_bpy(), reason="needs the bpy module (Blender as a Python module)")
 
 
 @pytest.fixture(scope="module")
-def select(tmp_path_factory):
+def select(blender, tmp_path_factory):
+    """One run of the driver per Blender version of the matrix; the backend runs in this Python."""
     from select_scene import write_chair_run
 
-    home = tmp_path_factory.mktemp("addon select")
+    home = tmp_path_factory.mktemp(f"addon select {blender.version}")
     run = write_chair_run(home / "chair run")
-    return harness.run_driver("drv_select.py", harness.built_zip(), str(home), str(run), home=str(home), timeout=600)
+    return blender.run_driver("drv_select.py", harness.built_zip(), str(home), str(run), home=str(home), timeout=600,
+                              extra_env={"MASKFIELD_TEST_BACKEND_PYTHON": sys.executable})
 
 
 def _all(data, *prefixes):

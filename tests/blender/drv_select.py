@@ -28,11 +28,14 @@ SEAT, TABLE, BACKGROUND = (0.0, 0.0, 0.0), (3.0, 0.0, 0.0), (6.0, 0.0, 0.0)
 
 
 def backend_python(folder: str) -> str:
-    """This checkout's backend, run by this Python (the add-on drops PYTHONPATH for its child)."""
+    """This checkout's backend, run by the test's Python (MASKFIELD_TEST_BACKEND_PYTHON: the one with
+    torch; a Blender of the matrix has only bpy and numpy) or else this one (the add-on drops
+    PYTHONPATH for its child)."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "python")
+    python = os.environ.get("MASKFIELD_TEST_BACKEND_PYTHON") or sys.executable
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"#!/bin/sh\nPYTHONPATH='{os.path.join(common.ROOT, 'backend')}' exec '{sys.executable}' \"$@\"\n")
+        fh.write(f"#!/bin/sh\nPYTHONPATH='{os.path.join(common.ROOT, 'backend')}' exec '{python}' \"$@\"\n")
     os.chmod(path, 0o755)
     return path
 
