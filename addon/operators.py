@@ -716,11 +716,6 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                 args += ["--supersplat"]
             args += ["--out", out] + segment_options(context)
             argv = backend_client.backend_command(python, *args)
-            serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
-            field = os.path.join(run, "field.pt")
-            serve_key = (tuple(serve_argv), os.path.getmtime(field) if os.path.exists(field) else 0)
-            prefs = preferences.get_prefs(context)
-            use_serve = bool(prefs is not None and prefs.use_serve)
         except (UserError, BackendError, import_export.DataError) as exc:
             return fail(self, str(exc))
 
@@ -745,19 +740,29 @@ class MASKFIELD_OT_segment(bpy.types.Operator):
                 STATUS.set_error(f"Segmentation failed: {job.error}")
                 popup_error(job.error or "segmentation failed")
 
+        payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out,
+                   "granularity": granularity, "supersplat": bool(s.export_supersplat)}
         try:
-            if use_serve:
-                payload = {"cmd": "segment", "prompts": prompts, "points": points, "out": out,
-                           "granularity": granularity, "supersplat": bool(s.export_supersplat)}
-                backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
-                                             on_done=done)
-            else:
-                backend_client.start(backend_client.Job([argv], kind="segment", label="Segmenting",
-                                                        env=preferences.backend_env(context), on_done=done))
+            dispatch_segment(context, python, run, argv, payload, "Segmenting", done)
         except BackendError as exc:
             return fail(self, str(exc))
         STATUS.set_info("Segmenting: " + ", ".join(prompts))
         return {"FINISHED"}
+
+
+def dispatch_segment(context, python: str, run: str, argv: list[str], payload: dict, label: str, on_done) -> None:
+    """A segmentation request to the kept-alive server when the preferences allow it, else the
+    one-shot command ``argv`` as a job. The server is keyed by its command and the field's time,
+    so a retrained run starts a fresh one."""
+    serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
+    field = os.path.join(run, "field.pt")
+    serve_key = (tuple(serve_argv), os.path.getmtime(field) if os.path.exists(field) else 0)
+    prefs = preferences.get_prefs(context)
+    env = preferences.backend_env(context)
+    if prefs is not None and prefs.use_serve:
+        backend_client.serve_request(serve_argv, serve_key, payload, env=env, on_done=on_done)
+    else:
+        backend_client.start(backend_client.Job([argv], kind="segment", label=label, env=env, on_done=on_done))
 
 
 def cursor_position(context) -> list[float]:
@@ -819,11 +824,6 @@ class MASKFIELD_OT_select_at_cursor(bpy.types.Operator):
                 args += ["--name", n]
             args += ["--out", out] + segment_options(context)
             argv = backend_client.backend_command(python, *args)
-            serve_argv = backend_client.backend_command(python, "serve", run, *segment_options(context))
-            field = os.path.join(run, "field.pt")
-            serve_key = (tuple(serve_argv), os.path.getmtime(field) if os.path.exists(field) else 0)
-            prefs = preferences.get_prefs(context)
-            use_serve = bool(prefs is not None and prefs.use_serve)
         except (UserError, BackendError, import_export.DataError) as exc:
             return fail(self, str(exc))
         scene_name = context.scene.name
@@ -841,14 +841,9 @@ class MASKFIELD_OT_select_at_cursor(bpy.types.Operator):
                 STATUS.set_error(f"Selection failed: {job.error}")
                 popup_error(job.error or "selection failed")
 
+        payload = {"cmd": "segment", "at": [pos], "at_granularity": gran, "names": names, "out": out}
         try:
-            if use_serve:
-                payload = {"cmd": "segment", "at": [pos], "at_granularity": gran, "names": names, "out": out}
-                backend_client.serve_request(serve_argv, serve_key, payload, env=preferences.backend_env(context),
-                                             on_done=done)
-            else:
-                backend_client.start(backend_client.Job([argv], kind="segment", label="Selecting at the cursor",
-                                                        env=preferences.backend_env(context), on_done=done))
+            dispatch_segment(context, python, run, argv, payload, "Selecting at the cursor", done)
         except BackendError as exc:
             return fail(self, str(exc))
         STATUS.set_info("Selecting at the 3D cursor ({:.2f}, {:.2f}, {:.2f})".format(*pos))

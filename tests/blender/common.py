@@ -34,6 +34,16 @@ def check(name: str, cond, detail="") -> bool:
     return ok
 
 
+def expect_error(fn, *needles):
+    """Run an operator call that must fail; returns (ok: its message holds every needle, message)."""
+    try:
+        fn()
+    except RuntimeError as exc:
+        msg = str(exc)
+        return all(n.lower() in msg.lower() for n in needles), msg
+    return False, "no error raised"
+
+
 @contextlib.contextmanager
 def section(name: str):
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import check, section  # noqa: E402
+from common import check, expect_error, section  # noqa: E402
 
 import bpy  # noqa: E402  (first: bmesh needs it)
 import bmesh  # noqa: E402,I001
@@ -94,16 +94,6 @@ def select(objs):
         ob.select_set(ob in objs)
     if objs:
         bpy.context.view_layer.objects.active = objs[0]
-
-
-def expect_error(fn, *needles):
-    """Run an operator call that must fail; returns (ok, message)."""
-    try:
-        fn()
-    except RuntimeError as exc:
-        msg = str(exc)
-        return all(n.lower() in msg.lower() for n in needles), msg
-    return False, "no error raised"
 
 
 def owned_objects():

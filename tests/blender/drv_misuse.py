@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import check, section  # noqa: E402
+from common import check, expect_error, section  # noqa: E402
 
 import bpy  # noqa: E402  (first: bmesh needs it)
 import bmesh  # noqa: E402,I001
@@ -90,15 +90,6 @@ def select(objs):
     for ob in bpy.context.view_layer.objects:
         ob.select_set(ob in objs)
     bpy.context.view_layer.objects.active = objs[0] if objs else None
-
-
-def expect_error(fn, *needles):
-    try:
-        fn()
-    except RuntimeError as exc:
-        msg = str(exc)
-        return all(n.lower() in msg.lower() for n in needles), msg
-    return False, "no error raised"
 
 
 def world_face_centres(ob):
