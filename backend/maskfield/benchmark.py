@@ -127,11 +127,11 @@ def read_lerf_mask_scene(folder: Path) -> BenchmarkScene:
 
 
 def _sorted_images(folder: Path) -> list[Path]:
-    from .scene.loaders import IMAGE_SUFFIXES
+    from .scene.loaders import sorted_images
 
     if not folder.is_dir():
         raise MaskFieldError(f"{folder} does not exist; the benchmark's scene needs its photos there.")
-    return sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted_images(folder)
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -385,7 +385,7 @@ def _load_llff(root: Path, images: str | None, holdout_every: int, background) -
     if not np.all(np.isfinite(data)):
         raise MaskFieldError(f"{file} holds NaN or infinite values; re-run LLFF's imgs2poses.py.")
     folder = _llff_image_folder(root, images)
-    paths = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
+    paths = sorted_images(folder)
     if len(paths) != len(data):
         raise MaskFieldError(
             f"{folder} has {len(paths)} images but {file.name} has {len(data)} poses; LLFF pairs them in sorted "
@@ -410,6 +410,11 @@ def _load_llff(root: Path, images: str | None, holdout_every: int, background) -
     train, test = _holdout(len(cameras), holdout_every)
     return Scene(root=root, cameras=cameras, image_paths=paths, train_indices=train, test_indices=test,
                  source="llff", background=background, depth_bounds=data[:, 15:17].astype(np.float64))
+
+
+def sorted_images(folder: Path) -> list[Path]:
+    """The image files of a folder in file-name order: how LLFF (and 3D-OVS's view numbers) pair them."""
+    return sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def _llff_image_folder(root: Path, images: str | None) -> Path:
