@@ -28,23 +28,21 @@ from numba import njit, prange
 from .render import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
+# float32 constants: a float64 literal would turn each pixel's arithmetic (and its exp) into float64
+F0, F05, F1 = np.float32(0.0), np.float32(0.5), np.float32(1.0)
+A_MIN32, A_MAX32, T_MIN32 = np.float32(ALPHA_MIN), np.float32(ALPHA_MAX), np.float32(T_MIN)
+S_PAD = np.float32(1e-3)
 
 
 # --- kernels (float32 arrays, C-contiguous) -----------------------------------------------
 
-@njit(cache=True)
-def _bin_tiles(means2d, conics, opacities, valid, order, width, height):
-    """Each tile's touching Gaussians, front to back: (tile offsets, entries, pixel boxes (N,4)).
-
-    A Gaussian's box holds the pixel centres inside its alpha >= 1/255 ellipse (x0, x1, y0, y1,
-    inclusive; empty where x1 < x0).
-    """
-    tiles_x = (width + TILE - 1) // TILE
-    tiles_y = (height + TILE - 1) // TILE
-    n = order.shape[0]
+@njit(cache=True, parallel=True)
+def _boxes(means2d, conics, opacities, valid, width, height):
+    """Each Gaussian's pixel box (N,4): the pixel centres inside its alpha >= 1/255 ellipse
+    (x0, x1, y0, y1, inclusive; empty where x1 < x0)."""
+    n = means2d.shape[0]
     box = np.empty((n, 4), dtype=np.int32)
-    counts = np.zeros(tiles_x * tiles_y + 1, dtype=np.int64)
-    for g in range(n):
+    for g in prange(n):
         box[g, 0], box[g, 1], box[g, 2], box[g, 3] = 0, -1, 0, -1
         o = opacities[g]
         if o < ALPHA_MIN or not valid[g]:
@@ -59,25 +57,48 @@ def _bin_tiles(means2d, conics, opacities, valid, order, width, height):
         x1 = min(math.floor(means2d[g, 0] + rx - 0.5), width - 1)
         y0 = max(math.ceil(means2d[g, 1] - ry - 0.5), 0)
         y1 = min(math.floor(means2d[g, 1] + ry - 0.5), height - 1)
-        if x1 < x0 or y1 < y0:
-            continue
-        box[g, 0], box[g, 1], box[g, 2], box[g, 3] = x0, x1, y0, y1
-        for ty in range(y0 // TILE, y1 // TILE + 1):
-            for tx in range(x0 // TILE, x1 // TILE + 1):
-                counts[ty * tiles_x + tx + 1] += 1
-    offsets = np.cumsum(counts)
-    cursor = offsets[:-1].copy()
-    entries = np.empty(offsets[-1], dtype=np.int32)
-    for k in range(n):  # front to back, so every tile's list comes out in depth order
-        g = order[k]
+        if x1 >= x0 and y1 >= y0:
+            box[g, 0], box[g, 1], box[g, 2], box[g, 3] = x0, x1, y0, y1
+    return box
+
+
+@njit(cache=True)
+def _bin_tiles(box, order, width, height):
+    """Each tile's touching Gaussians, front to back: (tile offsets, entries), and where each
+    Gaussian's entries went (``slots[start[g]:start[g + 1]]``, for summing its gradients).
+
+    ``order`` lists the Gaussians to bin, front to back, so every tile's list comes out in
+    depth order without a sort per tile.
+    """
+    tiles_x = (width + TILE - 1) // TILE
+    tiles_y = (height + TILE - 1) // TILE
+    n = box.shape[0]
+    counts = np.zeros(tiles_x * tiles_y + 1, dtype=np.int64)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for g in range(n):  # invalid Gaussians have empty boxes
         if box[g, 1] < box[g, 0]:
             continue
         for ty in range(box[g, 2] // TILE, box[g, 3] // TILE + 1):
             for tx in range(box[g, 0] // TILE, box[g, 1] // TILE + 1):
+                counts[ty * tiles_x + tx + 1] += 1
+        start[g + 1] = (box[g, 3] // TILE - box[g, 2] // TILE + 1) * (box[g, 1] // TILE - box[g, 0] // TILE + 1)
+    offsets = np.cumsum(counts)
+    start = np.cumsum(start)
+    cursor = offsets[:-1].copy()
+    entries = np.empty(offsets[-1], dtype=np.int32)
+    slots = np.empty(offsets[-1], dtype=np.int64)
+    for g in order:
+        if box[g, 1] < box[g, 0]:
+            continue
+        j = start[g]
+        for ty in range(box[g, 2] // TILE, box[g, 3] // TILE + 1):
+            for tx in range(box[g, 0] // TILE, box[g, 1] // TILE + 1):
                 t = ty * tiles_x + tx
                 entries[cursor[t]] = g
+                slots[j] = cursor[t]
                 cursor[t] += 1
-    return offsets, entries, box
+                j += 1
+    return offsets, entries, slots, start
 
 
 @njit(cache=True)
@@ -87,9 +108,9 @@ def _alpha_at(px, py, mx, my, ca, cb, cc, o, s_cut):
     saves the exp for most pixels of a Gaussian's box."""
     dx = px - mx
     dy = py - my
-    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    if sigma < 0.0 or sigma > s_cut:
-        return 0.0, 0.0, dx, dy
+    sigma = F05 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    if sigma < F0 or sigma > s_cut:
+        return F0, F0, dx, dy
     falloff = math.exp(-sigma)
     return o * falloff, falloff, dx, dy
 
@@ -136,19 +157,19 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
-            s_cut = math.log(o / ALPHA_MIN) + 1e-3
+            s_cut = math.log(o / A_MIN32) + S_PAD
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
                 x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
                 for x in range(x0, x1 + 1):
                     i = (y - y_lo) * tw + (x - x_lo)
                     if done[i]:
                         continue
-                    a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
-                    if a_raw < ALPHA_MIN:
+                    a_raw, _, _, _ = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o, s_cut)
+                    if a_raw < A_MIN32:
                         continue
-                    a = min(a_raw, ALPHA_MAX)
-                    next_t = T[i] * (1.0 - a)
-                    if next_t < T_MIN:
+                    a = min(a_raw, A_MAX32)
+                    next_t = T[i] * (F1 - a)
+                    if next_t < T_MIN32:
                         done[i] = True
                         n_live -= 1
                         continue
@@ -194,7 +215,7 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
                 T[i] = t_final[pix]
                 last[i] = n_read[pix]
                 k_end = max(k_end, n_read[pix])
-                bg_dot = 0.0
+                bg_dot = F0
                 for c in range(n_ch):
                     G[i, c] = grad_out[pix, c]
                     bg_dot += grad_out[pix, c] * background[c]
@@ -205,34 +226,35 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
-            s_cut = math.log(o / ALPHA_MIN) + 1e-3
-            g_o = g_a = g_b = g_c = g_x = g_y = 0.0
-            gv[:] = 0.0
+            s_cut = math.log(o / A_MIN32) + S_PAD
+            g_o = g_a = g_b = g_c = g_x = g_y = F0
+            gv[:] = F0
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
                 x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
                 for x in range(x0, x1 + 1):
                     i = (y - y_lo) * tw + (x - x_lo)
                     if k >= last[i]:
                         continue
-                    a_raw, falloff, dx, dy = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
-                    if a_raw < ALPHA_MIN:
+                    a_raw, falloff, dx, dy = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o, s_cut)
+                    if a_raw < A_MIN32:
                         continue
-                    a = min(a_raw, ALPHA_MAX)
-                    T[i] = T[i] / (1.0 - a)  # transmittance in front of this pair
+                    a = min(a_raw, A_MAX32)
+                    inv = F1 / (F1 - a)
+                    T[i] = T[i] * inv  # transmittance in front of this pair
                     w = a * T[i]
                     dot = g_acc[i]
                     for c in range(n_ch):
                         dot += values[g, c] * G[i, c]
                         gv[c] += w * G[i, c]
-                    grad_alpha = T[i] * dot - (later[i] + tail[i]) / (1.0 - a)
+                    grad_alpha = T[i] * dot - (later[i] + tail[i]) * inv
                     later[i] += w * dot
-                    if a_raw >= ALPHA_MAX:  # clamped: no gradient through alpha
+                    if a_raw >= A_MAX32:  # clamped: no gradient through alpha
                         continue
                     grad_sigma = -grad_alpha * a_raw
                     g_o += grad_alpha * falloff
-                    g_a += 0.5 * dx * dx * grad_sigma
+                    g_a += F05 * dx * dx * grad_sigma
                     g_b += dx * dy * grad_sigma
-                    g_c += 0.5 * dy * dy * grad_sigma
+                    g_c += F05 * dy * dy * grad_sigma
                     g_x -= (ca * dx + cb * dy) * grad_sigma
                     g_y -= (cb * dx + cc * dy) * grad_sigma
             grads[k, 0], grads[k, 1], grads[k, 2], grads[k, 3], grads[k, 4], grads[k, 5] = g_o, g_a, g_b, g_c, g_x, g_y
@@ -242,12 +264,14 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
 
 
 @njit(cache=True, parallel=True)
-def _sum_per_gaussian(entry_grads, entries, n):
-    """Sum the entry rows of each Gaussian; one thread per column, so no races."""
+def _sum_per_gaussian(entry_grads, slots, start, n):
+    """Sum the entry rows of each Gaussian (one thread per Gaussian: no races, a fixed order)."""
     out = np.zeros((n, entry_grads.shape[1]), dtype=np.float32)
-    for c in prange(entry_grads.shape[1]):
-        for k in range(entries.shape[0]):
-            out[entries[k], c] += entry_grads[k, c]
+    for g in prange(n):
+        for j in range(start[g], start[g + 1]):
+            row = slots[j]
+            for c in range(entry_grads.shape[1]):
+                out[g, c] += entry_grads[row, c]
     return out
 
 
@@ -269,19 +293,19 @@ def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, h
         g = entries[k]
         mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
         ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
-        s_cut = math.log(o / ALPHA_MIN) + 1e-3
+        s_cut = math.log(o / A_MIN32) + S_PAD
         for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
             x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
             for x in range(x0, x1 + 1):
                 i = (y - y_lo) * tw + (x - x_lo)
                 if done[i]:
                     continue
-                a_raw, _, _, _ = _alpha_at(x + 0.5, y + 0.5, mx, my, ca, cb, cc, o, s_cut)
-                if a_raw < ALPHA_MIN:
+                a_raw, _, _, _ = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o, s_cut)
+                if a_raw < A_MIN32:
                     continue
-                a = min(a_raw, ALPHA_MAX)
-                next_t = T[i] * (1.0 - a)
-                if next_t < T_MIN:
+                a = min(a_raw, A_MAX32)
+                next_t = T[i] * (F1 - a)
+                if next_t < T_MIN32:
                     done[i] = True
                     n_live -= 1
                     continue
@@ -327,9 +351,11 @@ class Tiles:
     """Each tile's Gaussians, front to back (indices into the visible list)."""
 
     def __init__(self, means2d, conics, opacities, depths, valid, width, height):
-        order = torch.argsort(depths.detach()).to(torch.int64).numpy()
-        self.offsets, self.entries, self.box = _bin_tiles(_np32(means2d), _np32(conics), _np32(opacities),
-                                                          valid.numpy(), order, width, height)
+        valid = valid.numpy()
+        self.box = _boxes(_np32(means2d), _np32(conics), _np32(opacities), valid, width, height)
+        ids = np.flatnonzero(valid)  # only these need sorting
+        order = ids[np.argsort(_np32(depths)[ids], kind="stable")]
+        self.offsets, self.entries, self.slots, self.start = _bin_tiles(self.box, order, width, height)
         self.width, self.height = width, height
 
 
@@ -354,7 +380,7 @@ class _Composite(torch.autograd.Function):
         t_final, n_read = ctx.state
         entry_grads = _backward(*ctx.arrays, tiles.offsets, tiles.entries, tiles.box, t_final, n_read,
                                 _np32(grad_out), _np32(grad_acc), tiles.width, tiles.height)
-        grads = torch.from_numpy(_sum_per_gaussian(entry_grads, tiles.entries, ctx.arrays[0].shape[0]))
+        grads = torch.from_numpy(_sum_per_gaussian(entry_grads, tiles.slots, tiles.start, ctx.arrays[0].shape[0]))
         grads = grads.to(ctx.dtype)
         return grads[:, 4:6], grads[:, 1:4], grads[:, 0], grads[:, 6:], None, None
 
@@ -407,17 +433,18 @@ NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
 
 
+CHUNK = 1024  # Gaussians per parallel work item (SH scratch buffers are per chunk)
+
+
+# Written out in scalars: 3x3 products through small arrays and views cost numba several
+# times the arithmetic. With W = Rv Rq (camera from Gaussian axes), Mc = W diag(scale) and
+# the Jacobian J, the 2D covariance J Rv Rq S S Rq^T Rv^T J^T is A A^T with A = J Mc (2x3).
+
 @njit(cache=True)
-def _mm(A, B, out):
-    """out = A @ B for the small matrices here (plain loops into a buffer: numba would call
-    BLAS for @, and an allocation per product per Gaussian costs more than the product)."""
-    for i in range(A.shape[0]):
-        for j in range(B.shape[1]):
-            acc = 0.0
-            for k in range(A.shape[1]):
-                acc += A[i, k] * B[k, j]
-            out[i, j] = acc
-    return out
+def _unit_quat(quats, g):
+    q0, q1, q2, q3 = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
+    qn = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
+    return q0 / qn, q1 / qn, q2 / qn, q3 / qn, qn
 
 
 @njit(cache=True)
@@ -427,52 +454,46 @@ def _quat_to_rotmat(w, x, y, z, R):
     R[2, 0], R[2, 1], R[2, 2] = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
 
 
-# Per-thread scratch matrices of the projection (one block of 3x3 buffers per chunk of Gaussians)
-S_RQ, S_M, S_MMT, S_T1, S_COV, S_J, S_T2, S_C, S_G, S_GCOV, S_GJ, S_GM, S_GR, S_T3 = range(14)
-N_SCRATCH = 14
-CHUNK = 1024
-
-
 @njit(cache=True)
-def _camera_point(means, g, Rv, tv, pc):
-    for i in range(3):
-        pc[i] = Rv[i, 0] * means[g, 0] + Rv[i, 1] * means[g, 1] + Rv[i, 2] * means[g, 2] + tv[i]
-
-
-@njit(cache=True)
-def _camera_covariance(quats, scales, g, Rv, S):
-    """(unit quaternion w x y z, its norm); fills S[S_RQ] (rotation), S[S_M] (R diag(scale)) and
-    S[S_COV] (the covariance in camera axes)."""
-    q0, q1, q2, q3 = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
-    qn = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
-    w, x, y, z = q0 / qn, q1 / qn, q2 / qn, q3 / qn
-    Rq, M = S[S_RQ], S[S_M]
+def _gaussian_in_camera(means, quats, scales, g, Rv, tv, Rq, Mc):
+    """Fills Rq (the Gaussian's rotation) and Mc (Rv Rq diag(scale)); returns the camera-space
+    centre and the unit quaternion with its norm."""
+    px = Rv[0, 0] * means[g, 0] + Rv[0, 1] * means[g, 1] + Rv[0, 2] * means[g, 2] + tv[0]
+    py = Rv[1, 0] * means[g, 0] + Rv[1, 1] * means[g, 1] + Rv[1, 2] * means[g, 2] + tv[1]
+    pz = Rv[2, 0] * means[g, 0] + Rv[2, 1] * means[g, 1] + Rv[2, 2] * means[g, 2] + tv[2]
+    w, x, y, z, qn = _unit_quat(quats, g)
     _quat_to_rotmat(w, x, y, z, Rq)
     for i in range(3):
         for j in range(3):
-            M[i, j] = Rq[i, j] * scales[g, j]
-    _mm(M, M.T, S[S_MMT])
-    _mm(Rv, S[S_MMT], S[S_T1])
-    _mm(S[S_T1], Rv.T, S[S_COV])
-    return w, x, y, z, qn
+            Mc[i, j] = (Rv[i, 0] * Rq[0, j] + Rv[i, 1] * Rq[1, j] + Rv[i, 2] * Rq[2, j]) * scales[g, j]
+    return px, py, pz, w, x, y, z, qn
 
 
 @njit(cache=True)
-def _jacobian(pc, K, width, height, J):
-    """gsplat's perspective Jacobian (2,3) into J, with x/z and y/z clamped to 1.3x the field of view."""
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+def _jacobian(px, py, pz, fx, fy, cx, cy, width, height):
+    """gsplat's perspective Jacobian, x/z and y/z clamped to 1.3x the field of view: its entries
+    (j00, j02, j11, j12; j01 = j10 = 0), the clamped tx, ty and whether each was left free."""
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y
-    z = pc[2]
-    rx, ry = pc[0] / z, pc[1] / z
+    rx, ry = px / pz, py / pz
     x_free = -lim_x_neg <= rx <= lim_x_pos
     y_free = -lim_y_neg <= ry <= lim_y_pos
-    tx = z * min(max(rx, -lim_x_neg), lim_x_pos)
-    ty = z * min(max(ry, -lim_y_neg), lim_y_pos)
-    J[0, 0], J[0, 1], J[0, 2] = fx / z, 0.0, -fx * tx / (z * z)
-    J[1, 0], J[1, 1], J[1, 2] = 0.0, fy / z, -fy * ty / (z * z)
-    return tx, ty, x_free, y_free
+    tx = pz * min(max(rx, -lim_x_neg), lim_x_pos)
+    ty = pz * min(max(ry, -lim_y_neg), lim_y_pos)
+    return fx / pz, -fx * tx / (pz * pz), fy / pz, -fy * ty / (pz * pz), tx, ty, x_free, y_free
+
+
+@njit(cache=True)
+def _screen_covariance(j00, j02, j11, j12, Mc, A):
+    """Fills A = J Mc (2x3); returns the 2D covariance (c00, c01, c11) with eps2d added."""
+    for j in range(3):
+        A[0, j] = j00 * Mc[0, j] + j02 * Mc[2, j]
+        A[1, j] = j11 * Mc[1, j] + j12 * Mc[2, j]
+    c00 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2] + EPS2D
+    c01 = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
+    c11 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2] + EPS2D
+    return c00, c01, c11
 
 
 @njit(cache=True, parallel=True)
@@ -481,30 +502,27 @@ def _project_forward(means, quats, scales, viewmat, K, width, height):
     n = means.shape[0]
     Rv = viewmat[:3, :3].astype(np.float64)
     tv = viewmat[:3, 3].astype(np.float64)
-    Kd = K.astype(np.float64)
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    k01, k10 = float(K[0, 1]), float(K[1, 0])
     means2d = np.zeros((n, 2), dtype=np.float32)
     conics = np.zeros((n, 3), dtype=np.float32)
     depths = np.zeros(n, dtype=np.float32)
     radii = np.zeros((n, 2), dtype=np.int32)
     for chunk in prange((n + CHUNK - 1) // CHUNK):
-        S = np.empty((N_SCRATCH, 3, 3))
-        pc = np.empty(3)
+        Rq = np.empty((3, 3))
+        Mc = np.empty((3, 3))
+        A = np.empty((2, 3))
         for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
-            _camera_point(means, g, Rv, tv, pc)
-            _camera_covariance(quats, scales, g, Rv, S)
-            J = S[S_J][:2]
-            _jacobian(pc, Kd, width, height, J)
-            _mm(J, S[S_COV], S[S_T2][:2])
-            C = _mm(S[S_T2][:2], J.T, S[S_C][:2, :2])
-            c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+            px, py, pz, _, _, _, _, _ = _gaussian_in_camera(means, quats, scales, g, Rv, tv, Rq, Mc)
+            j00, j02, j11, j12, _, _, _, _ = _jacobian(px, py, pz, fx, fy, cx, cy, width, height)
+            c00, c01, c11 = _screen_covariance(j00, j02, j11, j12, Mc, A)
             det = max(c00 * c11 - c01 * c01, 1e-10)
-            z = pc[2]
-            u = (Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1] + Kd[0, 2] * z) / z
-            v = (Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1] + Kd[1, 2] * z) / z
+            u = (fx * px + k01 * py) / pz + cx
+            v = (k10 * px + fy * py) / pz + cy
             means2d[g, 0], means2d[g, 1] = u, v
             conics[g, 0], conics[g, 1], conics[g, 2] = c11 / det, -c01 / det, c00 / det
-            depths[g] = z
-            if not (z > NEAR_PLANE and z < FAR_PLANE):
+            depths[g] = pz
+            if not (pz > NEAR_PLANE and pz < FAR_PLANE):
                 continue
             r_x = math.ceil(3.33 * math.sqrt(c00))
             r_y = math.ceil(3.33 * math.sqrt(c11))
@@ -519,83 +537,82 @@ def _project_backward(means, quats, scales, viewmat, K, width, height, g_means2d
     n = means.shape[0]
     Rv = viewmat[:3, :3].astype(np.float64)
     tv = viewmat[:3, 3].astype(np.float64)
-    Kd = K.astype(np.float64)
-    fx, fy = Kd[0, 0], Kd[1, 1]
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    k01, k10 = float(K[0, 1]), float(K[1, 0])
     d_means = np.zeros((n, 3), dtype=np.float32)
     d_quats = np.zeros((n, 4), dtype=np.float32)
     d_scales = np.zeros((n, 3), dtype=np.float32)
     for chunk in prange((n + CHUNK - 1) // CHUNK):
-        S = np.empty((N_SCRATCH, 3, 3))
-        pc = np.empty(3)
-        d_pc = np.empty(3)
+        Rq = np.empty((3, 3))
+        Mc = np.empty((3, 3))
+        A = np.empty((2, 3))
+        dA = np.empty((2, 3))
+        dMc = np.empty((3, 3))
+        dR = np.empty((3, 3))
         for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
             gu, gv = g_means2d[g, 0], g_means2d[g, 1]
             ga, gb, gc = g_conics[g, 0], g_conics[g, 1], g_conics[g, 2]
             if gu == 0 and gv == 0 and ga == 0 and gb == 0 and gc == 0 and g_depths[g] == 0:
                 continue
-            _camera_point(means, g, Rv, tv, pc)
-            w, x, y, z, qn = _camera_covariance(quats, scales, g, Rv, S)
-            Rq, M, cov_c = S[S_RQ], S[S_M], S[S_COV]
-            J = S[S_J][:2]
-            tx, ty, x_free, y_free = _jacobian(pc, Kd, width, height, J)
-            _mm(J, cov_c, S[S_T2][:2])
-            C = _mm(S[S_T2][:2], J.T, S[S_C][:2, :2])
-            c00, c01, c11 = C[0, 0] + EPS2D, C[0, 1], C[1, 1] + EPS2D
+            px, py, pz, w, x, y, z, qn = _gaussian_in_camera(means, quats, scales, g, Rv, tv, Rq, Mc)
+            j00, j02, j11, j12, tx, ty, x_free, y_free = _jacobian(px, py, pz, fx, fy, cx, cy, width, height)
+            c00, c01, c11 = _screen_covariance(j00, j02, j11, j12, Mc, A)
             det_raw = c00 * c11 - c01 * c01
             det = max(det_raw, 1e-10)
-            # conic (c11, -c01, c00) / det  ->  the 2D covariance
+            # conic (c11, -c01, c00) / det  ->  the 2D covariance (G symmetric, G01 = G10)
             g_det = -(ga * c11 - gb * c01 + gc * c00) / (det * det) if det_raw > 1e-10 else 0.0
-            G = S[S_G][:2, :2]
-            G[0, 0] = gc / det + g_det * c11
-            G[1, 1] = ga / det + g_det * c00
-            G[0, 1] = G[1, 0] = 0.5 * (-gb / det - 2.0 * g_det * c01)
-            # C = J cov_c J^T  ->  cov_c and J
-            _mm(J.T, G, S[S_T3][:, :2])
-            g_cov_c = _mm(S[S_T3][:, :2], J, S[S_GCOV])
-            _mm(G, J, S[S_T2][:2])
-            g_J = _mm(S[S_T2][:2], cov_c, S[S_GJ][:2])
-            for i in range(2):
-                for j in range(3):
-                    g_J[i, j] *= 2.0
-            # J -> camera-space position
-            pz = pc[2]
-            d_pc[0], d_pc[1] = 0.0, 0.0
-            d_pc[2] = g_J[0, 0] * (-fx / (pz * pz)) + g_J[1, 1] * (-fy / (pz * pz))
-            d_tx = g_J[0, 2] * (-fx / (pz * pz))
-            d_ty = g_J[1, 2] * (-fy / (pz * pz))
-            d_pc[2] += g_J[0, 2] * 2.0 * fx * tx / pz ** 3 + g_J[1, 2] * 2.0 * fy * ty / pz ** 3
-            if x_free:
-                d_pc[0] += d_tx
-            else:
-                d_pc[2] += d_tx * tx / pz
-            if y_free:
-                d_pc[1] += d_ty
-            else:
-                d_pc[2] += d_ty * ty / pz
-            # projected mean and depth
-            u_num = Kd[0, 0] * pc[0] + Kd[0, 1] * pc[1]
-            v_num = Kd[1, 0] * pc[0] + Kd[1, 1] * pc[1]
-            d_pc[0] += (gu * Kd[0, 0] + gv * Kd[1, 0]) / pz
-            d_pc[1] += (gu * Kd[0, 1] + gv * Kd[1, 1]) / pz
-            d_pc[2] += -(gu * u_num + gv * v_num) / (pz * pz) + g_depths[g]
-            for j in range(3):  # Rv^T d_pc
-                d_means[g, j] = Rv[0, j] * d_pc[0] + Rv[1, j] * d_pc[1] + Rv[2, j] * d_pc[2]
-            # cov_c = Rv M M^T Rv^T  ->  M  ->  scale and rotation
-            _mm(Rv.T, g_cov_c, S[S_T1])
-            _mm(S[S_T1], Rv, S[S_T3])
-            g_M = _mm(S[S_T3], M, S[S_GM])
-            g_R = S[S_GR]
+            G00 = gc / det + g_det * c11
+            G11 = ga / det + g_det * c00
+            G01 = 0.5 * (-gb / det - 2.0 * g_det * c01)
+            # C = A A^T  ->  dA = 2 G A
             for j in range(3):
-                d_scales[g, j] = 2.0 * (g_M[0, j] * Rq[0, j] + g_M[1, j] * Rq[1, j] + g_M[2, j] * Rq[2, j])
+                dA[0, j] = 2.0 * (G00 * A[0, j] + G01 * A[1, j])
+                dA[1, j] = 2.0 * (G01 * A[0, j] + G11 * A[1, j])
+            # A = J Mc  ->  J (dA Mc^T, its four free entries) and Mc (J^T dA)
+            g_j00 = dA[0, 0] * Mc[0, 0] + dA[0, 1] * Mc[0, 1] + dA[0, 2] * Mc[0, 2]
+            g_j02 = dA[0, 0] * Mc[2, 0] + dA[0, 1] * Mc[2, 1] + dA[0, 2] * Mc[2, 2]
+            g_j11 = dA[1, 0] * Mc[1, 0] + dA[1, 1] * Mc[1, 1] + dA[1, 2] * Mc[1, 2]
+            g_j12 = dA[1, 0] * Mc[2, 0] + dA[1, 1] * Mc[2, 1] + dA[1, 2] * Mc[2, 2]
+            for j in range(3):
+                dMc[0, j] = j00 * dA[0, j]
+                dMc[1, j] = j11 * dA[1, j]
+                dMc[2, j] = j02 * dA[0, j] + j12 * dA[1, j]
+            # J -> camera-space position
+            iz2 = 1.0 / (pz * pz)
+            d_pz = -(g_j00 * fx + g_j11 * fy) * iz2 + 2.0 * (g_j02 * fx * tx + g_j12 * fy * ty) * iz2 / pz
+            d_tx = -g_j02 * fx * iz2
+            d_ty = -g_j12 * fy * iz2
+            d_px, d_py = 0.0, 0.0
+            if x_free:
+                d_px += d_tx
+            else:
+                d_pz += d_tx * tx / pz
+            if y_free:
+                d_py += d_ty
+            else:
+                d_pz += d_ty * ty / pz
+            # projected mean and depth
+            d_px += (gu * fx + gv * k10) / pz
+            d_py += (gu * k01 + gv * fy) / pz
+            d_pz += -(gu * (fx * px + k01 * py) + gv * (k10 * px + fy * py)) * iz2 + g_depths[g]
+            for j in range(3):  # Rv^T d_pc
+                d_means[g, j] = Rv[0, j] * d_px + Rv[1, j] * d_py + Rv[2, j] * d_pz
+            # Mc = Rv Rq diag(scale)  ->  scale, and Rq (through Rv^T dMc)
+            for j in range(3):
+                sj = scales[g, j]
+                acc = 0.0
                 for i in range(3):
-                    g_R[i, j] = 2.0 * g_M[i, j] * scales[g, j]
-            dw = 2 * (-z * g_R[0, 1] + y * g_R[0, 2] + z * g_R[1, 0] - x * g_R[1, 2] - y * g_R[2, 0] + x * g_R[2, 1])
-            dx = 2 * (y * g_R[0, 1] + z * g_R[0, 2] + y * g_R[1, 0] - 2 * x * g_R[1, 1] - w * g_R[1, 2]
-                      + z * g_R[2, 0] + w * g_R[2, 1] - 2 * x * g_R[2, 2])
-            dy = 2 * (-2 * y * g_R[0, 0] + x * g_R[0, 1] + w * g_R[0, 2] + x * g_R[1, 0] + z * g_R[1, 2]
-                      - w * g_R[2, 0] + z * g_R[2, 1] - 2 * y * g_R[2, 2])
-            dz = 2 * (-2 * z * g_R[0, 0] - w * g_R[0, 1] + x * g_R[0, 2] + w * g_R[1, 0] - 2 * z * g_R[1, 1]
-                      + y * g_R[1, 2] + x * g_R[2, 0] + y * g_R[2, 1])
+                    dRs = Rv[0, i] * dMc[0, j] + Rv[1, i] * dMc[1, j] + Rv[2, i] * dMc[2, j]  # (Rv^T dMc)_ij
+                    acc += dRs * Rq[i, j]
+                    dR[i, j] = dRs * sj
+                d_scales[g, j] = acc
+            dw = 2 * (-z * dR[0, 1] + y * dR[0, 2] + z * dR[1, 0] - x * dR[1, 2] - y * dR[2, 0] + x * dR[2, 1])
+            dx = 2 * (y * dR[0, 1] + z * dR[0, 2] + y * dR[1, 0] - 2 * x * dR[1, 1] - w * dR[1, 2]
+                      + z * dR[2, 0] + w * dR[2, 1] - 2 * x * dR[2, 2])
+            dy = 2 * (-2 * y * dR[0, 0] + x * dR[0, 1] + w * dR[0, 2] + x * dR[1, 0] + z * dR[1, 2]
+                      - w * dR[2, 0] + z * dR[2, 1] - 2 * y * dR[2, 2])
+            dz = 2 * (-2 * z * dR[0, 0] - w * dR[0, 1] + x * dR[0, 2] + w * dR[1, 0] - 2 * z * dR[1, 1]
+                      + y * dR[1, 2] + x * dR[2, 0] + y * dR[2, 1])
             # through the normalisation q / |q|
             dot = dw * w + dx * x + dy * y + dz * z
             d_quats[g, 0] = (dw - w * dot) / qn
@@ -651,17 +668,18 @@ def _sh_forward(means, campos, sh, n_bases):
     """Colour max(SH(view direction) + 0.5, 0) of every Gaussian (N,3)."""
     n = means.shape[0]
     rgb = np.empty((n, 3), dtype=np.float32)
-    for g in prange(n):
-        d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
-        norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
-        B = np.empty(16)
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
+        B = np.empty(16)  # per chunk: an allocation per Gaussian would cost more than its maths
         dB = np.empty((16, 3))
-        _sh_basis(n_bases, d0 / norm, d1 / norm, d2 / norm, B, dB)
-        for c in range(3):
-            s = 0.0
-            for k in range(n_bases):
-                s += B[k] * sh[g, k, c]
-            rgb[g, c] = max(s + 0.5, 0.0)
+        for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+            d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
+            norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
+            _sh_basis(n_bases, d0 / norm, d1 / norm, d2 / norm, B, dB)
+            for c in range(3):
+                s = 0.0
+                for k in range(n_bases):
+                    s += B[k] * sh[g, k, c]
+                rgb[g, c] = max(s + 0.5, 0.0)
     return rgb
 
 
@@ -671,29 +689,32 @@ def _sh_backward(means, campos, sh, n_bases, rgb, g_rgb):
     n = means.shape[0]
     d_means = np.zeros((n, 3), dtype=np.float32)
     d_sh = np.zeros(sh.shape, dtype=np.float32)
-    for g in prange(n):
-        d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
-        norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
-        x, y, z = d0 / norm, d1 / norm, d2 / norm
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
         B = np.empty(16)
         dB = np.empty((16, 3))
-        _sh_basis(n_bases, x, y, z, B, dB)
         g_raw = np.empty(3)
-        for c in range(3):
-            g_raw[c] = g_rgb[g, c] if rgb[g, c] > 0.0 else 0.0  # the clamp at 0
-        dn0 = dn1 = dn2 = 0.0
-        for k in range(n_bases):
-            s = 0.0
+        for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
             for c in range(3):
-                d_sh[g, k, c] = B[k] * g_raw[c]
-                s += sh[g, k, c] * g_raw[c]
-            dn0 += s * dB[k, 0]
-            dn1 += s * dB[k, 1]
-            dn2 += s * dB[k, 2]
-        dot = dn0 * x + dn1 * y + dn2 * z
-        d_means[g, 0] = (dn0 - x * dot) / norm
-        d_means[g, 1] = (dn1 - y * dot) / norm
-        d_means[g, 2] = (dn2 - z * dot) / norm
+                g_raw[c] = g_rgb[g, c] if rgb[g, c] > 0.0 else 0.0  # the clamp at 0
+            if g_raw[0] == 0.0 and g_raw[1] == 0.0 and g_raw[2] == 0.0:
+                continue  # not seen, or clamped: nothing flows back
+            d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
+            norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
+            x, y, z = d0 / norm, d1 / norm, d2 / norm
+            _sh_basis(n_bases, x, y, z, B, dB)
+            dn0 = dn1 = dn2 = 0.0
+            for k in range(n_bases):
+                s = 0.0
+                for c in range(3):
+                    d_sh[g, k, c] = B[k] * g_raw[c]
+                    s += sh[g, k, c] * g_raw[c]
+                dn0 += s * dB[k, 0]
+                dn1 += s * dB[k, 1]
+                dn2 += s * dB[k, 2]
+            dot = dn0 * x + dn1 * y + dn2 * z
+            d_means[g, 0] = (dn0 - x * dot) / norm
+            d_means[g, 1] = (dn1 - y * dot) / norm
+            d_means[g, 2] = (dn2 - z * dot) / norm
     return d_means, d_sh
 
 
