@@ -28,6 +28,8 @@ from numba import njit, prange
 from .render import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
+# contract (fused multiply-add) and approximate functions; no NaN or sign assumptions
+FAST = {"contract", "afn", "arcp"}
 # float32 constants: a float64 literal would turn each pixel's arithmetic (and its exp) into float64
 F0, F05, F1 = np.float32(0.0), np.float32(0.5), np.float32(1.0)
 A_MIN32, A_MAX32, T_MIN32 = np.float32(ALPHA_MIN), np.float32(ALPHA_MAX), np.float32(T_MIN)
@@ -101,7 +103,7 @@ def _bin_tiles(box, order, width, height):
     return offsets, entries, slots, start
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FAST)
 def _alpha_at(px, py, mx, my, ca, cb, cc, o, s_cut):
     """(alpha before the 0.99 clamp, falloff, dx, dy) of one pixel-Gaussian pair; alpha 0 where
     sigma is past ``s_cut`` (just past alpha = 1/255: the exact test stays the caller's), which
@@ -115,7 +117,7 @@ def _alpha_at(px, py, mx, my, ca, cb, cc, o, s_cut):
     return o * falloff, falloff, dx, dy
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FAST)
 def _row_span(y, mx, my, ca, cb, cc, s_cut, x_lo, x_hi):
     """The pixels of row y (within x_lo..x_hi) whose centres lie inside sigma <= s_cut."""
     dy = y + 0.5 - my
@@ -133,7 +135,7 @@ def _row_span(y, mx, my, ca, cb, cc, s_cut, x_lo, x_hi):
 # inside the tile, with every pixel's running state in small per-tile arrays (as a CUDA block
 # does with its threads); a pixel that terminated is skipped and the tile stops when all have.
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=FAST)
 def _forward(means2d, conics, opacities, values, background, offsets, entries, box, width, height):
     """Blend every pixel: (out (P,C) with the background, final transmittance (P,), entries read (P,))."""
     tiles_x = (width + TILE - 1) // TILE
@@ -189,7 +191,7 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
     return out, t_final, n_read
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=FAST)
 def _backward(means2d, conics, opacities, values, background, offsets, entries, box, t_final, n_read,
               grad_out, grad_acc, width, height):
     """Per-entry gradients (E, 6 + C): [opacity, conic a b c, mean x y, values]."""
@@ -275,7 +277,7 @@ def _sum_per_gaussian(entry_grads, slots, start, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FAST)
 def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, count):
     """Walk one tile as the forward pass does; count each pixel's blending pairs (``count``) or
     write them from ``first[pixel]`` on, front to back."""
