@@ -349,7 +349,9 @@ def _optimizers(gaussians: Gaussians, settings: FitSettings, scene_scale: float)
     opts = {}
     for name, param in gaussians.params.items():
         lr = settings.lr[name] * (scene_scale if name == "means" else 1.0)
-        opts[name] = torch.optim.Adam([{"params": param, "lr": lr, "name": name}], eps=1e-15)
+        # fused: one kernel per parameter instead of ~10 tensor ops (a third of the step on the CPU)
+        fused = param.dtype == torch.float32 and param.device.type in ("cpu", "cuda")
+        opts[name] = torch.optim.Adam([{"params": param, "lr": lr, "name": name}], eps=1e-15, fused=fused)
     return opts
 
 

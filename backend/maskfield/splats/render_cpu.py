@@ -134,28 +134,56 @@ def _row_span(y, mx, my, ca, cb, cc, s_cut, x_lo, x_hi):
 # Each tile runs Gaussian by Gaussian, front to back, over the pixels of the Gaussian's box
 # inside the tile, with every pixel's running state in small per-tile arrays (as a CUDA block
 # does with its threads); a pixel that terminated is skipped and the tile stops when all have.
+# Tile-local pixel i is (y - y_lo) * TILE + (x - x_lo). The forward keeps every pair it blends
+# (the pixel and its Gaussian falloff), entry by entry, so the backward reads them back instead
+# of finding and evaluating them again.
+
+@njit(cache=True, parallel=True)
+def _pair_capacity(offsets, entries, box, width, height):
+    """Where each tile's blended pairs start in the pair arrays (T + 1): room for every pixel
+    of each entry's box inside the tile."""
+    tiles_x = (width + TILE - 1) // TILE
+    n_tiles = offsets.shape[0] - 1
+    room = np.zeros(n_tiles + 1, dtype=np.int64)
+    for t in prange(n_tiles):
+        x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
+        total = 0
+        for k in range(offsets[t], offsets[t + 1]):
+            g = entries[k]
+            nx = min(box[g, 1], x_hi) - max(box[g, 0], x_lo) + 1
+            ny = min(box[g, 3], y_hi) - max(box[g, 2], y_lo) + 1
+            total += nx * ny
+        room[t + 1] = total
+    return np.cumsum(room)
+
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def _forward(means2d, conics, opacities, values, background, offsets, entries, box, width, height):
-    """Blend every pixel: (out (P,C) with the background, final transmittance (P,), entries read (P,))."""
+    """Blend every pixel: (out (P,C) with the background, final transmittance (P,), and the
+    blended pairs: entry k's are ``pair_pixel/pair_falloff[pair_start[k]:pair_end[k]]``)."""
     tiles_x = (width + TILE - 1) // TILE
     n_tiles = tiles_x * ((height + TILE - 1) // TILE)
     n_ch = values.shape[1]
     out = np.empty((width * height, n_ch), dtype=np.float32)
     t_final = np.empty(width * height, dtype=np.float32)
-    n_read = np.empty(width * height, dtype=np.int64)
+    tile_room = _pair_capacity(offsets, entries, box, width, height)
+    pair_pixel = np.empty(tile_room[-1], dtype=np.uint8)  # tile-local: 16 x 16 pixels
+    pair_falloff = np.empty(tile_room[-1], dtype=np.float32)
+    pair_start = np.zeros(entries.shape[0], dtype=np.int64)
+    pair_end = np.zeros(entries.shape[0], dtype=np.int64)
     for t in prange(n_tiles):
         x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
         x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
-        tw = x_hi - x_lo + 1
-        n_live = tw * (y_hi - y_lo + 1)
+        n_live = (x_hi - x_lo + 1) * (y_hi - y_lo + 1)
         T = np.ones(TILE * TILE, dtype=np.float32)
         acc = np.zeros((TILE * TILE, n_ch), dtype=np.float32)
-        last = np.full(TILE * TILE, offsets[t], dtype=np.int64)
         done = np.zeros(TILE * TILE, dtype=np.bool_)
+        j = tile_room[t]
         for k in range(offsets[t], offsets[t + 1]):
             if n_live == 0:
                 break
+            pair_start[k] = j
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
@@ -163,10 +191,11 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
                 x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
                 for x in range(x0, x1 + 1):
-                    i = (y - y_lo) * tw + (x - x_lo)
+                    i = (y - y_lo) * TILE + (x - x_lo)
                     if done[i]:
                         continue
-                    a_raw, _, _, _ = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o, s_cut)
+                    a_raw, falloff, _, _ = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o,
+                                                     s_cut)
                     if a_raw < A_MIN32:
                         continue
                     a = min(a_raw, A_MAX32)
@@ -179,21 +208,23 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
                     for c in range(n_ch):
                         acc[i, c] += w * values[g, c]
                     T[i] = next_t
-                    last[i] = k + 1
+                    pair_pixel[j] = i
+                    pair_falloff[j] = falloff
+                    j += 1
+            pair_end[k] = j
         for y in range(y_lo, y_hi + 1):
             for x in range(x_lo, x_hi + 1):
-                i = (y - y_lo) * tw + (x - x_lo)
+                i = (y - y_lo) * TILE + (x - x_lo)
                 pix = y * width + x
                 for c in range(n_ch):
                     out[pix, c] = acc[i, c] + T[i] * background[c]
                 t_final[pix] = T[i]
-                n_read[pix] = last[i]
-    return out, t_final, n_read
+    return out, t_final, pair_pixel, pair_falloff, pair_start, pair_end
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
-def _backward(means2d, conics, opacities, values, background, offsets, entries, box, t_final, n_read,
-              grad_out, grad_acc, width, height):
+def _backward(means2d, conics, opacities, values, background, offsets, entries, t_final, pair_pixel, pair_falloff,
+              pair_start, pair_end, grad_out, grad_acc, width, height):
     """Per-entry gradients (E, 6 + C): [opacity, conic a b c, mean x y, values]."""
     tiles_x = (width + TILE - 1) // TILE
     n_tiles = tiles_x * ((height + TILE - 1) // TILE)
@@ -202,21 +233,16 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
     for t in prange(n_tiles):
         x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
         x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
-        tw = x_hi - x_lo + 1
         T = np.empty(TILE * TILE, dtype=np.float32)
         tail = np.empty(TILE * TILE, dtype=np.float32)  # the background's share behind every pair
         later = np.zeros(TILE * TILE, dtype=np.float32)  # sum over later pairs of T alpha (v . G)
-        last = np.empty(TILE * TILE, dtype=np.int64)
         G = np.empty((TILE * TILE, n_ch), dtype=np.float32)
         g_acc = np.empty(TILE * TILE, dtype=np.float32)
-        k_end = offsets[t]
         for y in range(y_lo, y_hi + 1):
             for x in range(x_lo, x_hi + 1):
-                i = (y - y_lo) * tw + (x - x_lo)
+                i = (y - y_lo) * TILE + (x - x_lo)
                 pix = y * width + x
                 T[i] = t_final[pix]
-                last[i] = n_read[pix]
-                k_end = max(k_end, n_read[pix])
                 bg_dot = F0
                 for c in range(n_ch):
                     G[i, c] = grad_out[pix, c]
@@ -224,41 +250,39 @@ def _backward(means2d, conics, opacities, values, background, offsets, entries, 
                 tail[i] = t_final[pix] * bg_dot
                 g_acc[i] = grad_acc[pix]  # the accumulated alpha: a channel of value 1, background 0
         gv = np.empty(n_ch, dtype=np.float32)
-        for k in range(k_end - 1, offsets[t] - 1, -1):
+        for k in range(offsets[t + 1] - 1, offsets[t] - 1, -1):
+            if pair_end[k] == pair_start[k]:
+                continue
             g = entries[k]
             mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
-            s_cut = math.log(o / A_MIN32) + S_PAD
             g_o = g_a = g_b = g_c = g_x = g_y = F0
             gv[:] = F0
-            for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
-                x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
-                for x in range(x0, x1 + 1):
-                    i = (y - y_lo) * tw + (x - x_lo)
-                    if k >= last[i]:
-                        continue
-                    a_raw, falloff, dx, dy = _alpha_at(np.float32(x) + F05, np.float32(y) + F05, mx, my, ca, cb, cc, o, s_cut)
-                    if a_raw < A_MIN32:
-                        continue
-                    a = min(a_raw, A_MAX32)
-                    inv = F1 / (F1 - a)
-                    T[i] = T[i] * inv  # transmittance in front of this pair
-                    w = a * T[i]
-                    dot = g_acc[i]
-                    for c in range(n_ch):
-                        dot += values[g, c] * G[i, c]
-                        gv[c] += w * G[i, c]
-                    grad_alpha = T[i] * dot - (later[i] + tail[i]) * inv
-                    later[i] += w * dot
-                    if a_raw >= A_MAX32:  # clamped: no gradient through alpha
-                        continue
-                    grad_sigma = -grad_alpha * a_raw
-                    g_o += grad_alpha * falloff
-                    g_a += F05 * dx * dx * grad_sigma
-                    g_b += dx * dy * grad_sigma
-                    g_c += F05 * dy * dy * grad_sigma
-                    g_x -= (ca * dx + cb * dy) * grad_sigma
-                    g_y -= (cb * dx + cc * dy) * grad_sigma
+            for j in range(pair_start[k], pair_end[k]):
+                i = np.int64(pair_pixel[j])
+                falloff = pair_falloff[j]
+                dx = np.float32(x_lo + (i % TILE)) + F05 - mx
+                dy = np.float32(y_lo + (i // TILE)) + F05 - my
+                a_raw = o * falloff
+                a = min(a_raw, A_MAX32)
+                inv = F1 / (F1 - a)
+                T[i] = T[i] * inv  # transmittance in front of this pair
+                w = a * T[i]
+                dot = g_acc[i]
+                for c in range(n_ch):
+                    dot += values[g, c] * G[i, c]
+                    gv[c] += w * G[i, c]
+                grad_alpha = T[i] * dot - (later[i] + tail[i]) * inv
+                later[i] += w * dot
+                if a_raw >= A_MAX32:  # clamped: no gradient through alpha
+                    continue
+                grad_sigma = -grad_alpha * a_raw
+                g_o += grad_alpha * falloff
+                g_a += F05 * dx * dx * grad_sigma
+                g_b += dx * dy * grad_sigma
+                g_c += F05 * dy * dy * grad_sigma
+                g_x -= (ca * dx + cb * dy) * grad_sigma
+                g_y -= (cb * dx + cc * dy) * grad_sigma
             grads[k, 0], grads[k, 1], grads[k, 2], grads[k, 3], grads[k, 4], grads[k, 5] = g_o, g_a, g_b, g_c, g_x, g_y
             for c in range(n_ch):
                 grads[k, 6 + c] = gv[c]
@@ -367,10 +391,10 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, values, background, tiles: Tiles):
         arrays = (_np32(means2d), _np32(conics), _np32(opacities), _np32(values), _np32(background))
-        out, t_final, n_read = _forward(*arrays, tiles.offsets, tiles.entries, tiles.box, tiles.width, tiles.height)
+        out, t_final, *pairs = _forward(*arrays, tiles.offsets, tiles.entries, tiles.box, tiles.width, tiles.height)
         ctx.tiles = tiles
         ctx.arrays = arrays
-        ctx.state = (t_final, n_read)
+        ctx.state = (t_final, *pairs)
         ctx.dtype = values.dtype
         out_t = torch.from_numpy(out).to(values.dtype)
         acc = torch.from_numpy(1.0 - t_final).to(values.dtype)
@@ -379,8 +403,7 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_acc):
         tiles = ctx.tiles
-        t_final, n_read = ctx.state
-        entry_grads = _backward(*ctx.arrays, tiles.offsets, tiles.entries, tiles.box, t_final, n_read,
+        entry_grads = _backward(*ctx.arrays, tiles.offsets, tiles.entries, *ctx.state,
                                 _np32(grad_out), _np32(grad_acc), tiles.width, tiles.height)
         grads = torch.from_numpy(_sum_per_gaussian(entry_grads, tiles.slots, tiles.start, ctx.arrays[0].shape[0]))
         grads = grads.to(ctx.dtype)
