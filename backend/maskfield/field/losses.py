@@ -90,22 +90,31 @@ def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
     The paper weighs dice by 0.05 (the default here, and in the matching cost); the trainer
     passes its own setting (see FieldSettings.dice_weight).
     """
-    K = logits.shape[0]
     matched = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
-    targets_m = targets[torch.as_tensor(cols, dtype=torch.long, device=logits.device)]
-    logits_m = logits[matched]
-    focal = sigmoid_focal_loss(logits_m, targets_m).mean() if len(rows) else logits.sum() * 0
-    dice = dice_loss(logits_m, targets_m).mean() if len(rows) else logits.sum() * 0
-    c = F.normalize(query_embed[matched], dim=-1)
-    e = F.normalize(mask_embed[torch.as_tensor(cols, dtype=torch.long, device=logits.device)], dim=-1)
-    cos = (1 - (c * e).sum(-1)).mean() if len(rows) else logits.sum() * 0
-    unmatched_mask = torch.ones(K, dtype=torch.bool, device=logits.device)
-    unmatched_mask[matched] = False
-    if unmatched_mask.any():
-        # mean of p^2 over the unmatched rows, through row norms: no second K x P copy is kept
-        row_sq = torch.linalg.vector_norm(torch.sigmoid(logits), dim=1).square()
-        unmatched = row_sq[unmatched_mask].sum() / (int(unmatched_mask.sum()) * logits.shape[1])
+    unmatched = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    unmatched[matched] = False
+    return loss_terms(logits[matched], targets, query_embed, mask_embed, rows, cols, logits[unmatched], dice_weight)
+
+
+def loss_terms(matched_logits, targets, query_embed, mask_embed, rows, cols, unmatched_logits,
+               dice_weight: float = DICE_WEIGHT) -> dict[str, torch.Tensor]:
+    """The MaskField loss from its two parts: the matched queries' logits (R, P) against
+    ``targets[cols]``, and the unmatched queries' logits (U, S), pushed to empty masks. The
+    second may be over a sample of the pixels (a mean, so any sample estimates it)."""
+    device = matched_logits.device
+    cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
+    targets_m = targets[cols_t]
+    zero = matched_logits.sum() * 0 + unmatched_logits.sum() * 0
+    focal = sigmoid_focal_loss(matched_logits, targets_m).mean() if len(rows) else zero
+    dice = dice_loss(matched_logits, targets_m).mean() if len(rows) else zero
+    c = F.normalize(query_embed[torch.as_tensor(rows, dtype=torch.long, device=device)], dim=-1)
+    e = F.normalize(mask_embed[cols_t], dim=-1)
+    cos = (1 - (c * e).sum(-1)).mean() if len(rows) else zero
+    if unmatched_logits.shape[0]:
+        # mean of p^2 over the unmatched rows, through row norms: no second copy is kept
+        row_sq = torch.linalg.vector_norm(torch.sigmoid(unmatched_logits), dim=1).square()
+        unmatched = row_sq.sum() / unmatched_logits.numel()
     else:
-        unmatched = logits.sum() * 0
+        unmatched = zero
     total = focal + dice_weight * dice + cos + unmatched
     return {"total": total, "focal": focal, "dice": dice, "cos": cos, "unmatched": unmatched}

@@ -174,6 +174,7 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
         x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
         x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
         n_live = (x_hi - x_lo + 1) * (y_hi - y_lo + 1)
+        row_live = np.full(TILE, x_hi - x_lo + 1, dtype=np.int64)  # a row whose pixels all stopped is skipped
         T = np.ones(TILE * TILE, dtype=np.float32)
         acc = np.zeros((TILE * TILE, n_ch), dtype=np.float32)
         done = np.zeros(TILE * TILE, dtype=np.bool_)
@@ -187,6 +188,8 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
             ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
             s_cut = math.log(o / A_MIN32) + S_PAD
             for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
+                if row_live[y - y_lo] == 0:
+                    continue
                 x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
                 if x1 < x0:
                     continue
@@ -206,6 +209,7 @@ def _forward(means2d, conics, opacities, values, background, offsets, entries, b
                     if next_t < T_MIN32:
                         done[i] = True
                         n_live -= 1
+                        row_live[y - y_lo] -= 1
                         continue
                     w = a * T[i]
                     for c in range(n_ch):
@@ -313,6 +317,7 @@ def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, h
     x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
     tw = x_hi - x_lo + 1
     n_live = tw * (y_hi - y_lo + 1)
+    row_live = np.full(TILE, tw, dtype=np.int64)
     T = np.ones(TILE * TILE, dtype=np.float32)
     m = np.zeros(TILE * TILE, dtype=np.int64)
     done = np.zeros(TILE * TILE, dtype=np.bool_)
@@ -324,6 +329,8 @@ def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, h
         ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
         s_cut = math.log(o / A_MIN32) + S_PAD
         for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
+            if row_live[y - y_lo] == 0:
+                continue
             x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
             if x1 < x0:
                 continue
@@ -343,6 +350,7 @@ def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, h
                 if next_t < T_MIN32:
                     done[i] = True
                     n_live -= 1
+                    row_live[y - y_lo] -= 1
                     continue
                 if not count:
                     j = first[y * width + x] + m[i]
