@@ -41,6 +41,11 @@ class QueryNetworks(nn.Module):
         c = self.embed_mlp(self.codes)
         return m, c
 
+    def semantic(self, rows: torch.Tensor) -> torch.Tensor:
+        """The semantic embeddings of some queries only (training needs gradients for the
+        matched few; the rest are read for the matching cost, without gradients)."""
+        return self.embed_mlp(self.codes[rows])
+
     def config(self) -> dict:
         return {"num_queries": self.num_queries, "feature_dim": self.feature_dim, "embed_dim": self.embed_dim,
                 "num_freqs": self.codes.shape[1] // 2, "hidden": self.mask_mlp[0].out_features}

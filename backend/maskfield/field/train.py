@@ -130,11 +130,14 @@ def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_w
     With ``stats``, the matches are recorded (granularity and size of each query's masks).
     With ``sample_pixels``, matching and the unmatched term use that many random pixels."""
     feat = view.blend(field.features)
-    m, c = field.queries()
+    q = field.queries
+    m = q.mask_mlp(q.codes)
+    with torch.no_grad():  # every query's semantic embedding is read by the matching; only matched ones learn
+        c = q.embed_mlp(q.codes)
     if sample_pixels and feat.shape[0] > sample_pixels:
-        loss, rows, cols = sampled_matched_loss(m, feat, c, view, dice_weight, sample_pixels, generator)
+        loss, rows, cols = sampled_matched_loss(m, feat, c, view, dice_weight, sample_pixels, generator, q.semantic)
     else:
-        loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight)
+        loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight, q.semantic)
     if stats is not None:
         stats.add(view, rows, cols)
     if gaussian_weight > 0 and len(rows):
@@ -142,19 +145,30 @@ def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_w
     return loss
 
 
-def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float):
+def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float,
+                 semantic_rows=None):
     """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField
-    loss, and the matched query and mask indices."""
+    loss, and the matched query and mask indices. ``semantic_rows(rows)``, if given, recomputes
+    the matched queries' embeddings with gradients (``query_embed`` then has none)."""
     targets = view.supervised_targets()
     with torch.no_grad():
         cost = matching_cost(logits, targets, query_embed, view.embeddings)
     rows, cols = hungarian_match(cost)
+    query_embed = _learning_rows(query_embed, rows, semantic_rows)
     loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)
     return loss["total"], rows, cols
 
 
+def _learning_rows(query_embed, rows, semantic_rows):
+    """``query_embed`` with the matched rows swapped for ones that carry gradients."""
+    if semantic_rows is None:
+        return query_embed
+    index = torch.as_tensor(rows, dtype=torch.long, device=query_embed.device)
+    return query_embed.detach().index_put((index,), semantic_rows(index))
+
+
 def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_weight: float, sample_pixels: int,
-                         generator: torch.Generator | None = None):
+                         generator: torch.Generator | None = None, semantic_rows=None):
     """``matched_loss`` with the matching and the unmatched queries on a random sample of the
     pixels; the matched queries' logits are still scored at every pixel (edges stay sharp)."""
     targets = view.supervised_targets()
@@ -163,6 +177,7 @@ def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_we
     with torch.no_grad():
         cost = matching_cost(sampled, targets[:, pick], query_embed, view.embeddings)
     rows, cols = hungarian_match(cost)
+    query_embed = _learning_rows(query_embed, rows, semantic_rows)
     unmatched = torch.ones(sampled.shape[0], dtype=torch.bool, device=feat.device)
     unmatched[torch.as_tensor(rows, dtype=torch.long, device=feat.device)] = False
     matched_logits = mask_embed[torch.as_tensor(rows, dtype=torch.long, device=feat.device)] @ feat.T
