@@ -149,7 +149,7 @@ def test_compiled_projection_and_sh_match_gsplats_reference_maths():
             rgb = torch.clamp_min(_spherical_harmonics(3, p["means"] - campos, p["sh"]) + 0.5, 0.0)
         else:
             radii, m2, dep, con = render_cpu.project(p, cam.viewmat, cam.K, cam.width, cam.height)
-            rgb = render_cpu.sh_colors(p["means"], p["sh"], cam.viewmat, 3)
+            rgb = render_cpu.sh_colors(p["means"], p["sh"][:, :1], p["sh"][:, 1:], cam.viewmat, 3)
         gen = torch.Generator().manual_seed(0)
         loss = sum((t * torch.randn(t.shape, generator=gen)).sum() for t in (m2, con, dep, rgb))
         loss.backward()
@@ -370,3 +370,34 @@ def test_random_initialisation_sizes_gaussians_by_their_nearest_neighbours():
     scales = np.exp(g.params["scales"].detach().numpy())
     assert np.allclose(scales, 0.3 * expected[:, None], rtol=1e-4)
     assert (np.abs(pts[:240] - [1.0, 2.0, 3.0]) <= 2.0 + 1e-5).all()  # four fifths inside the bounds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_sh_kept_in_two_parts_renders_and_learns_as_joined(backend, degree):
+    """The fit hands the renderer SH band 0 and the rest apart (no joined copy per step): same
+    colours, same gradients as the joined array, and none past the bands in use."""
+    g, cam = tiny_scene(n=60, w=40, h=30, seed=7)
+    joined = {k: v.clone().requires_grad_() for k, v in g.items()}
+    split = {k: v.clone() for k, v in g.items() if k != "sh"}
+    split["sh0"] = g["sh"][:, :1].clone().requires_grad_()
+    split["shN"] = g["sh"][:, 1:].clone().requires_grad_()
+    for k in ("means", "quats", "scales", "opacities"):
+        split[k].requires_grad_()
+    target = torch.rand(cam.height, cam.width, 3, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for p in (joined, split):
+        out = render(p, cam, sh_degree=degree, backend=backend)
+        (out["color"] - target).abs().mean().backward()
+        outs.append(out["color"].detach())
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    k = (degree + 1) ** 2
+    assert torch.allclose(split["sh0"].grad, joined["sh"].grad[:, :1], atol=1e-7)
+    assert split["sh0"].grad.abs().max() > 0
+    if degree == 0:
+        assert split["shN"].grad is None or not split["shN"].grad.any()
+    else:
+        assert torch.allclose(split["shN"].grad[:, : k - 1], joined["sh"].grad[:, 1:k], atol=1e-7)
+        assert not split["shN"].grad[:, k - 1:].any()
+    for name in ("means", "scales", "opacities"):
+        assert torch.allclose(split[name].grad, joined[name].grad, atol=1e-6), name

@@ -212,7 +212,7 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     optimizer = torch.optim.Adam([
         {"params": [field.features], "lr": settings.lr_features},
         {"params": field.queries.parameters(), "lr": settings.lr_queries},
-    ])
+    ], fused=torch.device(device).type in ("cpu", "cuda"))  # one kernel per tensor
     gamma = settings.lr_final_fraction ** (1.0 / max(1, settings.iterations))
     start = 0
     stats = MatchStats(settings.num_queries)

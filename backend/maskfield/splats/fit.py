@@ -156,7 +156,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 degree = min(settings.sh_degree, step // settings.sh_degree_every)
                 background = backdrop.colour()
                 # composited here rather than in the renderer, so that a learned colour gets its gradient
-                out = render(gaussians.activated(), cameras[view], sh_degree=degree, background=zero,
+                out = render(gaussians.activated(split_sh=True), cameras[view], sh_degree=degree, background=zero,
                              backend=settings.renderer)
                 out["color"] = out["color"] + (1.0 - out["alpha"]).clamp_min(0.0)[..., None] * background
                 info = {"means2d": out["means2d"], "radii": out["radii"], "width": cameras[view].width,

@@ -95,15 +95,17 @@ class Gaussians:
     def means(self) -> torch.Tensor:
         return self.params["means"]
 
-    def activated(self) -> dict[str, torch.Tensor]:
-        """Renderer-ready values: real scales, unit quaternions, opacities in (0,1), SH (N,K,3)."""
+    def activated(self, split_sh: bool = False) -> dict[str, torch.Tensor]:
+        """Renderer-ready values: real scales, unit quaternions, opacities in (0,1), SH (N,K,3);
+        with ``split_sh``, SH as ``sh0`` (N,1,3) and ``shN`` (N,K-1,3) (no joined copy: the fit)."""
         p = self.params
+        sh = {"sh0": p["sh0"], "shN": p["shN"]} if split_sh else {"sh": torch.cat([p["sh0"], p["shN"]], dim=1)}
         return {
             "means": p["means"],
             "scales": torch.exp(p["scales"]),
             "quats": torch.nn.functional.normalize(p["quats"], dim=-1),
             "opacities": torch.sigmoid(p["opacities"]),
-            "sh": torch.cat([p["sh0"], p["shN"]], dim=1),
+            **sh,
         }
 
     def to(self, device) -> "Gaussians":

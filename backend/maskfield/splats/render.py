@@ -162,14 +162,23 @@ def _colour_values_gsplat(g, camera, sh_degree, colors):
     campos = torch.linalg.inv(camera.viewmat)[:3, 3]
     dirs = g["means"] - campos
     degree = _degree(g, sh_degree)
-    rgb = spherical_harmonics(degree, dirs, g["sh"][:, : (degree + 1) ** 2])
+    rgb = spherical_harmonics(degree, dirs, sh_coefficients(g, degree))
     return torch.clamp_min(rgb + 0.5, 0.0), 3
 
 
 def _degree(g, sh_degree):
-    k = g["sh"].shape[1]
+    k = g["sh"].shape[1] if "sh" in g else 1 + g["shN"].shape[1]
     full = int(round(np.sqrt(k))) - 1
     return full if sh_degree is None else min(sh_degree, full)
+
+
+def sh_coefficients(g: dict[str, torch.Tensor], degree: int) -> torch.Tensor:
+    """(N, (degree + 1)^2, 3) SH coefficients, from ``sh`` or from ``sh0`` + ``shN`` (as the fit
+    keeps them: the compiled renderer reads those two without joining them)."""
+    k = (degree + 1) ** 2
+    if "sh" in g:
+        return g["sh"][:, :k]
+    return g["sh0"] if k == 1 else torch.cat([g["sh0"], g["shN"][:, : k - 1]], dim=1)
 
 
 # --- our PyTorch renderer --------------------------------------------------------------------
@@ -193,7 +202,7 @@ def _torch_colors(g, camera, sh_degree, colors, visible):
     campos = torch.linalg.inv(camera.viewmat)[:3, 3]
     dirs = g["means"][visible] - campos
     degree = _degree(g, sh_degree)
-    sh = g["sh"][visible][:, : (degree + 1) ** 2]
+    sh = sh_coefficients(g, degree)[visible]
     return torch.clamp_min(_spherical_harmonics(degree, dirs, sh) + 0.5, 0.0)
 
 
@@ -383,7 +392,11 @@ def _render_compiled(g, camera, sh_degree, colors, features, background):
     radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, width, height)
     means2d = m2[None]  # what densification reads (and retains the gradient of)
     if colors is None:
-        colors = render_cpu.sh_colors(g["means"], g["sh"], camera.viewmat, _degree(g, sh_degree))
+        if "sh" in g:
+            sh0, shN = g["sh"][:, :1], g["sh"][:, 1:]
+        else:
+            sh0, shN = g["sh0"], g["shN"]
+        colors = render_cpu.sh_colors(g["means"], sh0, shN, camera.viewmat, _degree(g, sh_degree))
     parts = [colors] + ([features] if features is not None else []) + [dep[:, None]]
     values = torch.cat(parts, dim=1)
     bg = torch.cat([background.to(values.dtype), values.new_zeros(values.shape[1] - 3)])

@@ -457,10 +457,11 @@ def warm_up() -> float:
     (out.sum() + acc.sum()).backward()
     weights(m, c, o, d, valid, 8, 8)
     g = {"means": torch.tensor([[0.0, 0.0, 3.0]], requires_grad=True), "quats": torch.tensor([[1.0, 0, 0, 0]]),
-         "scales": torch.full((1, 3), 0.1), "sh": torch.zeros(1, 16, 3, requires_grad=True)}
+         "scales": torch.full((1, 3), 0.1), "sh0": torch.zeros(1, 1, 3, requires_grad=True),
+         "shN": torch.zeros(1, 15, 3, requires_grad=True)}
     viewmat, K = torch.eye(4), torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]])
     _, means2d, depths, conics = project(g, viewmat, K, 8, 8)
-    rgb = sh_colors(g["means"], g["sh"], viewmat, 3)
+    rgb = sh_colors(g["means"], g["sh0"], g["shN"], viewmat, 3)
     (means2d.sum() + depths.sum() + conics.sum() + rgb.sum()).backward()
     return time.perf_counter() - t0
 
@@ -706,8 +707,9 @@ def _sh_basis(n_bases, x, y, z, B, dB):
 
 
 @njit(cache=True, parallel=True)
-def _sh_forward(means, campos, sh, n_bases):
-    """Colour max(SH(view direction) + 0.5, 0) of every Gaussian (N,3)."""
+def _sh_forward(means, campos, sh0, shN, n_bases):
+    """Colour max(SH(view direction) + 0.5, 0) of every Gaussian (N,3); the coefficients as the
+    fit keeps them, band 0 (N,1,3) and the rest (N,K-1,3), so no (N,K,3) copy is made per step."""
     n = means.shape[0]
     rgb = np.empty((n, 3), dtype=np.float32)
     for chunk in prange((n + CHUNK - 1) // CHUNK):
@@ -718,28 +720,33 @@ def _sh_forward(means, campos, sh, n_bases):
             norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
             _sh_basis(n_bases, d0 / norm, d1 / norm, d2 / norm, B, dB)
             for c in range(3):
-                s = 0.0
-                for k in range(n_bases):
-                    s += B[k] * sh[g, k, c]
+                s = B[0] * sh0[g, 0, c]
+                for k in range(1, n_bases):
+                    s += B[k] * shN[g, k - 1, c]
                 rgb[g, c] = max(s + 0.5, 0.0)
     return rgb
 
 
 @njit(cache=True, parallel=True)
-def _sh_backward(means, campos, sh, n_bases, rgb, g_rgb):
-    """Gradients of the means (N,3) (through the view direction) and the SH coefficients (N,K,3)."""
+def _sh_backward(means, campos, sh0, shN, n_bases, rgb, g_rgb):
+    """Gradients of the means (N,3) (through the view direction) and of both coefficient
+    arrays (the bands past ``n_bases`` get zero)."""
     n = means.shape[0]
-    d_means = np.zeros((n, 3), dtype=np.float32)
-    d_sh = np.zeros(sh.shape, dtype=np.float32)
+    d_means = np.empty((n, 3), dtype=np.float32)
+    d_sh0 = np.empty(sh0.shape, dtype=np.float32)
+    d_shN = np.empty(shN.shape, dtype=np.float32)
     for chunk in prange((n + CHUNK - 1) // CHUNK):
         B = np.empty(16)
         dB = np.empty((16, 3))
         g_raw = np.empty(3)
         for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+            d_shN[g] = 0.0
             for c in range(3):
                 g_raw[c] = g_rgb[g, c] if rgb[g, c] > 0.0 else 0.0  # the clamp at 0
             if g_raw[0] == 0.0 and g_raw[1] == 0.0 and g_raw[2] == 0.0:
-                continue  # not seen, or clamped: nothing flows back
+                d_means[g] = 0.0  # not seen, or clamped: nothing flows back
+                d_sh0[g] = 0.0
+                continue
             d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
             norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
             x, y, z = d0 / norm, d1 / norm, d2 / norm
@@ -748,8 +755,12 @@ def _sh_backward(means, campos, sh, n_bases, rgb, g_rgb):
             for k in range(n_bases):
                 s = 0.0
                 for c in range(3):
-                    d_sh[g, k, c] = B[k] * g_raw[c]
-                    s += sh[g, k, c] * g_raw[c]
+                    if k == 0:
+                        d_sh0[g, 0, c] = B[0] * g_raw[c]
+                        s += sh0[g, 0, c] * g_raw[c]
+                    else:
+                        d_shN[g, k - 1, c] = B[k] * g_raw[c]
+                        s += shN[g, k - 1, c] * g_raw[c]
                 dn0 += s * dB[k, 0]
                 dn1 += s * dB[k, 1]
                 dn2 += s * dB[k, 2]
@@ -757,7 +768,7 @@ def _sh_backward(means, campos, sh, n_bases, rgb, g_rgb):
             d_means[g, 0] = (dn0 - x * dot) / norm
             d_means[g, 1] = (dn1 - y * dot) / norm
             d_means[g, 2] = (dn2 - z * dot) / norm
-    return d_means, d_sh
+    return d_means, d_sh0, d_shN
 
 
 class _Project(torch.autograd.Function):
@@ -779,19 +790,21 @@ class _Project(torch.autograd.Function):
 
 
 class _SphericalHarmonics(torch.autograd.Function):
-    """means (N,3), SH (N,K,3) -> colour (N,3) seen from ``campos``, SH bands up to ``n_bases``."""
+    """means (N,3), SH band 0 (N,1,3) and the rest (N,K-1,3) -> colour (N,3) seen from ``campos``,
+    bands up to ``n_bases``."""
 
     @staticmethod
-    def forward(ctx, means, sh, campos, n_bases):
-        arrays = (_np32(means), _np32(campos), _np32(sh))
-        rgb = _sh_forward(arrays[0], arrays[1], arrays[2], n_bases)
+    def forward(ctx, means, sh0, shN, campos, n_bases):
+        arrays = (_np32(means), _np32(campos), _np32(sh0), _np32(shN))
+        rgb = _sh_forward(*arrays, n_bases)
         ctx.arrays, ctx.n_bases, ctx.rgb, ctx.dtype = arrays, n_bases, rgb, means.dtype
         return torch.from_numpy(rgb).to(means.dtype)
 
     @staticmethod
     def backward(ctx, g_rgb):
-        d_means, d_sh = _sh_backward(*ctx.arrays, ctx.n_bases, ctx.rgb, _np32(g_rgb))
-        return torch.from_numpy(d_means).to(ctx.dtype), torch.from_numpy(d_sh).to(ctx.dtype), None, None
+        d_means, d_sh0, d_shN = _sh_backward(*ctx.arrays, ctx.n_bases, ctx.rgb, _np32(g_rgb))
+        d_shN = torch.from_numpy(d_shN).to(ctx.dtype) if ctx.n_bases > 1 else None  # band 0 only: none
+        return torch.from_numpy(d_means).to(ctx.dtype), torch.from_numpy(d_sh0).to(ctx.dtype), d_shN, None, None
 
 
 def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int):
@@ -800,9 +813,10 @@ def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, 
     return radii, means2d, depths, conics
 
 
-def sh_colors(means, sh, viewmat, degree: int):
+def sh_colors(means, sh0, shN, viewmat, degree: int):
+    """Colour of every Gaussian seen from the camera, from SH band 0 (N,1,3) and the rest (N,K-1,3)."""
     campos = torch.linalg.inv(viewmat.detach())[:3, 3]
-    return _SphericalHarmonics.apply(means, sh, campos, (degree + 1) ** 2)
+    return _SphericalHarmonics.apply(means, sh0, shN, campos, (degree + 1) ** 2)
 
 
 def threading_layer() -> str:
