@@ -148,3 +148,31 @@ def test_a_query_that_also_lights_a_neighbour_yields_to_the_neighbours_own_query
 
     np.testing.assert_array_equal(labels(False), [0] * 8)  # the mixed query leaks onto the table
     np.testing.assert_array_equal(labels(True), [0] * 4 + [-1] * 4)
+
+
+def test_gaussians_painting_unsupervised_pixels_are_in_no_segment():
+    """A Gaussian whose weight falls mostly on pixels no mask supervised (a veil over the
+    backdrop) learned nothing from the masks: it is left out of every segment, whatever its
+    features; one no training view shows keeps its label."""
+    from maskfield.field.data import FieldView, supervised_share
+
+    # 4 pixels, the first two supervised; Gaussian 0 paints those, 1 paints the others
+    # (and 0.1 of a supervised one), 2 both halves equally, 3 no pixel
+    pixel = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    gaussian = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    weight = torch.tensor([0.9, 0.8, 0.7, 0.9, 0.1, 0.5, 0.5])
+    w = torch.sparse_coo_tensor(torch.stack([pixel, gaussian]), weight, (4, 4)).coalesce().to_sparse_csr()
+    view = FieldView("v", w, torch.ones(4), torch.ones(1, 4), torch.ones(1, 8),
+                     torch.tensor([True, True, False, False]), 2, 2)
+    share = supervised_share([view, view], 4)
+    assert torch.allclose(share, torch.tensor([1.0, 0.1 / 1.7, 0.5, -1.0]))
+
+    seg = constructed([one_hot(0)] * 4, ["red mug"])
+    _, label, score, _ = seg.segment(["red mug"])
+    np.testing.assert_array_equal(label, [0, 0, 0, 0])  # no share known: every lit Gaussian
+    seg.supervised_share = share
+    _, label, score2, _ = seg.segment(["red mug"])
+    np.testing.assert_array_equal(label, [0, -1, 0, 0])
+    np.testing.assert_allclose(score, score2)  # scores are kept; only the label goes
+    seg.settings.min_supervised_share = 0.0
+    np.testing.assert_array_equal(seg.segment(["red mug"])[1], [0, 0, 0, 0])

@@ -53,6 +53,11 @@ class SegmentSettings:
     # nothing; None picks by encoder: CLIP text-image cosines are low (about 0.2-0.3 for a
     # good match), hashed-name cosines of a match are near 1 and of a non-match near 0
     min_similarity: float | None = None
+    # a Gaussian whose blending weight in the training views falls mostly on pixels no mask
+    # supervised (a faint veil over the backdrop) learned no meaning, and is in no segment
+    # (see field.data.supervised_share); 0 keeps every Gaussian. Gaussians no training view
+    # shows keep their label
+    min_supervised_share: float = 0.5
 
     def similarity_floor(self, encoder: str) -> float:
         if self.min_similarity is not None:
@@ -117,6 +122,8 @@ class Segmenter:
         self._setup(self.gaussians, features, queries, ckpt.get("embedding_model", ""),
                     ckpt.get("object_names") or _prior_object_names(self.run), text_encoder, weights_dir,
                     allow_download, ckpt.get("match_stats"))
+        share = ckpt.get("supervised_share")  # absent in fields trained before it was kept
+        self.supervised_share = share.float() if share is not None and len(share) == len(self.gaussians) else None
 
     @classmethod
     def from_field(cls, gaussians, features: torch.Tensor, queries, embedding_model: str = "",
@@ -127,6 +134,7 @@ class Segmenter:
         seg.run, seg.device, seg.settings = None, device, settings or SegmentSettings()
         seg._setup(gaussians, features, queries, embedding_model, object_names or [], text_encoder, None, False,
                    match_stats)
+        seg.supervised_share = None
         return seg
 
     def _setup(self, gaussians, features, queries, embedding_model, object_names, text_encoder,
@@ -392,7 +400,11 @@ class Segmenter:
                 self._yield_to_competitors(features, logits, j, m.competitors)
         scores = torch.sigmoid(logits)
         best_score, label = scores.max(1)
-        label = torch.where(best_score >= self.settings.mask_threshold, label, torch.full_like(label, -1))
+        keep = best_score >= self.settings.mask_threshold
+        if features is self.features and self.supervised_share is not None:  # the run's own Gaussians
+            share = self.supervised_share
+            keep &= ~((share >= 0) & (share < self.settings.min_supervised_share))
+        label = torch.where(keep, label, torch.full_like(label, -1))
         return label.numpy().astype(np.int32), best_score.numpy(), scores.numpy()
 
     def _yield_to_competitors(self, features: torch.Tensor, logits: torch.Tensor, j: int,

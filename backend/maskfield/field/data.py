@@ -52,6 +52,17 @@ class FieldView:
             self._supervised_weights = (w, wt)
         return self._supervised_weights
 
+    def weight_totals(self, num_gaussians: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each Gaussian's blending weight summed over all of this view's pixels, and over its
+        supervised pixels only (N,) each."""
+        coo = self.weights.to_sparse_coo().coalesce()
+        pixel, gaussian = coo.indices()
+        values = coo.values().float()
+        keep = self.supervised[pixel]
+        total = torch.zeros(num_gaussians).index_add_(0, gaussian.cpu(), values.cpu())
+        supervised = torch.zeros(num_gaussians).index_add_(0, gaussian[keep].cpu(), values[keep].cpu())
+        return total, supervised
+
     def blend(self, features: torch.Tensor) -> torch.Tensor:
         """Per-Gaussian features (N, C) -> composited features at the supervised pixels (P, C)."""
         w, wt = self.supervised_weights()
@@ -76,6 +87,22 @@ class _FrozenBlend(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return torch.sparse.mm(ctx.wt, grad.contiguous()), None, None
+
+
+def supervised_share(views: list[FieldView], num_gaussians: int) -> torch.Tensor:
+    """Per Gaussian, the share of its blending weight (over all training views) that falls on
+    supervised pixels, those the priors' masks speak for; -1 for a Gaussian no view shows.
+
+    A Gaussian that paints mostly unsupervised pixels (the thin veil over a backdrop the
+    Gaussians barely cover) gets almost no teaching from the masks, so its features say
+    nothing: segmentation leaves such Gaussians out (``SegmentSettings.min_supervised_share``)."""
+    total = torch.zeros(num_gaussians)
+    supervised = torch.zeros(num_gaussians)
+    for view in views:
+        t, s = view.weight_totals(num_gaussians)
+        total += t
+        supervised += s
+    return torch.where(total > 0, supervised / total.clamp_min(1e-12), torch.full_like(total, -1.0))
 
 
 def gaussian_shares(weights_t: torch.Tensor, targets: torch.Tensor):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
-from .data import FieldView
+from .data import FieldView, supervised_share
 from .losses import hungarian_match, loss_terms, maskfield_loss, matching_cost
 from .queries import QueryNetworks
 
@@ -264,7 +264,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
         raise
     seconds = time.perf_counter() - t0
     _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats)
-    save_field(run.field_checkpoint, field, settings, {**(extra or {}), "match_stats": stats.summary()})
+    save_field(run.field_checkpoint, field, settings, {**(extra or {}), "match_stats": stats.summary(),
+                                                       "supervised_share": supervised_share(views, num_gaussians)})
     tail = history[-50:] if history else [float("nan")]
     return field, {"seconds": round(seconds, 1), "steps": settings.iterations - start,
                    "final_loss": float(np.mean(tail)), "views": len(views), "settings": asdict(settings)}
