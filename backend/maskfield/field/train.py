@@ -46,8 +46,9 @@ class FieldSettings:
     gaussian_weight: float = 1.0
     # The matching cost and the unmatched queries' term over this many random pixels of the
     # view (0: all), as Mask2Former samples points; the matched masks keep every pixel. The
-    # K x pixels logits are most of a step's work on the CPU. Measured on the demo (35 views
-    # at 128 px, 1,500 steps): see the README's figures.
+    # K x pixels logits grow with the supervision size; views with fewer supervised pixels
+    # (the demo's, ~2,400) are not sampled. On the 48-view 200x150 scenes (160 px) a field of
+    # 1,500 steps took 77 s with it (no run without it at that size: not compared)
     sample_pixels: int = 4096
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
