@@ -55,13 +55,10 @@ class FieldView:
     def weight_totals(self, num_gaussians: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each Gaussian's blending weight summed over all of this view's pixels, and over its
         supervised pixels only (N,) each."""
-        coo = self.weights.to_sparse_coo().coalesce()
-        pixel, gaussian = coo.indices()
-        values = coo.values().float()
-        keep = self.supervised[pixel]
-        total = torch.zeros(num_gaussians).index_add_(0, gaussian.cpu(), values.cpu())
-        supervised = torch.zeros(num_gaussians).index_add_(0, gaussian[keep].cpu(), values[keep].cpu())
-        return total, supervised
+        def column_sums(csr):
+            return torch.zeros(num_gaussians).index_add_(0, csr.col_indices().cpu(), csr.values().float().cpu())
+
+        return column_sums(self.weights), column_sums(self.supervised_weights()[0])
 
     def blend(self, features: torch.Tensor) -> torch.Tensor:
         """Per-Gaussian features (N, C) -> composited features at the supervised pixels (P, C)."""

@@ -1,17 +1,16 @@
-"""The compiled CPU rasteriser: 3DGS's tile-based alpha blending in numba, forward and backward.
-
-Projection and spherical harmonics stay in PyTorch (``render.py``); this module does the per-pixel
-compositing, the part that costs, as the CUDA rasterisers do:
+"""The compiled CPU rasteriser: 3DGS's tile-based alpha blending in numba, forward and backward,
+with the projection and spherical harmonics compiled too (hand-written backward passes).
 
 1. each Gaussian lists the 16x16 tiles its alpha >= 1/255 ellipse touches; the Gaussians are
    visited front to back, so every tile's list comes out depth-sorted without a sort per tile;
 2. forward, one thread per tile (``prange``): each pixel blends its tile's list front to back
-   and stops once transmittance would fall below 1e-4 (3DGS's early termination); it keeps its
-   final transmittance and how far down the list it read;
-3. backward, again one thread per tile: each pixel walks its list back to front, recovering
-   each transmittance by division (alpha <= 0.99 keeps it stable), and writes the gradients of
-   a (tile, Gaussian) entry into that entry's own row, so no two threads ever write the same
-   memory; the rows are then summed per Gaussian. Results do not depend on the thread count.
+   and stops once transmittance would fall below 1e-4 (3DGS's early termination); every pair
+   it blends (tile-local pixel, Gaussian falloff) is kept, entry by entry;
+3. backward, again one thread per tile: the kept pairs are read back to front, each
+   transmittance recovered by division (alpha <= 0.99 keeps it stable), and the gradients of a
+   (tile, Gaussian) entry go into that entry's own row, so no two threads ever write the same
+   memory; the rows are then summed per Gaussian. Results do not depend on the thread count;
+4. the mask field's frozen blending weights replay the same kept pairs (``weights``).
 
 The kernels compile on first use and are cached on disk (``cache=True``), so only the first
 run on a machine pays the compile time (see ``warm_up``).
@@ -308,76 +307,38 @@ def _sum_per_gaussian(entry_grads, slots, start, n):
     return out
 
 
-@njit(cache=True, fastmath=FAST)
-def _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, count):
-    """Walk one tile as the forward pass does; count each pixel's blending pairs (``count``) or
-    write them from ``first[pixel]`` on, front to back."""
-    tiles_x = (width + TILE - 1) // TILE
-    x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
-    x_hi, y_hi = min(x_lo + TILE, width) - 1, min(y_lo + TILE, height) - 1
-    tw = x_hi - x_lo + 1
-    n_live = tw * (y_hi - y_lo + 1)
-    row_live = np.full(TILE, tw, dtype=np.int64)
-    T = np.ones(TILE * TILE, dtype=np.float32)
-    m = np.zeros(TILE * TILE, dtype=np.int64)
-    done = np.zeros(TILE * TILE, dtype=np.bool_)
-    for k in range(offsets[t], offsets[t + 1]):
-        if n_live == 0:
-            break
-        g = entries[k]
-        mx, my, o = means2d[g, 0], means2d[g, 1], opacities[g]
-        ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
-        s_cut = math.log(o / A_MIN32) + S_PAD
-        for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
-            if row_live[y - y_lo] == 0:
-                continue
-            x0, x1 = _row_span(y, mx, my, ca, cb, cc, s_cut, max(box[g, 0], x_lo), min(box[g, 1], x_hi))
-            if x1 < x0:
-                continue
-            f_next, r, q = _row_falloff(x0, y, mx, my, ca, cb, cc)  # as the forward pass, to the bit
-            for x in range(x0, x1 + 1):
-                falloff = f_next
-                f_next *= r
-                r *= q
-                i = (y - y_lo) * tw + (x - x_lo)
-                if done[i]:
-                    continue
-                a_raw = o * falloff
-                if a_raw < A_MIN32:
-                    continue
-                a = min(a_raw, A_MAX32)
-                next_t = T[i] * (F1 - a)
-                if next_t < T_MIN32:
-                    done[i] = True
-                    n_live -= 1
-                    row_live[y - y_lo] -= 1
-                    continue
-                if not count:
-                    j = first[y * width + x] + m[i]
-                    gauss[j] = g
-                    weight[j] = a * T[i]
-                m[i] += 1
-                T[i] = next_t
-    if count:
-        for y in range(y_lo, y_hi + 1):
-            for x in range(x_lo, x_hi + 1):
-                first[y * width + x + 1] = m[(y - y_lo) * tw + (x - x_lo)]
-
-
 @njit(cache=True, parallel=True)
-def _weights(means2d, conics, opacities, offsets, entries, box, width, height):
-    """The blending weights as (pixel, Gaussian, weight), by pixel then front to back."""
-    n_tiles = ((width + TILE - 1) // TILE) * ((height + TILE - 1) // TILE)
+def _replay_weights(opacities, offsets, entries, pair_pixel, pair_falloff, pair_start, pair_end, width, height):
+    """The blending weights of the pairs ``_forward`` kept, as (pixel, Gaussian, weight), by
+    pixel then front to back: the forward's own pairs and arithmetic, so they reproduce its
+    render exactly. A pixel lies in one tile, so the per-tile loops never share a pixel."""
+    tiles_x = (width + TILE - 1) // TILE
+    n_tiles = offsets.shape[0] - 1
     counts = np.zeros(width * height + 1, dtype=np.int64)
-    no_i = np.empty(0, dtype=np.int64)
-    no_w = np.empty(0, dtype=np.float32)
     for t in prange(n_tiles):  # first count the pairs of each pixel ...
-        _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, counts, no_i, no_w, True)
+        x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        for k in range(offsets[t], offsets[t + 1]):
+            for j in range(pair_start[k], pair_end[k]):
+                i = np.int64(pair_pixel[j])
+                counts[(y_lo + i // TILE) * width + x_lo + i % TILE + 1] += 1
     first = np.cumsum(counts)
     gauss = np.empty(first[-1], dtype=np.int64)
     weight = np.empty(first[-1], dtype=np.float32)
-    for t in prange(n_tiles):  # ... then write them
-        _tile_weights(t, means2d, conics, opacities, offsets, entries, box, width, height, first, gauss, weight, False)
+    for t in prange(n_tiles):  # ... then replay the blending, front to back
+        x_lo, y_lo = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        T = np.ones(TILE * TILE, dtype=np.float32)
+        m = np.zeros(TILE * TILE, dtype=np.int64)
+        for k in range(offsets[t], offsets[t + 1]):
+            g = entries[k]
+            o = opacities[g]
+            for j in range(pair_start[k], pair_end[k]):
+                i = np.int64(pair_pixel[j])
+                a = min(o * pair_falloff[j], A_MAX32)
+                slot = first[(y_lo + i // TILE) * width + x_lo + i % TILE] + m[i]
+                gauss[slot] = g
+                weight[slot] = a * T[i]
+                m[i] += 1
+                T[i] = T[i] * (F1 - a)
     pixel = np.empty(first[-1], dtype=np.int64)
     for p in prange(width * height):
         pixel[first[p]:first[p + 1]] = p
@@ -439,8 +400,11 @@ def composite(means2d, conics, opacities, depths, valid, values, background, wid
 def weights(means2d, conics, opacities, depths, valid, width: int, height: int):
     """(pixel, Gaussian, weight) of every pair that blends, as torch tensors."""
     tiles = Tiles(means2d, conics, opacities, depths, valid, width, height)
-    pixel, gauss, weight = _weights(_np32(means2d), _np32(conics), _np32(opacities), tiles.offsets,
-                                    tiles.entries, tiles.box, width, height)
+    opacities = _np32(opacities)
+    no_values = np.zeros((opacities.shape[0], 0), dtype=np.float32)  # the pairs are all that is wanted
+    _, _, *pairs = _forward(_np32(means2d), _np32(conics), opacities, no_values, np.zeros(0, dtype=np.float32),
+                            tiles.offsets, tiles.entries, tiles.box, width, height)
+    pixel, gauss, weight = _replay_weights(opacities, tiles.offsets, tiles.entries, *pairs, width, height)
     return torch.from_numpy(pixel), torch.from_numpy(gauss), torch.from_numpy(weight)
 
 
