@@ -7,7 +7,7 @@ import torch
 
 from maskfield.events import MaskFieldError
 from maskfield.field.data import FieldView
-from maskfield.field.losses import (dice_loss, hungarian_match, maskfield_loss, matching_cost,
+from maskfield.field.losses import (dice_loss, hungarian_match, maskfield_loss, matching_cost, unmatched_penalty,
                                     pairwise_dice_cost, pairwise_focal_cost, sigmoid_focal_loss)
 from maskfield.field.queries import QueryNetworks, sinusoidal_codes
 from maskfield.field.train import FieldSettings, train_field
@@ -54,6 +54,21 @@ def test_hungarian_matching_recovers_a_permutation():
     losses = maskfield_loss(logits, targets, q_emb, emb, rows, cols)
     assert losses["cos"] < 1e-5 and losses["focal"] < 1e-3 and losses["dice"] < 0.05
     assert losses["unmatched"] < 1e-6  # queries 4 and 5 predict empty masks
+
+
+def test_unmatched_penalty_is_the_mean_square_probability_of_the_unmatched_rows_only():
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(7, 40, generator=gen) * 2).requires_grad_()
+    rows = np.array([5, 1, 3])
+    penalty = unmatched_penalty(logits, rows)
+    keep = [0, 2, 4, 6]
+    expected = torch.sigmoid(logits.detach()[keep]).square().mean()
+    torch.testing.assert_close(penalty, expected)
+    penalty.backward()
+    assert torch.count_nonzero(logits.grad[rows]) == 0  # matched queries are not pushed to empty
+    assert bool((logits.grad[keep] > 0).all())  # every unmatched probability is pushed down
+    everything = torch.zeros(3, 40, requires_grad=True)
+    assert float(unmatched_penalty(everything, np.arange(3))) == 0.0  # all matched: nothing to push
 
 
 def _constructed_views(num_gaussians=60, seed=0):

@@ -133,6 +133,59 @@ def test_compiled_and_torch_renderers_agree_in_values_and_gradients(scene, colou
         assert (grads[name] - ref_grad).abs().max() <= 2e-3 * scale, (name, (grads[name] - ref_grad).abs().max(), scale)
 
 
+def test_compiled_results_do_not_depend_on_how_tiles_are_dealt_to_threads(monkeypatch):
+    """The tiles are dealt to as many workers as numba has threads; values and gradients must
+    come out bit for bit the same for any count (a tile is always one worker's)."""
+    g, cam = dense_scene(n=90, w=70, h=50)  # 5 x 4 tiles of uneven work
+    bg = torch.tensor([0.3, 0.1, 0.6])
+    runs = []
+    for workers in (1, 2, 5):
+        monkeypatch.setattr(render_cpu.numba, "get_num_threads", lambda w=workers: w)
+        tiles = render_cpu.Tiles(*project_for_tiles(g, cam), cam.width, cam.height)
+        assert tiles.plan[0].shape == (workers + 1,) and sorted(tiles.plan[1]) == list(range(20))
+        if workers == 1:
+            lists = (tiles.offsets, tiles.entries, tiles.slots, tiles.start)
+        else:  # binned by several workers, each a run of the depth order: the same tile lists
+            for mine, single in zip((tiles.offsets, tiles.entries, tiles.slots, tiles.start), lists):
+                assert np.array_equal(mine, single)
+        runs.append(_render_with_grads("cpu", g, cam, None, None, bg))
+    (out0, grads0), rest = runs[0], runs[1:]
+    assert float(out0["alpha"].detach().max()) > 0.99  # pixels that stop early, in some tiles
+    for out, grads in rest:
+        for key in ("color", "alpha", "depth"):
+            assert torch.equal(out[key], out0[key]), key
+        for name, grad in grads0.items():
+            assert torch.equal(grads[name], grad), name
+
+
+def test_the_radix_depth_order_is_numpys_stable_argsort():
+    rng = np.random.default_rng(4)
+    depths = rng.uniform(0.01, 50.0, 20_000).astype(np.float32)
+    depths[::5] = depths[7]  # many ties: kept in id order
+    depths[1::9] = np.float32(1e-3) * rng.random(len(depths[1::9]), dtype=np.float32) + np.float32(0.01)
+    ids = np.flatnonzero(rng.random(len(depths)) < 0.7)
+    order = render_cpu._depth_order(ids, depths.view(np.uint32))
+    assert np.array_equal(order, ids[np.argsort(depths[ids], kind="stable")])
+
+
+def project_for_tiles(g, cam):
+    radii, means2d, depths, conics = project(g, cam)
+    return means2d[0], conics[0], g["opacities"], depths[0], (radii[0] > 0).all(-1)
+
+
+def test_tiles_are_dealt_so_that_each_thread_gets_a_like_share_of_the_work():
+    # the work of a photo's tiles: the object's tiles together, dear ones beside cheap ones
+    cost = np.array([0, 0, 0, 500, 5400, 4200, 3100, 1800, 900, 0, 0, 0, 40, 30, 20, 10], dtype=np.int64)
+    offsets, tiles = render_cpu._share_tiles(cost, 2)
+    assert sorted(tiles.tolist()) == list(range(len(cost)))
+    loads = [int(cost[tiles[offsets[w]:offsets[w + 1]]].sum()) for w in range(2)]
+    assert abs(loads[0] - loads[1]) <= cost.max() // 4, loads  # two contiguous halves: 15000 vs 1000
+    for w in range(2):  # each worker runs its tiles in order
+        assert list(tiles[offsets[w]:offsets[w + 1]]) == sorted(tiles[offsets[w]:offsets[w + 1]])
+    offsets, tiles = render_cpu._share_tiles(cost, 40)  # more workers than tiles: some idle, none lost
+    assert offsets[-1] == len(cost) and sorted(tiles.tolist()) == list(range(len(cost)))
+
+
 def test_compiled_projection_and_sh_match_gsplats_reference_maths():
     g, cam = tiny_scene(n=50, w=40, h=30, seed=4)
     g["means"][:6, 0] += torch.tensor([2.5, 2.5, 3.0, 3.0, 12.0, 12.0])  # past the Jacobian's clamp; off screen

@@ -91,30 +91,36 @@ def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
     passes its own setting (see FieldSettings.dice_weight).
     """
     matched = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
-    unmatched = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-    unmatched[matched] = False
-    return loss_terms(logits[matched], targets, query_embed, mask_embed, rows, cols, logits[unmatched], dice_weight)
+    return loss_terms(logits.index_select(0, matched), targets, query_embed, mask_embed, rows, cols,
+                      unmatched_penalty(logits, rows), dice_weight)
 
 
-def loss_terms(matched_logits, targets, query_embed, mask_embed, rows, cols, unmatched_logits,
+def unmatched_penalty(logits: torch.Tensor, rows) -> torch.Tensor:
+    """Mean p^2 over the rows of ``logits`` (K, S) not in ``rows`` (the unmatched queries,
+    pushed to empty masks). Taken from the row norms of the whole matrix, the matched ones
+    masked out afterwards: no copy of the unmatched rows, and none to scatter back."""
+    unmatched = torch.ones(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    unmatched[torch.as_tensor(rows, dtype=torch.long, device=logits.device)] = 0.0
+    count = logits.shape[0] - len(rows)
+    if count == 0:
+        return logits.sum() * 0
+    row_sq = torch.linalg.vector_norm(torch.sigmoid(logits), dim=1).square()
+    return (row_sq * unmatched).sum() / (count * logits.shape[1])
+
+
+def loss_terms(matched_logits, targets, query_embed, mask_embed, rows, cols, unmatched: torch.Tensor,
                dice_weight: float = DICE_WEIGHT) -> dict[str, torch.Tensor]:
     """The MaskField loss from its two parts: the matched queries' logits (R, P) against
-    ``targets[cols]``, and the unmatched queries' logits (U, S), pushed to empty masks. The
-    second may be over a sample of the pixels (a mean, so any sample estimates it)."""
+    ``targets[cols]``, and ``unmatched`` (``unmatched_penalty``, which may be over a sample of
+    the pixels: a mean, so any sample estimates it)."""
     device = matched_logits.device
     cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
-    targets_m = targets[cols_t]
-    zero = matched_logits.sum() * 0 + unmatched_logits.sum() * 0
+    targets_m = targets.index_select(0, cols_t)
+    zero = matched_logits.sum() * 0
     focal = sigmoid_focal_loss(matched_logits, targets_m).mean() if len(rows) else zero
     dice = dice_loss(matched_logits, targets_m).mean() if len(rows) else zero
-    c = F.normalize(query_embed[torch.as_tensor(rows, dtype=torch.long, device=device)], dim=-1)
-    e = F.normalize(mask_embed[cols_t], dim=-1)
+    c = F.normalize(query_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=device)), dim=-1)
+    e = F.normalize(mask_embed.index_select(0, cols_t), dim=-1)
     cos = (1 - (c * e).sum(-1)).mean() if len(rows) else zero
-    if unmatched_logits.shape[0]:
-        # mean of p^2 over the unmatched rows, through row norms: no second copy is kept
-        row_sq = torch.linalg.vector_norm(torch.sigmoid(unmatched_logits), dim=1).square()
-        unmatched = row_sq.sum() / unmatched_logits.numel()
-    else:
-        unmatched = zero
     total = focal + dice_weight * dice + cos + unmatched
     return {"total": total, "focal": focal, "dice": dice, "cos": cos, "unmatched": unmatched}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .data import FieldView, supervised_share
-from .losses import hungarian_match, loss_terms, maskfield_loss, matching_cost
+from .losses import hungarian_match, loss_terms, maskfield_loss, matching_cost, unmatched_penalty
 from .queries import QueryNetworks
 
 
@@ -179,11 +179,9 @@ def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_we
         cost = matching_cost(sampled, targets[:, pick], query_embed, view.embeddings)
     rows, cols = hungarian_match(cost)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
-    unmatched = torch.ones(sampled.shape[0], dtype=torch.bool, device=feat.device)
-    unmatched[torch.as_tensor(rows, dtype=torch.long, device=feat.device)] = False
-    matched_logits = mask_embed[torch.as_tensor(rows, dtype=torch.long, device=feat.device)] @ feat.T
-    loss = loss_terms(matched_logits, targets, query_embed, view.embeddings, rows, cols, sampled[unmatched],
-                      dice_weight)
+    matched_logits = mask_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=feat.device)) @ feat.T
+    loss = loss_terms(matched_logits, targets, query_embed, view.embeddings, rows, cols,
+                      unmatched_penalty(sampled, rows), dice_weight)
     return loss["total"], rows, cols
 
 
@@ -195,8 +193,10 @@ def gaussian_mask_loss(features, mask_embed, view: FieldView, rows, cols) -> tor
     beside others can keep any feature; segmenting in 3D reads each Gaussian alone. Summed
     over pixels, sum_p w_pg BCE(l_g, t_p) = share * softplus(-l_g) + (weight - share) * softplus(l_g).
     """
-    logits = features[view.gaussian_index] @ mask_embed[torch.as_tensor(rows)].T  # (V, R)
-    share = view.gaussian_share[:, torch.as_tensor(cols)]
+    # index_select, not indexing: its backward is an index_add, indexing's an accumulating
+    # index_put (a sort of the indices, every step)
+    logits = features.index_select(0, view.gaussian_index) @ mask_embed.index_select(0, torch.as_tensor(rows)).T
+    share = view.gaussian_share.index_select(1, torch.as_tensor(cols))
     weight = view.gaussian_weight[:, None]
     bce = share * F.softplus(-logits) + (weight - share).clamp_min(0) * F.softplus(logits)
     return bce.sum() / (view.gaussian_weight.sum() * len(rows))
