@@ -2,7 +2,7 @@
 """The colour fit: steps per second and held-out PSNR over time, renderers side by side.
 
     python benchmarks/bench_fit.py [--renderers torch,cpu] [--datasets fox,bookshelf]
-        [--iterations 3000] [--eval-every 250] [--downscale 8] [--json FILE]
+        [--iterations 3000] [--eval-every 250] [--downscale 8] [--json FILE] [--set NAME=VALUE ...]
 
 Datasets: ``fox`` is ``../shared/data/fox`` (50 real photos with lens distortion, no seed
 points) at 1/``--downscale``; ``bookshelf`` / ``room`` are ``tools/make_scenes.py`` scenes
@@ -67,7 +67,8 @@ def fit_curve(folder: Path, renderer: str, downscale: float, args) -> dict:
 
     scene = load_scene(folder)
     test = list(scene.test_indices)[: args.max_eval_views]
-    settings = FitSettings.for_device("cpu", iterations=args.iterations, downscale=downscale, renderer=renderer)
+    settings = FitSettings.for_device("cpu", iterations=args.iterations, downscale=downscale, renderer=renderer,
+                                      **overrides(args.set))
     curve: list[dict] = []
     eval_seconds = [0.0]
     t_start = time.perf_counter()
@@ -98,6 +99,32 @@ def fit_curve(folder: Path, renderer: str, downscale: float, args) -> dict:
             "curve": curve}
 
 
+def overrides(pairs: list[str]) -> dict:
+    """``--set name=value`` pairs as FitSettings overrides (numbers parsed), for schedule sweeps."""
+    from dataclasses import fields
+
+    from maskfield.splats.fit import FitSettings
+
+    known = {f.name: f.type for f in fields(FitSettings)}
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(f"--set {pair!r}: give NAME=VALUE with NAME one of FitSettings' fields "
+                             f"({', '.join(sorted(known))})")
+        out[name] = _number_or_text(value)
+    return out
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--renderers", default="torch,cpu")
@@ -113,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-views", type=int, default=8)
     ap.add_argument("--events", default="none", choices=["none", "tqdm"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a FitSettings field (repeatable), e.g. grow_grad2d=0.0003")
     args = ap.parse_args(argv)
 
     renderers = []

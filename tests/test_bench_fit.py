@@ -24,3 +24,25 @@ def test_bench_fit_curves_and_skips_unknown_renderers(make_transforms_scene, tmp
     assert [c["step"] for c in rows[0]["curve"]] == [2, 4]
     assert rows[0]["steps_per_s"] > 0 and rows[0]["test_views"] == 1
     assert all(c["psnr"] > 0 and 0 <= c["floater_share_max"] <= 1 for c in rows[0]["curve"])
+
+
+
+def test_bench_fit_set_parses_overrides_and_refuses_unknown_names():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_fit
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from maskfield.splats.fit import FitSettings
+
+    got = bench_fit.overrides(["grow_grad2d=3e-4", "refine_stop_fraction=.5", "background_mode=learn"])
+    assert got == {"grow_grad2d": 3e-4, "refine_stop_fraction": 0.5, "background_mode": "learn"}
+    settings = FitSettings.for_device("cpu", **got)
+    assert (settings.grow_grad2d, settings.refine_stop_fraction, settings.background_mode) == (3e-4, 0.5, "learn")
+    for bad in ("grow_gradient=1", "grow_grad2d"):
+        try:
+            bench_fit.overrides([bad])
+        except SystemExit as exc:
+            assert "grow_grad2d" in str(exc) and bad.split("=")[0] in str(exc)  # says which names there are
+        else:
+            raise AssertionError(f"--set {bad} was taken")

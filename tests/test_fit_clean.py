@@ -60,6 +60,19 @@ def test_learned_background_takes_the_world_colour(tmp_path, mode):
         assert result["test_psnr"] < 25
 
 
+def test_the_densification_threshold_is_the_fits_setting(tmp_path):
+    """grow_grad2d reaches gsplat's strategy: at 0 every seen Gaussian grows, at infinity none."""
+    folder = _uniform_scene(tmp_path, (0.45, 0.6, 0.3))
+    scene = load_scene(folder, holdout_every=3)
+    counts = {}
+    for threshold in (0.0, float("inf")):
+        settings = FitSettings(iterations=40, init_points=300, background_mode="fixed", refine_start=5,
+                               refine_every=10, refine_stop_fraction=0.9, sh_degree=0, checkpoint_every=1000,
+                               prune_angular_scale=10.0, grow_grad2d=threshold)
+        counts[threshold] = fit(scene, RunFolder(tmp_path / f"run-{threshold}"), settings, resume=False)["gaussians"]
+    assert counts[float("inf")] <= 300 < counts[0.0], counts
+
+
 def test_learned_background_gets_a_gradient():
     images = {0: torch.full((6, 8, 3), 0.8)}
     backdrop = Backdrop("learn", FitSettings(background_lr=0.1), images, {}, "cpu")

@@ -36,6 +36,8 @@ class FitSettings:
     refine_start: int = 300
     refine_stop_fraction: float = 0.6  # of the iterations
     refine_every: int = 100
+    # densify Gaussians whose mean screen-space gradient passes this (gsplat's default 2e-4)
+    grow_grad2d: float = 0.0002
     reset_every: int = 1500
     checkpoint_every: int = 250
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -102,7 +104,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     refine_stop = int(settings.iterations * settings.refine_stop_fraction)
     strategy = DefaultStrategy(refine_start_iter=settings.refine_start, refine_stop_iter=refine_stop,
                                refine_every=settings.refine_every, reset_every=settings.reset_every,
-                               verbose=False)
+                               grow_grad2d=settings.grow_grad2d, verbose=False)
     start_step = 0
     state = None
     if resume and run.fit_checkpoint.exists():
