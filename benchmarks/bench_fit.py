@@ -68,7 +68,7 @@ def fit_curve(folder: Path, renderer: str, downscale: float, args) -> dict:
     scene = load_scene(folder)
     test = list(scene.test_indices)[: args.max_eval_views]
     settings = FitSettings.for_device("cpu", iterations=args.iterations, downscale=downscale, renderer=renderer,
-                                      **overrides(args.set))
+                                      **args.overrides)
     curve: list[dict] = []
     eval_seconds = [0.0]
     t_start = time.perf_counter()
@@ -105,7 +105,7 @@ def overrides(pairs: list[str]) -> dict:
 
     from maskfield.splats.fit import FitSettings
 
-    known = {f.name: f.type for f in fields(FitSettings)}
+    known = {f.name for f in fields(FitSettings)}
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a FitSettings field (repeatable), e.g. grow_grad2d=0.0003")
     args = ap.parse_args(argv)
+    args.overrides = overrides(args.set)  # before any scene is built: a wrong name stops at once
 
     renderers = []
     for name in [r.strip() for r in args.renderers.split(",") if r.strip()]:
