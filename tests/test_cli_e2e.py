@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
                    timeout=300)
     run = base / "run"
     proc = run_cli("train", scene, "--out", run, "--iterations", "250", "--from-labels", "--label-noise", "0",
-                   "--field-iterations", "500", "--field-resolution", "64", "--events", "jsonl")
+                   "--field-iterations", "500", "--field-resolution", "64", "--field-sample-pixels", "768",
+                   "--events", "jsonl")
     return scene, run, events(proc.stdout)
 
 
@@ -51,6 +52,9 @@ def test_train_writes_every_stage_and_reports_events(trained):
     info = json.loads((run / "run.json").read_text())
     assert info["stages"]["fit"]["test_psnr"] > 20  # a wrong camera convention gives ~10 dB
     assert info["stages"]["field"]["embedding_model"] == "names:hash-512"
+    # train hands its mask-field options on (the views have ~1,800 supervised pixels: sampled)
+    assert info["stages"]["field"]["settings"]["sample_pixels"] == 768
+    assert info["stages"]["field"]["settings"]["supervision_long_side"] == 64
 
 
 def test_segment_selects_the_prompted_object(trained):

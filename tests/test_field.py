@@ -166,3 +166,17 @@ def test_gaussian_shares_and_the_per_gaussian_loss_by_hand():
     expected = (0.6 * sp(torch.tensor(-l0)) + 0.3 * sp(torch.tensor(-l2)) + 1.0 * sp(torch.tensor(l2))) / 1.9
     torch.testing.assert_close(gaussian_mask_loss(features, m, view, np.array([0]), np.array([0])), expected)
 
+
+
+def test_field_sample_pixels_option_reaches_the_settings():
+    from maskfield import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["train-field", "run", "--field-sample-pixels", "1024"])
+    assert cli._field_settings(args, "cpu").sample_pixels == 1024
+    args = parser.parse_args(["train-field", "run", "--field-sample-pixels", "0"])  # 0: every pixel
+    assert cli._field_settings(args, "cpu").sample_pixels == 0
+    args = parser.parse_args(["train-field", "run"])
+    assert cli._field_settings(args, "cpu").sample_pixels == FieldSettings().sample_pixels
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-field", "run", "--field-sample-pixels", "-5"])

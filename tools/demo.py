@@ -100,7 +100,12 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--fit-iterations", type=int, default=800)
-    ap.add_argument("--field-iterations", type=int, default=1500)
+    # Measured on this tabletop (same fit and priors; held-out mIoU / mBIoU): 1,500 steps on every
+    # pixel 0.937 / 0.909 in 50 s; 1,000 steps matching on 1,024 sampled pixels 0.939 / 0.909 in
+    # 27 s; 500 steps 0.936 / 0.901 (on every pixel). Fewer fit steps cost more: 500 gave
+    # 34.8 dB and mIoU 0.928 against 36.2 dB and 0.939 after 800.
+    ap.add_argument("--field-iterations", type=int, default=1000)
+    ap.add_argument("--field-sample-pixels", type=int, default=1024)
     ap.add_argument("--quick", action="store_true", help="a reduced run (for tests)")
     args = ap.parse_args()
     if args.quick:
@@ -118,7 +123,8 @@ def main() -> int:
 
     t = time.perf_counter()
     train = ["train", scene, "--out", run, "--iterations", args.fit_iterations,
-             "--field-iterations", args.field_iterations, "--overwrite"]
+             "--field-iterations", args.field_iterations, "--field-sample-pixels", args.field_sample_pixels,
+             "--overwrite"]
     use_real, why = real_priors()
     if use_real:
         import torch

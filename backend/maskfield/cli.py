@@ -70,6 +70,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dice-weight", type=NON_NEGATIVE_FLOAT, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
     p.add_argument("--gaussian-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
+    p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
+                   help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
+                        "every pixel); fewer is faster per step")
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:
@@ -404,7 +407,8 @@ def _field_settings(args, device):
     return FieldSettings.for_device(device, iterations=args.field_iterations,
                                     supervision_long_side=args.field_resolution,
                                     num_queries=args.queries, lr_features=args.field_lr,
-                                    dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight)
+                                    dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
+                                    sample_pixels=args.field_sample_pixels)
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:
@@ -504,7 +508,7 @@ def run_train(args, reporter: Reporter) -> dict:
     field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
                                     field_resolution=args.field_resolution, queries=args.queries,
                                     field_lr=args.field_lr, dice_weight=args.dice_weight,
-                                    gaussian_weight=args.gaussian_weight)
+                                    gaussian_weight=args.gaussian_weight, field_sample_pixels=args.field_sample_pixels)
     out["field"] = run_train_field(field_args, reporter, scene=scene)
     reporter.result("train", run=str(run.path))
     return out
