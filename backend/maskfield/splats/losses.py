@@ -24,8 +24,21 @@ def _blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, size, 1).expand(c, 1, size, 1), padding=(pad, 0), groups=c)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity of two H x W x C images in [0, 1] (Gaussian window, as 3DGS)."""
+def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5,
+         compiled: bool | None = None) -> torch.Tensor:
+    """Structural similarity of two H x W x C images in [0, 1] (Gaussian window, as 3DGS).
+
+    ``compiled``: the compiled CPU kernel (``ssim_cpu``) or this function's PyTorch code, its
+    reference; by default the kernel wherever it applies (float32 images on the CPU, the
+    gradient wanted for ``a`` only)."""
+    if compiled is None:
+        from .ssim_cpu import supported
+
+        compiled = supported(a, b, size)
+    if compiled:
+        from .ssim_cpu import ssim as ssim_compiled
+
+        return ssim_compiled(a, b, _kernel_1d(size, sigma))
     x = a.permute(2, 0, 1)[None]
     y = b.permute(2, 0, 1)[None]
     c = x.shape[1]
