@@ -512,7 +512,8 @@ def weights(means2d, conics, opacities, depths, valid, width: int, height: int):
 
 
 def warm_up() -> float:
-    """Compile (or load from the cache) every kernel on a tiny scene; returns the seconds it took."""
+    """Compile (or load from the cache) every kernel on a tiny scene, and the fit's compiled
+    SSIM (``ssim_cpu``); returns the seconds it took."""
     t0 = time.perf_counter()
     m = torch.tensor([[3.0, 3.0], [5.0, 4.0]])
     c = torch.tensor([[0.5, 0.0, 0.5], [0.3, 0.1, 0.4]])
@@ -530,6 +531,10 @@ def warm_up() -> float:
     _, means2d, depths, conics = project(g, viewmat, K, 8, 8)
     rgb = sh_colors(g["means"], g["sh0"], g["shN"], viewmat, 3)
     (means2d.sum() + depths.sum() + conics.sum() + rgb.sum()).backward()
+    from .losses import ssim  # the colour fit's SSIM term is compiled too
+
+    image = torch.rand(12, 12, 3, requires_grad=True)
+    ssim(image, torch.rand(12, 12, 3), compiled=True).backward()
     return time.perf_counter() - t0
 
 

@@ -11,9 +11,10 @@ blur is a zero-padded separable cross-correlation, as ``losses._blur``),
 Its gradient with respect to the rendered image x goes back through the blur, whose adjoint
 is the same blur with the kernel reversed:
     dS/dx = blur^T(ds/dmu_x) + 2 x blur^T(ds/de_xx) + y blur^T(ds/de_xy),
-    ds/dmu_x = s (2 mu_y / A1 - 2 mu_y / A2 - 2 mu_x / B1 + 2 mu_x / B2),
-    ds/de_xx = -s / B2,  ds/de_xy = 2 s / A2,
-with A1, A2 the numerator's factors and B1, B2 the denominator's.
+    ds/dmu_x = (2 mu_y (A2 - A1) - 2 mu_x s (B2 - B1)) / D,
+    ds/de_xx = -s B1 / D,  ds/de_xy = 2 A1 / D,
+with A1, A2 the numerator's factors, B1, B2 the denominator's and D = B1 B2 (never divided
+by A1 or A2, which cross zero).
 """
 from __future__ import annotations
 
@@ -111,10 +112,13 @@ def _ssim_coefficients(mu, scale):
             a2 = F2 * (mu[4, r, j] - mx * my) + C2
             b1 = mx * mx + my * my + C1
             b2 = (mu[2, r, j] - mx * mx) + (mu[3, r, j] - my * my) + C2
-            s = scale * (a1 * a2) / (b1 * b2)
-            out[0, r, j] = s * (F2 * my / a1 - F2 * my / a2 - F2 * mx / b1 + F2 * mx / b2)
-            out[1, r, j] = -s / b2
-            out[2, r, j] = F2 * s / a2
+            # over d = b1 b2 only (> 0: b1 >= C1, b2 >= C2 up to rounding); a1 and a2 cross
+            # zero where a rendered colour leaves [0, 1] or the images anti-correlate
+            inv_d = scale / (b1 * b2)
+            s = a1 * a2 * inv_d
+            out[0, r, j] = F2 * my * (a2 - a1) * inv_d - F2 * mx * s * (b2 - b1) / (b1 * b2)
+            out[1, r, j] = -s * b1 / (b1 * b2)
+            out[2, r, j] = F2 * a1 * inv_d
     return out
 
 
