@@ -180,3 +180,30 @@ def test_field_sample_pixels_option_reaches_the_settings():
     assert cli._field_settings(args, "cpu").sample_pixels == FieldSettings().sample_pixels
     with pytest.raises(SystemExit):
         parser.parse_args(["train-field", "run", "--field-sample-pixels", "-5"])
+
+
+def _same_csr(a, b):
+    return (torch.equal(a.crow_indices(), b.crow_indices()) and torch.equal(a.col_indices(), b.col_indices())
+            and torch.equal(a.values(), b.values()) and a.shape == b.shape)
+
+
+def test_counting_sort_csr_matches_pytorchs_coalesce():
+    """The CPU path (field/sparse_cpu.py) builds the very matrices the COO reference does:
+    the blending matrix from pairs in any order, its supervised rows and their transpose."""
+    from maskfield.field import data
+
+    gen = torch.Generator().manual_seed(3)
+    n_pix, n_gauss = 300, 500
+    key = torch.randperm(n_pix * n_gauss, generator=gen)[:4000]  # unique pairs, shuffled
+    rows, cols, vals = key // n_gauss, key % n_gauss, torch.rand(4000, generator=gen)
+    w_cpu = data._pairs_csr_cpu(rows, cols, vals, (n_pix, n_gauss))
+    w_ref = data._pairs_csr_torch(rows, cols, vals, (n_pix, n_gauss))
+    assert _same_csr(w_cpu, w_ref)
+    supervised = torch.rand(n_pix, generator=gen) > 0.3
+    supervised[:5] = False  # leading and trailing rows left out
+    supervised[-5:] = False
+    for got, want in zip(data._supervised_csr_cpu(w_ref, supervised), data._supervised_csr_torch(w_ref, supervised)):
+        assert _same_csr(got, want)
+    dense = w_ref.to_dense()[supervised]
+    w_sup, wt_sup = data._supervised_csr_cpu(w_ref, supervised)
+    assert torch.equal(w_sup.to_dense(), dense) and torch.equal(wt_sup.to_dense(), dense.T)

@@ -41,15 +41,8 @@ class FieldView:
     def supervised_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights' rows at supervised pixels as CSR, and their transpose (for the backward)."""
         if self._supervised_weights is None:
-            coo = self.weights.to_sparse_coo().coalesce()
-            pixel, gaussian = coo.indices()
-            keep = self.supervised[pixel]
-            row = (torch.cumsum(self.supervised.long(), 0) - 1)[pixel[keep]]
-            gaussian, values = gaussian[keep], coo.values()[keep]
-            shape = (int(self.supervised.sum()), self.weights.shape[1])
-            w = torch.sparse_coo_tensor(torch.stack([row, gaussian]), values, shape).coalesce().to_sparse_csr()
-            wt = torch.sparse_coo_tensor(torch.stack([gaussian, row]), values, shape[::-1]).coalesce().to_sparse_csr()
-            self._supervised_weights = (w, wt)
+            build = _supervised_csr_cpu if self.weights.device.type == "cpu" else _supervised_csr_torch
+            self._supervised_weights = build(self.weights, self.supervised)
         return self._supervised_weights
 
     def weight_totals(self, num_gaussians: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +63,33 @@ class FieldView:
             self.gaussian_index, self.gaussian_share, self.gaussian_weight = gaussian_shares(
                 self.supervised_weights()[1], self.supervised_targets())
         return self
+
+
+def _supervised_csr_cpu(weights: torch.Tensor, supervised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``FieldView.supervised_weights`` on the CPU, by counting sorts (``sparse_cpu``)."""
+    from .sparse_cpu import csr_keep_rows, csr_transpose
+
+    arrays = (weights.crow_indices().numpy(), weights.col_indices().numpy(), weights.values().numpy())
+    crow, col, val = csr_keep_rows(*arrays, supervised.numpy())
+    shape = (len(crow) - 1, weights.shape[1])
+    crow_t, col_t, val_t = csr_transpose(crow, col, val, shape[1])
+    w = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape)
+    wt = torch.sparse_csr_tensor(torch.from_numpy(crow_t), torch.from_numpy(col_t), torch.from_numpy(val_t),
+                                 shape[::-1])
+    return w, wt
+
+
+def _supervised_csr_torch(weights: torch.Tensor, supervised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same through PyTorch's COO tensors, on any device (the reference)."""
+    coo = weights.to_sparse_coo().coalesce()
+    pixel, gaussian = coo.indices()
+    keep = supervised[pixel]
+    row = (torch.cumsum(supervised.long(), 0) - 1)[pixel[keep]]
+    gaussian, values = gaussian[keep], coo.values()[keep]
+    shape = (int(supervised.sum()), weights.shape[1])
+    w = torch.sparse_coo_tensor(torch.stack([row, gaussian]), values, shape).coalesce().to_sparse_csr()
+    wt = torch.sparse_coo_tensor(torch.stack([gaussian, row]), values, shape[::-1]).coalesce().to_sparse_csr()
+    return w, wt
 
 
 class _FrozenBlend(torch.autograd.Function):
@@ -132,9 +152,23 @@ def blend_matrix(g: dict[str, torch.Tensor], camera: RenderCamera) -> tuple[torc
     """The same for a render camera: the CSR weights and the accumulated alpha per pixel."""
     pixel, gaussian, weight = compositing_weights(g, camera)
     n_pix = camera.width * camera.height
-    coo = torch.sparse_coo_tensor(torch.stack([pixel, gaussian]), weight, (n_pix, g["means"].shape[0]))
+    shape = (n_pix, g["means"].shape[0])
     alpha = torch.zeros(n_pix, device=weight.device).index_add_(0, pixel, weight)
-    return coo.coalesce().to_sparse_csr(), alpha
+    build = _pairs_csr_cpu if weight.device.type == "cpu" else _pairs_csr_torch
+    return build(pixel, gaussian, weight, shape), alpha
+
+
+def _pairs_csr_cpu(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """A CSR matrix from unique (row, col, value) pairs, by counting sort (``sparse_cpu``)."""
+    from .sparse_cpu import csr_from_pairs
+
+    crow, col, val = csr_from_pairs(rows.numpy(), cols.numpy(), values.numpy(), shape[0])
+    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape)
+
+
+def _pairs_csr_torch(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """The same through PyTorch's COO tensors, on any device (the reference)."""
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape).coalesce().to_sparse_csr()
 
 
 def area_resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
