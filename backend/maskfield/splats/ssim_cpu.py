@@ -82,6 +82,17 @@ def _five_maps(x, y):
     return maps
 
 
+@njit(cache=True, fastmath=FAST)
+def _factors(mu, r, j):
+    """mu_x, mu_y and SSIM's factors A1, A2 (numerator), B1, B2 (denominator) at one element."""
+    mx, my = mu[0, r, j], mu[1, r, j]
+    a1 = F2 * mx * my + C1
+    a2 = F2 * (mu[4, r, j] - mx * my) + C2
+    b1 = mx * mx + my * my + C1
+    b2 = (mu[2, r, j] - mx * mx) + (mu[3, r, j] - my * my) + C2
+    return mx, my, a1, a2, b1, b2
+
+
 @njit(cache=True, parallel=True, fastmath=FAST)
 def _ssim_sum(mu):
     """Sum of the SSIM map over every pixel and channel, from the blurred maps (5, H, L)."""
@@ -90,11 +101,7 @@ def _ssim_sum(mu):
     for r in prange(h):
         row = 0.0
         for j in range(length):
-            mx, my = mu[0, r, j], mu[1, r, j]
-            a1 = F2 * mx * my + C1
-            a2 = F2 * (mu[4, r, j] - mx * my) + C2
-            b1 = mx * mx + my * my + C1
-            b2 = (mu[2, r, j] - mx * mx) + (mu[3, r, j] - my * my) + C2
+            _, _, a1, a2, b1, b2 = _factors(mu, r, j)
             row += (a1 * a2) / (b1 * b2)
         total += row
     return total
@@ -107,11 +114,7 @@ def _ssim_coefficients(mu, scale):
     out = np.empty((3, h, length), dtype=np.float32)
     for r in prange(h):
         for j in range(length):
-            mx, my = mu[0, r, j], mu[1, r, j]
-            a1 = F2 * mx * my + C1
-            a2 = F2 * (mu[4, r, j] - mx * my) + C2
-            b1 = mx * mx + my * my + C1
-            b2 = (mu[2, r, j] - mx * mx) + (mu[3, r, j] - my * my) + C2
+            mx, my, a1, a2, b1, b2 = _factors(mu, r, j)
             # over d = b1 b2 only (> 0: b1 >= C1, b2 >= C2 up to rounding); a1 and a2 cross
             # zero where a rendered colour leaves [0, 1] or the images anti-correlate
             inv_d = scale / (b1 * b2)
