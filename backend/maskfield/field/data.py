@@ -73,10 +73,14 @@ def _supervised_csr_cpu(weights: torch.Tensor, supervised: torch.Tensor) -> tupl
     crow, col, val = csr_keep_rows(*arrays, supervised.numpy())
     shape = (len(crow) - 1, weights.shape[1])
     crow_t, col_t, val_t = csr_transpose(crow, col, val, shape[1])
-    w = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape)
-    wt = torch.sparse_csr_tensor(torch.from_numpy(crow_t), torch.from_numpy(col_t), torch.from_numpy(val_t),
-                                 shape[::-1])
-    return w, wt
+    return _checked_csr(crow, col, val, shape), _checked_csr(crow_t, col_t, val_t, shape[::-1])
+
+
+def _checked_csr(crow: np.ndarray, col: np.ndarray, val: np.ndarray, shape) -> torch.Tensor:
+    """A CSR tensor from our own arrays, PyTorch's invariants checked (rows in order, columns
+    sorted and distinct within a row): a few ms a view, against a wrong product later."""
+    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape,
+                                   check_invariants=True)
 
 
 def _supervised_csr_torch(weights: torch.Tensor, supervised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +166,7 @@ def _pairs_csr_cpu(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
     """A CSR matrix from unique (row, col, value) pairs, by counting sort (``sparse_cpu``)."""
     from .sparse_cpu import csr_from_pairs
 
-    crow, col, val = csr_from_pairs(rows.numpy(), cols.numpy(), values.numpy(), shape[0])
-    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape)
+    return _checked_csr(*csr_from_pairs(rows.numpy(), cols.numpy(), values.numpy(), shape[0]), shape)
 
 
 def _pairs_csr_torch(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
