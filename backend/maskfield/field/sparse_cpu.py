@@ -3,8 +3,8 @@
 A view's frozen weights arrive as (pixel, Gaussian, weight) pairs, each pair once, grouped by
 pixel. Building the CSR matrices through PyTorch's COO ``coalesce`` (a general sort, plus
 summing duplicates there are none of) took most of the mask field's preparation: four
-coalesces per view. Here the rows are counted and filled in one pass each, and the transpose
-comes out with its columns in order because it is filled row by row. ``data.py`` keeps the
+coalesces per view. Here the rows are counted and filled in one pass each (a counting sort);
+the transpose is the same sort over the swapped pairs. ``data.py`` keeps the
 coalesce path for other devices; tests hold the two together.
 """
 from __future__ import annotations
@@ -44,55 +44,6 @@ def _by_rows(rows, cols, values, n_rows):
     return crow, col, val
 
 
-@njit(cache=True)
-def _transpose(crow, col, val, n_cols):
-    """The transpose of a CSR matrix, as CSR arrays; filled row by row, so each of its rows
-    lists the original rows in ascending order."""
-    n_rows = crow.shape[0] - 1
-    crow_t = np.zeros(n_cols + 1, dtype=np.int64)
-    for a in range(col.shape[0]):
-        crow_t[col[a] + 1] += 1
-    for c in range(n_cols):
-        crow_t[c + 1] += crow_t[c]
-    fill = crow_t[:-1].copy()
-    col_t = np.empty(col.shape[0], dtype=np.int64)
-    val_t = np.empty(col.shape[0], dtype=val.dtype)
-    for r in range(n_rows):
-        for a in range(crow[r], crow[r + 1]):
-            at = fill[col[a]]
-            col_t[at] = r
-            val_t[at] = val[a]
-            fill[col[a]] += 1
-    return crow_t, col_t, val_t
-
-
-@njit(cache=True)
-def _keep_rows(crow, col, val, keep):
-    """The rows where ``keep`` is true, renumbered in order, as CSR arrays."""
-    n_rows = crow.shape[0] - 1
-    count = 0
-    kept = 0
-    for r in range(n_rows):
-        if keep[r]:
-            count += crow[r + 1] - crow[r]
-            kept += 1
-    crow_k = np.zeros(kept + 1, dtype=np.int64)
-    col_k = np.empty(count, dtype=np.int64)
-    val_k = np.empty(count, dtype=val.dtype)
-    k = 0
-    at = 0
-    for r in range(n_rows):
-        if not keep[r]:
-            continue
-        for a in range(crow[r], crow[r + 1]):
-            col_k[at] = col[a]
-            val_k[at] = val[a]
-            at += 1
-        k += 1
-        crow_k[k] = at
-    return crow_k, col_k, val_k
-
-
 def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int):
     """CSR arrays of the (n_rows x any) matrix with ``values`` at the unique (row, col) pairs."""
     return _by_rows(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(cols, dtype=np.int64),
@@ -100,8 +51,17 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_row
 
 
 def csr_transpose(crow: np.ndarray, col: np.ndarray, val: np.ndarray, n_cols: int):
-    return _transpose(crow, col, val, int(n_cols))
+    """The transpose as CSR arrays: the same counting sort over the swapped pairs. Read row by
+    row, each column's rows arrive in ascending order, so the per-row sort only checks them."""
+    rows = np.repeat(np.arange(len(crow) - 1, dtype=np.int64), np.diff(crow))
+    return _by_rows(col, rows, val, int(n_cols))
 
 
 def csr_keep_rows(crow: np.ndarray, col: np.ndarray, val: np.ndarray, keep: np.ndarray):
-    return _keep_rows(crow, col, val, np.ascontiguousarray(keep, dtype=np.bool_))
+    """The rows where ``keep`` is true, renumbered in order, as CSR arrays."""
+    keep = np.asarray(keep, dtype=bool)
+    lengths = np.diff(crow)
+    entries = np.repeat(keep, lengths)
+    crow_k = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(lengths[keep], out=crow_k[1:])
+    return crow_k, col[entries], val[entries]

@@ -117,11 +117,11 @@ def _ssim_coefficients(mu, scale):
             mx, my, a1, a2, b1, b2 = _factors(mu, r, j)
             # over d = b1 b2 only (> 0: b1 >= C1, b2 >= C2 up to rounding); a1 and a2 cross
             # zero where a rendered colour leaves [0, 1] or the images anti-correlate
-            inv_d = scale / (b1 * b2)
-            s = a1 * a2 * inv_d
-            out[0, r, j] = F2 * my * (a2 - a1) * inv_d - F2 * mx * s * (b2 - b1) / (b1 * b2)
-            out[1, r, j] = -s * b1 / (b1 * b2)
-            out[2, r, j] = F2 * a1 * inv_d
+            inv_d = np.float32(1.0) / (b1 * b2)
+            s = a1 * a2 * inv_d  # SSIM at this element
+            out[0, r, j] = scale * (F2 * my * (a2 - a1) - F2 * mx * s * (b2 - b1)) * inv_d
+            out[1, r, j] = -scale * s * b1 * inv_d
+            out[2, r, j] = scale * F2 * a1 * inv_d
     return out
 
 
