@@ -150,6 +150,36 @@ def test_a_query_that_also_lights_a_neighbour_yields_to_the_neighbours_own_query
     np.testing.assert_array_equal(labels(True), [0] * 4 + [-1] * 4)
 
 
+def test_competitors_are_weighed_at_the_prompts_granularity():
+    """A part query of another object (a rarely matched piece of the shelf behind a teapot)
+    may light the teapot more strongly than the teapot's own object query: it does not take
+    the teapot from the prompt. The shelf's object query still does where it is stronger."""
+    teapot, shelf = names(["teapot", "shelf"])
+    c = torch.as_tensor(np.stack([teapot, shelf, shelf]))  # 0 teapot, 1 shelf, 2 a shelf part
+    m = torch.tensor([[8.0, 0, 0], [0, 8.0, 0], [0, 0, 8.0]])
+    f = np.zeros((8, 3), np.float32)
+    f[:4] = [1.0, -1.0, 1.5]  # teapot: its own query, and the shelf part's more strongly
+    f[4:6] = [-1.0, 1.0, -1.0]  # shelf
+    f[6:] = [0.5, 1.0, -1.0]  # shelf Gaussians that the teapot query also lights, less strongly
+    # per query: matches at part / object / group (what field.pt records)
+    stats = {"granularity_counts": np.array([[0, 40, 0], [0, 40, 0], [12, 0, 0]]),
+             "mask_area": np.array([0.05, 0.3, 0.01], np.float32)}
+
+    def segment(match_stats):
+        seg = Segmenter.from_field(None, torch.as_tensor(f), lambda: (m, c), embedding_model=ENCODER,
+                                   text_encoder=names, match_stats=match_stats)
+        matches, label, _, _ = seg.segment(["teapot"])
+        return matches[0], label
+
+    match, label = segment(stats)
+    assert match.granularity == "object" and match.queries.tolist() == [0] and match.competitors.tolist() == [1]
+    np.testing.assert_array_equal(label, [0] * 4 + [-1] * 4)
+    # a run without the record weighs every query: the part query takes the teapot away
+    match, label = segment(None)
+    assert match.competitors.tolist() == [1, 2]
+    np.testing.assert_array_equal(label, [-1] * 8)
+
+
 def test_gaussians_painting_unsupervised_pixels_are_in_no_segment():
     """A Gaussian whose weight falls mostly on pixels no mask supervised (a veil over the
     backdrop) learned nothing from the masks: it is left out of every segment, whatever its

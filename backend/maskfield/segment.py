@@ -45,9 +45,9 @@ class SegmentSettings:
     query_margin: float = 0.1
     temperature: float = 10.0
     point_neighbours: int = 8
-    # a Gaussian more strongly lit by a query of another meaning is not the prompt's (see
-    # Segmenter._yield_to_competitors); on the demo tabletop this removes ~1,000 table
-    # Gaussians that a box+table query gave to "blue box"
+    # a Gaussian more strongly lit by a query of another meaning, of the prompt's granularity,
+    # is not the prompt's (see Segmenter._yield_to_competitors); on the demo tabletop this
+    # removes ~1,000 table Gaussians that a box+table query gave to "blue box"
     exclusive: bool = True
     # the best query must be at least this similar to the prompt, or the prompt matches
     # nothing; None picks by encoder: CLIP text-image cosines are low (about 0.2-0.3 for a
@@ -268,7 +268,14 @@ class Segmenter:
                 kept = self.dominant_granularity(torch.nonzero(ok).squeeze(1).numpy())
                 ok &= self.granularity_mask(kept)
             idx = torch.nonzero(ok).squeeze(1)
-            others = torch.nonzero(self.active & (relevancy[:, j] < s.relevancy_threshold)).squeeze(1)
+            # competitors are weighed at the prompt's own granularity: a rarely matched part
+            # query of the shelf behind a teapot, or a teapot+shelf group query, can light the
+            # teapot more strongly than its object queries without meaning it is not the teapot
+            # (bookshelf benchmark: teapot IoU 0.66 -> 0.85, held-out mIoU 0.857 -> 0.894)
+            rival = self.active & (relevancy[:, j] < s.relevancy_threshold)
+            if kept in GRANULARITIES:
+                rival &= self.granularity_mask(kept)
+            others = torch.nonzero(rival).squeeze(1)
             matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best, others.numpy(),
                                        granularity=kept))
         return matches
