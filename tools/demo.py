@@ -99,15 +99,15 @@ def main() -> int:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--resolution", type=int, default=128)
-    # Measured on this tabletop with the field below (held-out PSNR, mIoU / mBIoU, one run each,
-    # same machine in a row): 600 fit steps 35.2 dB, 0.937 / 0.905; 700 35.9 dB, 0.945 / 0.918;
-    # 800 36.2 dB, 0.939 / 0.910. Segmentation holds at 700; below it falls with the colour.
+    # Measured on this tabletop (held-out PSNR, mIoU / mBIoU, one run each, in a row, the field
+    # below at feature rate 0.1): 600 fit steps 35.2 dB, 0.937 / 0.905; 700 35.9 dB,
+    # 0.945 / 0.918; 800 36.2 dB, 0.939 / 0.910. Segmentation holds at 700; below it falls with
+    # the colour. With the default rate 0.02, 700 steps: 35.9 dB, 0.940 / 0.910.
     ap.add_argument("--fit-iterations", type=int, default=700)
     # Measured on this tabletop (same fit and priors; held-out mIoU / mBIoU): 1,500 field steps
     # on every pixel 0.937 / 0.909 in 50 s; 1,000 steps matching on 1,024 sampled pixels
-    # 0.939 / 0.909 in 27 s. Over three field seeds on one fit (feature rate 0.02), 500 sampled
-    # steps 0.943 / 0.914 on average (10 s) against 1,000 steps' 0.939 / 0.910; 400 steps fell
-    # to 0.938 / 0.906. With the feature rate 0.1 (the CPU default now) 500 steps gave 0.939 / 0.910.
+    # 0.939 / 0.909 in 27 s. Over three field seeds on one fit, 500 sampled steps 0.943 / 0.914
+    # on average (10 s) against 1,000 steps' 0.939 / 0.910; 400 steps fell to 0.938 / 0.906.
     ap.add_argument("--field-iterations", type=int, default=500)
     ap.add_argument("--field-sample-pixels", type=int, default=1024)
     ap.add_argument("--quick", action="store_true", help="a reduced run (for tests)")

@@ -35,13 +35,12 @@ class FieldSettings:
     supervision_long_side: int = 160
     # Measured on the synthetic tabletop (noisy label priors, 1,500 steps, matched-mask IoU):
     # the paper's 5e-4 everywhere with dice weight 0.05 reached 0.17 after 300 steps; 2e-2 for
-    # the features 0.73, and dice weight 1.0 on top 0.82 (0.05 gives 0.73). On the 48-view
-    # benchmark scenes (1,500 steps at 160 px, noisy priors; held-out mIoU / mBIoU) 1e-1 beats
-    # 2e-2: room 0.902 / 0.827 and 0.898 / 0.824 (two seeds) against 0.885 / 0.806 and
-    # 0.896 / 0.817, bookshelf 0.913 / 0.897 against 0.905 / 0.889 (5e-2: 0.894 on both);
-    # on the demo tabletop (500 steps) 0.939 / 0.910 against 0.943 / 0.915. The GPU's 5,000
-    # steps keep 2e-2 (not measured there).
-    lr_features: float = 1e-1
+    # the features 0.73, and dice weight 1.0 on top 0.82 (0.05 gives 0.73). 1e-1 was tried
+    # (held-out mIoU, one field each): better on the 48-view benchmark scenes (room 0.902 and
+    # 0.898 against 0.885 and 0.896 over two seeds, bookshelf 0.913 against 0.905), worse on
+    # small ones (the 16-view test tabletop, all views: 0.867 and 0.876 against 0.896 and 0.881, the demo
+    # 0.939 against 0.943): within the spread of field seeds, so the default stays.
+    lr_features: float = 2e-2
     lr_queries: float = 1e-3
     dice_weight: float = 1.0
     # Not in the paper: each visible Gaussian's own mask against the pixels it paints
@@ -63,8 +62,8 @@ class FieldSettings:
 
     @classmethod
     def for_device(cls, device: str, **overrides) -> "FieldSettings":
-        """The paper's 5,000 steps on a GPU; 1,500 with a faster feature rate elsewhere (stated in run.json)."""
-        base = dict(iterations=5000, supervision_long_side=160, lr_features=2e-2) if device == "cuda" else {}
+        """The paper's 5,000 steps on a GPU; 1,500 at a coarser resolution on the CPU (stated in run.json)."""
+        base = dict(iterations=5000, supervision_long_side=160) if device == "cuda" else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
