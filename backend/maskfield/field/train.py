@@ -38,8 +38,8 @@ class FieldSettings:
     # the features 0.73, and dice weight 1.0 on top 0.82 (0.05 gives 0.73). 1e-1 was tried
     # (held-out mIoU, one field each): better on the 48-view benchmark scenes (room 0.902 and
     # 0.898 against 0.885 and 0.896 over two seeds, bookshelf 0.913 against 0.905), worse on
-    # small ones (the 16-view test tabletop, all views: 0.867 and 0.876 against 0.896 and 0.881, the demo
-    # 0.939 against 0.943): within the spread of field seeds, so the default stays.
+    # small ones (the 16-view test tabletop, all views: 0.867 and 0.876 against 0.896 and
+    # 0.881; the demo 0.939 against 0.943): within the spread of field seeds, so it stays.
     lr_features: float = 2e-2
     lr_queries: float = 1e-3
     dice_weight: float = 1.0
