@@ -272,9 +272,8 @@ class Segmenter:
             # query of the shelf behind a teapot, or a teapot+shelf group query, can light the
             # teapot more strongly than its object queries without meaning it is not the teapot
             # (bookshelf benchmark: teapot IoU 0.66 -> 0.85, held-out mIoU 0.857 -> 0.894)
-            rival = self.active & (relevancy[:, j] < s.relevancy_threshold)
-            if kept in GRANULARITIES:
-                rival &= self.granularity_mask(kept)
+            # (granularity_mask keeps every query for "any" and for runs without the record)
+            rival = self.active & (relevancy[:, j] < s.relevancy_threshold) & self.granularity_mask(kept)
             others = torch.nonzero(rival).squeeze(1)
             matches.append(PromptMatch(prompt, idx.numpy(), relevancy[idx, j].numpy(), best, others.numpy(),
                                        granularity=kept))

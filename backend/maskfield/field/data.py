@@ -91,9 +91,7 @@ def _supervised_csr_torch(weights: torch.Tensor, supervised: torch.Tensor) -> tu
     row = (torch.cumsum(supervised.long(), 0) - 1)[pixel[keep]]
     gaussian, values = gaussian[keep], coo.values()[keep]
     shape = (int(supervised.sum()), weights.shape[1])
-    w = torch.sparse_coo_tensor(torch.stack([row, gaussian]), values, shape).coalesce().to_sparse_csr()
-    wt = torch.sparse_coo_tensor(torch.stack([gaussian, row]), values, shape[::-1]).coalesce().to_sparse_csr()
-    return w, wt
+    return _pairs_csr_torch(row, gaussian, values, shape), _pairs_csr_torch(gaussian, row, values, shape[::-1])
 
 
 class _FrozenBlend(torch.autograd.Function):
