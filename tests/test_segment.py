@@ -180,6 +180,31 @@ def test_competitors_are_weighed_at_the_prompts_granularity():
     np.testing.assert_array_equal(label, [-1] * 8)
 
 
+def test_faint_gaussians_away_from_their_segments_surface_leave_it():
+    """Haze the fit left in the air carries an object's features but is not the object: a
+    faint Gaussian stays in a segment only near one of its solid Gaussians (within
+    ``attach_scales`` x the two largest scales); solid ones and a segment without any solid
+    Gaussian keep their labels; 0 switches the rule off."""
+    means = np.array([[0, 0, 0], [0.1, 0, 0],  # the mug's solid surface
+                      [0.25, 0, 0],  # faint, 0.15 from it: within 3 x (0.05 + 0.05)
+                      [2.0, 0, 0],  # faint, 1.9 from it: haze
+                      [0, 0, 5.0], [0.1, 0, 5.0]], np.float32)  # the plate: faint only
+    opacity = np.array([0.9, 0.5, 0.02, 0.02, 0.05, 0.05], np.float32)
+    params = {"means": torch.as_tensor(means), "scales": torch.full((6, 3), float(np.log(0.05))),
+              "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(6, 1),
+              "opacities": torch.logit(torch.as_tensor(opacity)),
+              "sh0": torch.zeros(6, 1, 3), "shN": torch.zeros(6, 0, 3)}
+    seg = constructed([one_hot(0)] * 4 + [one_hot(1)] * 2, ["red mug", "plate"])
+    seg.gaussians = Gaussians(params, sh_degree=0)
+    _, label, score, _ = seg.segment(["red mug", "plate"])
+    np.testing.assert_array_equal(label, [0, 0, 0, -1, 1, 1])
+    assert score[3] > seg.settings.mask_threshold  # lit by the mug's query, left out for where it is
+    seg.settings.attach_scales = 1.0  # 0.15 > 1 x 0.1: now too far
+    np.testing.assert_array_equal(seg.segment(["red mug", "plate"])[1], [0, 0, -1, -1, 1, 1])
+    seg.settings.attach_scales = 0.0
+    np.testing.assert_array_equal(seg.segment(["red mug", "plate"])[1], [0, 0, 0, 0, 1, 1])
+
+
 def test_gaussians_painting_unsupervised_pixels_are_in_no_segment():
     """A Gaussian whose weight falls mostly on pixels no mask supervised (a veil over the
     backdrop) learned nothing from the masks: it is left out of every segment, whatever its

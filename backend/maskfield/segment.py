@@ -36,6 +36,7 @@ TOP_QUERIES = 3  # strongest queries kept per Gaussian for the competitor test
 GRANULARITIES = {"part": 0, "object": 1, "group": 2}
 GRANULARITY_CHOICES = ("auto", "part", "object", "group", "any")
 POINT_NEIGHBOURS = 16  # Gaussians that stand for a pointed-at position
+SOLID_OPACITY = 0.1  # Gaussians at least this opaque make surfaces; fainter ones are haze
 
 
 @dataclass
@@ -58,6 +59,12 @@ class SegmentSettings:
     # (see field.data.supervised_share); 0 keeps every Gaussian. Gaussians no training view
     # shows keep their label
     min_supervised_share: float = 0.5
+    # a faint Gaussian stays in a segment only within this many of its own and its
+    # neighbour's largest scales of one of the segment's solid Gaussians: haze the fit left in
+    # the air (far from every surface of the object it was labelled with) is not the object.
+    # On the seedless benchmark room it takes 85 -> 28 backdrop Gaussians out of segments and
+    # object accuracy 0.910 -> 0.906 (2: 24 and 0.899; 4: 33 and 0.908); 0 keeps them all
+    attach_scales: float = 3.0
 
     def similarity_floor(self, encoder: str) -> float:
         if self.min_similarity is not None:
@@ -171,6 +178,7 @@ class Segmenter:
         self._top_queries = torch.cat(top_queries) if top_queries else torch.zeros(0, k, dtype=torch.int16)
         self._set_granularity(match_stats, m.shape[0])
         self._point_tree = None
+        self._shape = None
 
     def _set_granularity(self, match_stats: dict | None, num_queries: int) -> None:
         """Per query: the granularity counts of the masks it was matched to in training, its
@@ -285,9 +293,8 @@ class Segmenter:
         if self._point_tree is None:
             from scipy.spatial import cKDTree
 
-            means = self.gaussians.means.detach().cpu().numpy()
-            opacity = torch.sigmoid(self.gaussians.params["opacities"].detach()).cpu().numpy().reshape(-1)
-            solid = np.nonzero(opacity > 0.1)[0]
+            opacity, means, _ = self._shape_arrays()
+            solid = np.nonzero(opacity >= SOLID_OPACITY)[0]
             if len(solid) == 0:
                 solid = np.arange(len(means))
             self._point_tree = (cKDTree(means[solid]), solid, opacity)
@@ -411,7 +418,39 @@ class Segmenter:
             share = self.supervised_share
             keep &= ~((share >= 0) & (share < self.settings.min_supervised_share))
         label = torch.where(keep, label, torch.full_like(label, -1))
+        if features is self.features and self.gaussians is not None and self.settings.attach_scales > 0:
+            label = torch.as_tensor(self._detach_haze(label.numpy()))
         return label.numpy().astype(np.int32), best_score.numpy(), scores.numpy()
+
+    def _detach_haze(self, label: np.ndarray) -> np.ndarray:
+        """Faint Gaussians away from every solid Gaussian of their segment leave it (-1).
+
+        Near: centre distance within ``attach_scales`` x (own + neighbour's largest scale), so a
+        large blob reaching an object's surface stays while a speck a metre off does not. A
+        segment with no solid Gaussian at all keeps its faint ones (nothing to judge them by)."""
+        from scipy.spatial import cKDTree
+
+        opacity, means, size = self._shape_arrays()
+        label = label.copy()
+        solid = opacity >= SOLID_OPACITY
+        for j in np.unique(label[label >= 0]):
+            anchors = np.nonzero(solid & (label == j))[0]
+            faint = np.nonzero(~solid & (label == j))[0]
+            if len(anchors) == 0 or len(faint) == 0:
+                continue
+            distance, nearest = cKDTree(means[anchors]).query(means[faint])
+            reach = self.settings.attach_scales * (size[faint] + size[anchors[nearest]])
+            label[faint[distance > reach]] = -1
+        return label
+
+    def _shape_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per Gaussian: opacity, centre and largest scale (numpy, computed once)."""
+        if self._shape is None:
+            p = self.gaussians.params
+            self._shape = (torch.sigmoid(p["opacities"].detach()).reshape(-1).cpu().numpy(),
+                           p["means"].detach().cpu().numpy(),
+                           torch.exp(p["scales"].detach()).amax(1).cpu().numpy())
+        return self._shape
 
     def _yield_to_competitors(self, features: torch.Tensor, logits: torch.Tensor, j: int,
                               competitors: np.ndarray) -> None:
@@ -457,11 +496,10 @@ class Segmenter:
         points = np.asarray(points, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 3:
             raise MaskFieldError(f"--points must be an N x 3 array of positions, got shape {points.shape}.")
-        means = self.gaussians.means.detach().numpy()
-        opacity = torch.sigmoid(self.gaussians.params["opacities"].detach()).numpy()
-        solid = opacity > 0.1  # faint floaters should not vote
+        opacity, means, _ = self._shape_arrays()
+        solid = opacity >= SOLID_OPACITY  # faint floaters should not vote
         if not solid.any():
-            solid[:] = True
+            solid = np.ones_like(solid)
         index = np.nonzero(solid)[0]
         k = min(self.settings.point_neighbours, len(index))
         dist, nn = cKDTree(means[index]).query(points, k=k)
