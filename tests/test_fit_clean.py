@@ -14,6 +14,7 @@ from maskfield.evaluate import floater_share
 from maskfield.run import RunFolder
 from maskfield.scene import load_scene
 from maskfield.splats.fit import Backdrop, FitSettings, FloaterPruning, fit
+from maskfield.splats.losses import backdrop_alpha_penalty
 from maskfield.splats.model import Gaussians
 
 
@@ -58,6 +59,59 @@ def test_learned_background_takes_the_world_colour(tmp_path, mode):
     else:  # a black backdrop leaves the Gaussians to paint the world, which 40 steps cannot do
         assert result["background"] == [0.0, 0.0, 0.0]
         assert result["test_psnr"] < 25
+
+
+def test_backdrop_alpha_penalty_weighs_alpha_where_the_target_is_the_background():
+    background = torch.tensor([0.6, 0.6, 0.6], requires_grad=True)
+    target = background.detach().expand(4, 6, 3).clone()
+    target[:, 3:] += 0.1  # right half: a surface 0.17 from the world colour, 17 sigma
+    target[0, 0] += 0.01  # one world pixel with a little render noise: 1.7 sigma
+    alpha = torch.full((4, 6, 1), 0.5, requires_grad=True)
+    penalty = backdrop_alpha_penalty(alpha, target, background, sigma=0.01)
+    noisy = np.exp(-3 * 0.01 ** 2 / (2 * 0.01 ** 2))
+    assert penalty.item() == pytest.approx(0.5 * (11 + noisy) / 24, rel=1e-5)
+    penalty.backward()
+    grad = alpha.grad[..., 0]
+    assert torch.allclose(grad[1:, :3], torch.full((3, 3), 1 / 24))  # the world's pixels
+    assert grad[0, 0].item() == pytest.approx(noisy / 24, rel=1e-5)
+    assert grad[:, 3:].abs().max().item() < 1e-30  # the surface's: free to be opaque
+    assert background.grad is None  # the colour loss alone fits the background
+
+
+def test_gaussians_painting_the_learned_background_fade(tmp_path):
+    """Gaussians of the world's own colour in front of a world of that colour cost the colour
+    loss nothing, so without the penalty they stay as they were; with it they fade (and are
+    pruned once faint enough), as the veil over the benchmark room's grey world did."""
+    from maskfield.splats.ply import read_ply
+
+    colour = (0.45, 0.6, 0.3)
+    folder = _uniform_scene(tmp_path, colour)
+    scene = load_scene(folder, holdout_every=3)
+    rng = np.random.default_rng(0)
+    scene.points = rng.uniform(-0.5, 0.5, (200, 3)).astype(np.float32)  # in every camera's view
+    scene.point_colors = np.tile(np.round(np.array(colour) * 255).astype(np.uint8), (200, 1))
+    opacity = {}
+    for weight in (0.0, 0.05):
+        settings = FitSettings(iterations=60, background_mode="learn", refine_start=1000, sh_degree=0,
+                               checkpoint_every=1000, backdrop_alpha_weight=weight)
+        run = RunFolder(tmp_path / f"run-{weight}")
+        fit(scene, run, settings, resume=False)
+        opacity[weight] = float(torch.sigmoid(read_ply(run.gaussians_ply).params["opacities"]).mean())
+    assert opacity[0.0] > 0.08, opacity  # seeded at 0.1: nothing made them fade
+    assert opacity[0.05] < 0.5 * opacity[0.0], opacity
+
+
+def test_backdrop_alpha_is_a_fit_option(tmp_path):
+    from maskfield import cli
+
+    folder = _uniform_scene(tmp_path, (0.45, 0.6, 0.3))
+    out = tmp_path / "run"
+    assert cli.main(["fit", str(folder), "--out", str(out), "--iterations", "3", "--backdrop-alpha", "0.2",
+                     "--events", "none"]) == 0
+    stage = json.loads((out / "run.json").read_text())["stages"]["fit"]
+    assert stage["settings"]["backdrop_alpha_weight"] == 0.2 and stage["background_mode"] == "learn"
+    with pytest.raises(SystemExit):  # argparse refuses a negative weight
+        cli.main(["fit", str(folder), "--out", str(out), "--backdrop-alpha", "-1", "--events", "none"])
 
 
 def test_the_densification_threshold_is_the_fits_setting(tmp_path):

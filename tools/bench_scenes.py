@@ -11,7 +11,9 @@ degrees, held-out ring at 30 degrees and 0.85x the distance) and each seeding (s
 points, or none), each fit variant is run:
 
 - ``before``: the fit as it was: a fixed black background, no floater pruning;
-- ``after``: this project's defaults (learned background colour, floater pruning).
+- ``after``: this project's defaults (learned background colour, floater pruning, alpha
+  penalised where the target is the background's colour);
+- ``no-backdrop-alpha``: ``after`` without that penalty.
 
 then ``maskfield priors --from-labels --label-noise`` and ``maskfield train-field``, and
 ``maskfield evaluate`` on the held-out and on the training views. Columns: held-out colour
@@ -38,6 +40,8 @@ sys.path.insert(0, str(ROOT / "backend"))
 VARIANTS = {
     "before": dict(background_mode="fixed", prune_near_camera=0.0, prune_angular_scale=float("inf")),
     "after": {},
+    # the defaults without the alpha penalty on background-coloured pixels (FitSettings.backdrop_alpha_weight)
+    "no-backdrop-alpha": dict(backdrop_alpha_weight=0.0),
 }
 
 

@@ -60,6 +60,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", choices=["auto", "learn", "random", "fixed"], default=None,
                    help="behind the Gaussians while fitting: auto (random colours where images have alpha, else a "
                         "learned colour), learn, random, or fixed (the scene's)")
+    p.add_argument("--backdrop-alpha", type=_number(float, 0), default=None,
+                   help="with a learned background: weight of the penalty on Gaussians painting pixels of the "
+                        "background's own colour (default 0.05; 0 lets them stay)")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:
@@ -353,7 +356,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     device, renderer = choose_fit_device(device, args.renderer, log=reporter.log)
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
                                       renderer=renderer, max_gaussians=args.max_gaussians,
-                                      init_points=args.init_points, background_mode=getattr(args, "background", None))
+                                      init_points=args.init_points, background_mode=getattr(args, "background", None),
+                                      backdrop_alpha_weight=getattr(args, "backdrop_alpha", None))
     _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")

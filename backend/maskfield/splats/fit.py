@@ -15,7 +15,7 @@ import torch
 from ..checks import check_cameras, check_fit_state
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
-from .losses import psnr, ssim
+from .losses import backdrop_alpha_penalty, psnr, ssim
 from .model import Gaussians
 from .ply import write_ply
 from .render import RenderCamera, render
@@ -50,6 +50,17 @@ class FitSettings:
     # leaving it to floaters and shells of Gaussians
     background_mode: str = "auto"
     background_lr: float = 1e-2
+    # With a learned background colour, Gaussians that paint pixels of that colour (the world
+    # seen past the scene) cost the colour loss nothing, so a veil and bulges of them grow
+    # there, which segmentation then reads as objects. This weighs the rendered alpha where the
+    # target pixel has the background's colour (within about ``backdrop_alpha_sigma``; see
+    # losses.backdrop_alpha_penalty), so that the background takes those pixels. Seedless
+    # benchmark room (README): backdrop Gaussians 713 -> 84, held-out mIoU 0.885 -> 0.899.
+    # The same weight on every pixel turned its floor half transparent (a brighter, fainter
+    # Gaussian matches a surface lighter than the background as well), and so did sigma 0.05
+    # (floor IoU 0.77): shaded floor lies within a few sigma of the grey world
+    backdrop_alpha_weight: float = 0.05
+    backdrop_alpha_sigma: float = 0.01
     # pruning, on the densification steps and on until the end (see prune_floaters)
     prune_near_camera: float = 0.3  # closer to a training camera than this x its distance to the scene
     prune_angular_scale: float = 0.1  # 3D scale over the distance to the nearest camera (radians)
@@ -170,6 +181,9 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 target = backdrop.target(view, background)
                 l1 = (out["color"] - target).abs().mean()
                 loss = (1 - settings.ssim_weight) * l1 + settings.ssim_weight * (1 - ssim(out["color"], target))
+                if settings.backdrop_alpha_weight > 0 and backdrop.mode == "learn":
+                    loss = loss + settings.backdrop_alpha_weight * backdrop_alpha_penalty(
+                        out["alpha"], target, background, settings.backdrop_alpha_sigma)
                 loss.backward()
                 if not torch.isfinite(loss):
                     raise MaskFieldError(f"the colour fit diverged (loss is {float(loss)}) at step {step}; "

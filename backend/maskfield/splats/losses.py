@@ -54,6 +54,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5,
     return (num / den).mean()
 
 
+def backdrop_alpha_penalty(alpha: torch.Tensor, target: torch.Tensor, background: torch.Tensor,
+                           sigma: float) -> torch.Tensor:
+    """Mean rendered alpha, each pixel weighted by how closely its target colour is the
+    background's: exp(-|target - background|^2 / (2 sigma^2)), 1 on the world itself and
+    about 0 a few sigma away. Only the alpha gets a gradient: the background colour is
+    fitted by the colour loss, not pulled toward whatever the penalty prefers."""
+    distance2 = ((target - background.detach()) ** 2).sum(-1)
+    backdrop_like = torch.exp(-distance2 / (2.0 * sigma * sigma))
+    return (alpha.reshape(backdrop_like.shape) * backdrop_like).mean()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(torch.mean((a.clamp(0, 1) - b) ** 2))
     return 10 * math.log10(1.0 / max(mse, 1e-10))
