@@ -10,7 +10,9 @@ the prompt than it resembles this scene's average query.
 The queries within ``query_margin`` (cosine) of the prompt's best query, and relevant
 enough, make up its mask; Gaussian g belongs to it with score max_i sigmoid(m_i . f_g).
 Several prompts compete: each Gaussian takes the prompt with the highest score, or the
-background when no score passes ``mask_threshold``.
+background when no score passes ``mask_threshold``. A Gaussian the masks never taught (its
+weight mostly on unsupervised pixels), and a faint one far from every solid Gaussian of its
+segment (haze), is in no segment.
 
 Granularity: training records which SAM granularity (small / medium / large: part / object /
 group) each query's masks had. A prompt keeps the queries of one granularity: the one asked
