@@ -76,6 +76,13 @@ def test_backdrop_alpha_penalty_weighs_alpha_where_the_target_is_the_background(
     assert grad[0, 0].item() == pytest.approx(noisy / 24, rel=1e-5)
     assert grad[:, 3:].abs().max().item() < 1e-30  # the surface's: free to be opaque
     assert background.grad is None  # the colour loss alone fits the background
+    # a blown-out white (or black) world says nothing: a white wall clipped alike stays opaque
+    for clipped in (1.0, 0.0):
+        world = torch.full((3,), clipped)
+        image = world.expand(2, 2, 3).clone()
+        image[0, 0] = torch.tensor([clipped, clipped, 0.5])  # one pixel clipped in two channels only
+        penalty = backdrop_alpha_penalty(torch.ones(2, 2, 1), image, world, sigma=0.5)
+        assert penalty.item() == pytest.approx(np.exp(-0.25 / 0.5) / 4, rel=1e-5)
 
 
 def test_gaussians_painting_the_learned_background_fade(tmp_path):

@@ -54,14 +54,22 @@ def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5,
     return (num / den).mean()
 
 
+CLIPPED_HIGH, CLIPPED_LOW = 254.5 / 255.0, 0.5 / 255.0  # 8-bit 255 and 0
+
+
 def backdrop_alpha_penalty(alpha: torch.Tensor, target: torch.Tensor, background: torch.Tensor,
                            sigma: float) -> torch.Tensor:
     """Mean rendered alpha, each pixel weighted by how closely its target colour is the
     background's: exp(-|target - background|^2 / (2 sigma^2)), 1 on the world itself and
     about 0 a few sigma away. Only the alpha gets a gradient: the background colour is
-    fitted by the colour loss, not pulled toward whatever the penalty prefers."""
+    fitted by the colour loss, not pulled toward whatever the penalty prefers.
+
+    Clipped pixels (pure white or pure black in every channel) are left out: a blown-out
+    white wall looks exactly like a blown-out sky, and fading it would open holes in it."""
     distance2 = ((target - background.detach()) ** 2).sum(-1)
     backdrop_like = torch.exp(-distance2 / (2.0 * sigma * sigma))
+    clipped = (target >= CLIPPED_HIGH).all(-1) | (target <= CLIPPED_LOW).all(-1)
+    backdrop_like = backdrop_like.masked_fill(clipped, 0.0)
     return (alpha.reshape(backdrop_like.shape) * backdrop_like).mean()
 
 
