@@ -299,7 +299,7 @@ class Segmenter:
             solid = np.nonzero(opacity >= SOLID_OPACITY)[0]
             if len(solid) == 0:
                 solid = np.arange(len(means))
-            self._point_tree = (cKDTree(means[solid]), solid, opacity)
+            self._point_tree = (cKDTree(means[solid]), solid)
         return self._point_tree
 
     def select_at(self, positions, granularity: str | list[str | None] | None = "object",
@@ -313,7 +313,8 @@ class Segmenter:
         if not np.isfinite(positions).all():
             raise MaskFieldError("--at needs three finite numbers X Y Z (a position in the scene's coordinates).")
         grans = _per_prompt(granularity, len(positions))
-        tree, solid, opacity = self._solid_tree()
+        tree, solid = self._solid_tree()
+        opacity = self._shape_arrays()[0]
         k = min(POINT_NEIGHBOURS, len(solid))
         matches = []
         for p, position in enumerate(positions):
@@ -419,13 +420,13 @@ class Segmenter:
         if features is self.features and self.supervised_share is not None:  # the run's own Gaussians
             share = self.supervised_share
             keep &= ~((share >= 0) & (share < self.settings.min_supervised_share))
-        label = torch.where(keep, label, torch.full_like(label, -1))
+        label = torch.where(keep, label, torch.full_like(label, -1)).numpy().astype(np.int32)
         if features is self.features and self.gaussians is not None and self.settings.attach_scales > 0:
-            label = torch.as_tensor(self._detach_haze(label.numpy()))
-        return label.numpy().astype(np.int32), best_score.numpy(), scores.numpy()
+            self._detach_haze(label)
+        return label, best_score.numpy(), scores.numpy()
 
-    def _detach_haze(self, label: np.ndarray) -> np.ndarray:
-        """Faint Gaussians away from every solid Gaussian of their segment leave it (-1).
+    def _detach_haze(self, label: np.ndarray) -> None:
+        """Faint Gaussians away from every solid Gaussian of their segment leave it (-1, in place).
 
         Near: centre distance within ``attach_scales`` x (own + neighbour's largest scale), so a
         large blob reaching an object's surface stays while a speck a metre off does not. A
@@ -433,7 +434,6 @@ class Segmenter:
         from scipy.spatial import cKDTree
 
         opacity, means, size = self._shape_arrays()
-        label = label.copy()
         solid = opacity >= SOLID_OPACITY
         for j in np.unique(label[label >= 0]):
             anchors = np.nonzero(solid & (label == j))[0]
@@ -443,7 +443,6 @@ class Segmenter:
             distance, nearest = cKDTree(means[anchors]).query(means[faint])
             reach = self.settings.attach_scales * (size[faint] + size[anchors[nearest]])
             label[faint[distance > reach]] = -1
-        return label
 
     def _shape_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per Gaussian: opacity, centre and largest scale (numpy, computed once)."""
