@@ -2,6 +2,9 @@
 """The one-command GPU check (run through ``scripts/gpu_check.sh``), printed as one table.
 
     python benchmarks/gpu_check.py [--out out/gpu_check] [--quick] [--skip-demo] [--allow-cpu]
+        [--scenes DIR] [--cpu-too]
+    python benchmarks/gpu_check.py --prepare-scenes DIR [--quick]
+
 
 On a CUDA machine it
   1. compares gsplat's rasteriser with ours on the GPU, values and gradients;
@@ -13,6 +16,11 @@ On a CUDA machine it
 and writes the table to ``OUT/table.md`` as well. Without CUDA it stops, unless ``--allow-cpu``
 is given: then every check that can run on the CPU runs (the renderers compared with each
 other), the rest are listed as skipped, which is how the tests keep this script working.
+
+The scenes are rendered in Blender (``bpy``), whose wheels exist for one Python version only. A
+GPU machine whose Python has no ``bpy`` takes them ready-made: ``--prepare-scenes DIR`` renders
+them where Blender runs, ``--scenes DIR`` uses them. Each row is written to ``OUT/table.md`` as
+soon as it is measured, so a check stopped at a time limit still leaves what it measured.
 """
 from __future__ import annotations
 
@@ -41,10 +49,19 @@ SECTIONS = ("renderers", "pipeline", "priors", "demo")
 @dataclass
 class Table:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    path: Path | None = None  # rewritten after every row
+    title: str = "GPU check"
 
     def add(self, check: str, figure: str, status: str = "ok") -> None:
         self.rows.append((check, figure, status))
         print(f"[gpu-check] {check}: {figure} ({status})", flush=True)
+        if self.path is not None:
+            self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(self.markdown(self.title))
+        os.replace(tmp, self.path)
 
     @property
     def failed(self) -> bool:
@@ -194,16 +211,31 @@ def failure(proc: subprocess.CompletedProcess) -> str:
     return f"FAIL (exit {proc.returncode}: {tail[-1] if tail else 'no output'})"
 
 
-def time_pipeline(table: Table, out_dir: Path, quick: bool, device: str) -> None:
+def tabletop_size(quick: bool) -> tuple[int, int]:
+    """Views and resolution of the pipeline's tabletop."""
+    return (12, 64) if quick else (40, 256)
+
+
+def render_tabletop(scene: Path, quick: bool) -> subprocess.CompletedProcess:
+    views, res = tabletop_size(quick)
+    return run_timed([sys.executable, ROOT / "tools" / "make_tabletop.py", "--out", scene, "--views", views,
+                      "--resolution", res, "--quiet"])[1]
+
+
+def time_pipeline(table: Table, out_dir: Path, quick: bool, device: str, scenes: Path | None) -> None:
     """Tabletop: colour fit, label priors, mask field, each timed through the CLI as a user runs it."""
     py = sys.executable
     scene, run = out_dir / "tabletop", out_dir / "run"
-    views, res = (12, 64) if quick else (40, 256)
-    seconds, proc = run_timed([py, ROOT / "tools" / "make_tabletop.py", "--out", scene, "--views", views,
-                               "--resolution", res, "--quiet"])
-    if proc.returncode:
-        table.add("tabletop scene (Blender)", "", failure(proc))
-        return
+    views, res = tabletop_size(quick)
+    if scenes is not None:
+        scene = scenes / "tabletop"
+        meta = json.loads((scene / "transforms.json").read_text())
+        views, res = len(meta["frames"]), max(meta["w"], meta["h"])
+    else:
+        proc = render_tabletop(scene, quick)
+        if proc.returncode:
+            table.add("tabletop scene (Blender)", "", failure(proc))
+            return
     iterations = 100 if quick else 3000
     seconds, proc = run_timed([py, "-m", "maskfield.cli", "fit", scene, "--out", run, "--iterations", iterations,
                                "--device", device, "--events", "none", "--overwrite", "--no-resume"])
@@ -247,14 +279,17 @@ def time_priors(table: Table, quick: bool, device: str) -> None:
               f"SAM {masks}; SAM + CLIP {per_image}")
 
 
-def run_demo(table: Table, out_dir: Path) -> None:
-    seconds, proc = run_timed([sys.executable, ROOT / "tools" / "demo.py", "--out", out_dir / "demo"])
+def run_demo(table: Table, out_dir: Path, scenes: Path | None) -> None:
+    reuse = ["--scene-from", scenes / "demo"] if scenes is not None else []
+    seconds, proc = run_timed([sys.executable, ROOT / "tools" / "demo.py", "--out", out_dir / "demo", *reuse])
     if proc.returncode:
         table.add("make demo (tools/demo.py)", "", failure(proc))
         return
     figures = json.loads((out_dir / "demo" / "figures.json").read_text())
     ev = figures["evaluate"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in figures["times_s"].items())
+    if scenes is not None:
+        stages += "; scene rendered beforehand in Blender"
     table.add("make demo on the GPU", f"{seconds:.0f} s ({stages}); held-out mIoU {ev['miou']:.3f}, "
               f"mBIoU {ev['mbiou']:.3f}")
 
@@ -286,8 +321,24 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes everywhere (minutes, not tens of minutes)")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--allow-cpu", action="store_true", help="without CUDA, run what can run on the CPU")
-    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these parts")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="run only these parts, in this order")
+    ap.add_argument("--scenes", type=Path, default=None,
+                    help="scenes rendered beforehand by --prepare-scenes (for a machine without Blender)")
+    ap.add_argument("--prepare-scenes", type=Path, default=None, metavar="DIR",
+                    help="render the check's scenes into DIR in Blender, then stop")
+    ap.add_argument("--cpu-too", action="store_true", help="on a CUDA machine, also compare and time the CPU renderers")
     args = ap.parse_args(argv)
+    if args.prepare_scenes is not None:
+        return prepare_scenes(args.prepare_scenes.resolve(), args.quick)
+    scenes = args.scenes.resolve() if args.scenes is not None else None
+    if scenes is not None:
+        missing = [p for p in (scenes / "tabletop" / "transforms.json", scenes / "demo" / "scene",
+                               scenes / "demo" / "faces.npy") if not p.exists()]
+        if missing:
+            print(f"gpu_check: {scenes} lacks {', '.join(str(p.relative_to(scenes)) for p in missing)}; make it with "
+                  "--prepare-scenes DIR on a machine with Blender (bpy).", file=sys.stderr)
+            return 2
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
         print("gpu_check: torch sees no CUDA GPU here. Run it on an NVIDIA machine, or pass --allow-cpu to run the "
@@ -296,32 +347,57 @@ def main(argv=None) -> int:
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if cuda else "cpu"
-    table = Table()
-    environment(table, device)
-    if "renderers" in args.only:
-        check_renderers(table, cuda, args.quick, out_dir)
-    if "pipeline" in args.only:
-        time_pipeline(table, out_dir, args.quick, device)
-    if "priors" in args.only:
+    title = f"GPU check, {time.strftime('%Y-%m-%d')}, {'quick' if args.quick else 'full'}"
+    table = Table(path=out_dir / "table.md", title=title)
+    try:
+        environment(table, device)
+    except Exception as exc:
+        table.add("device", f"{type(exc).__name__}: {exc}", "FAIL")
+    for section in dict.fromkeys(args.only):  # in the order given: the most wanted first under a time limit
+        try:
+            run_section(section, table, args, out_dir, device, scenes)
+        except Exception as exc:  # one broken part must not hide the others' figures
+            table.add(f"{section}", f"{type(exc).__name__}: {exc}", "FAIL")
+    table.write()
+    print("\n" + table.markdown(title))
+    return 1 if table.failed else 0
+
+
+def run_section(section: str, table: Table, args, out_dir: Path, device: str, scenes: Path | None) -> None:
+    cuda = device == "cuda"
+    if section == "renderers":
+        check_renderers(table, cuda, args.quick, out_dir, args.cpu_too)
+    elif section == "pipeline":
+        time_pipeline(table, out_dir, args.quick, device, scenes)
+    elif section == "priors":
         if cuda or not args.quick:
             time_priors(table, args.quick, device)
         else:
             table.add("priors (SAM ViT-H 32x32 + CLIP)", "", "skipped: --quick on the CPU")
-    if "demo" in args.only:
-        if args.skip_demo or not cuda:
-            table.add("make demo on the GPU", "", "skipped" + ("" if cuda else ": no CUDA"))
-        else:
-            run_demo(table, out_dir)
-    title = f"GPU check, {time.strftime('%Y-%m-%d')}, {'quick' if args.quick else 'full'}"
-    text = table.markdown(title)
-    tmp = out_dir / "table.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / "table.md")
-    print("\n" + text)
-    return 1 if table.failed else 0
+    elif args.skip_demo or not cuda:
+        table.add("make demo on the GPU", "", "skipped" + ("" if cuda else ": no CUDA"))
+    else:
+        run_demo(table, out_dir, scenes)
 
 
-def check_renderers(table: Table, cuda: bool, quick: bool, out_dir: Path) -> None:
+def prepare_scenes(target: Path, quick: bool) -> int:
+    """Render the pipeline's tabletop and the demo's scene (with its .blend and face centres) in Blender."""
+    demo = target / "demo"
+    demo.mkdir(parents=True, exist_ok=True)
+    proc = render_tabletop(target / "tabletop", quick)
+    if proc.returncode:
+        print(proc.stderr, file=sys.stderr)
+        return proc.returncode
+    size = ["--views", "12", "--resolution", "64"] if quick else []
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(demo), "--render-only",
+                           *size], text=True)
+    if proc.returncode:
+        return proc.returncode
+    print(f"scenes for the GPU check in {target}: pass --scenes {target}")
+    return 0
+
+
+def check_renderers(table: Table, cuda: bool, quick: bool, out_dir: Path, cpu_too: bool = False) -> None:
     if cuda:
         from maskfield.splats.render import gsplat_available
 
@@ -334,6 +410,8 @@ def check_renderers(table: Table, cuda: bool, quick: bool, out_dir: Path) -> Non
     else:
         for check in ("gsplat vs ours (values, gradients)", "fallback when gsplat's kernels cannot build"):
             table.add(check, "", "skipped: no CUDA")
+    if cuda and not cpu_too:
+        return  # the CPU renderers are checked on CPU machines (and by the tests)
     if cpu_renderers():
         compare_renderers(table, "cpu", "torch", cpu_renderers(), quick)
     time_renderers(table, "cpu", ["torch", *cpu_renderers()], repeats=1 if quick else 5)

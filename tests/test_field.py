@@ -207,3 +207,29 @@ def test_counting_sort_csr_matches_pytorchs_coalesce():
     dense = w_ref.to_dense()[supervised]
     w_sup, wt_sup = data._supervised_csr_cpu(w_ref, supervised)
     assert torch.equal(w_sup.to_dense(), dense) and torch.equal(wt_sup.to_dense(), dense.T)
+
+
+class _IndexOnSameDevice(torch.overrides.TorchFunctionMode):
+    """Fails any index_select whose index lives on another device than its input: on CUDA that is
+    a crash, on the CPU it would pass unseen, so the test runs on the 'meta' device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.index_select, torch.index_select):
+            source, index = args[0], args[2] if len(args) > 2 else kwargs["index"]
+            assert index.device == source.device, f"index on {index.device}, input on {source.device}"
+        return func(*args, **kwargs)
+
+
+def test_the_per_gaussian_loss_indexes_on_its_tensors_device():
+    # Found by the GPU check: the matched rows and columns were indexed from CPU tensors.
+    from maskfield.field.train import gaussian_mask_loss
+
+    view = FieldView("v", None, torch.ones(3), torch.zeros(1, 3), torch.ones(1, 4), torch.ones(3, dtype=torch.bool), 3, 1)
+    view.gaussian_index = torch.tensor([0, 2], device="meta")
+    view.gaussian_share = torch.ones(2, 1, device="meta")
+    view.gaussian_weight = torch.ones(2, device="meta")
+    features, m = torch.zeros(3, 1, device="meta"), torch.zeros(1, 1, device="meta")
+    with _IndexOnSameDevice():
+        loss = gaussian_mask_loss(features, m, view, np.array([0]), np.array([0]))
+    assert loss.device.type == "meta" and loss.shape == ()

@@ -3,6 +3,12 @@
 text prompts segmented in 3D, and the results written as a .blend, .ply files and a picture.
 
     python tools/demo.py --out out/demo [--views 40] [--resolution 128] [--quick]
+    python tools/demo.py --out DIR --render-only         # the Blender part alone: scene, .blend, faces
+    python tools/demo.py --out out/demo --scene-from DIR # train on DIR's scene (no Blender needed)
+
+``--scene-from`` is for machines whose Python has no Blender (``bpy`` wheels exist for one Python
+version only; the GPU check runs so): the scene comes ready-made, and the collections are written
+into a .blend only where ``bpy`` imports.
 
 Real SAM + CLIP priors are used when their weights are present in the weights folder
 (MASKFIELD_WEIGHTS_DIR or ~/.cache/maskfield/weights); otherwise the demo says so and uses
@@ -11,6 +17,7 @@ the scene's object-index pass with SAM-like noise, matching prompts to object na
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -111,19 +118,32 @@ def main() -> int:
     ap.add_argument("--field-iterations", type=int, default=500)
     ap.add_argument("--field-sample-pixels", type=int, default=1024)
     ap.add_argument("--quick", action="store_true", help="a reduced run (for tests)")
+    ap.add_argument("--render-only", action="store_true", help="render the scene in Blender, export faces, stop")
+    ap.add_argument("--scene-from", type=Path, default=None, metavar="DIR",
+                    help="a folder made by --render-only: train on its scene instead of rendering one")
     args = ap.parse_args()
     if args.quick:
         args.views, args.resolution, args.fit_iterations, args.field_iterations = 12, 64, 150, 300
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    scene, run, segs = out / "scene", out / "run", out / "segments"
+    run, segs = out / "run", out / "segments"
+    rendered = args.scene_from.resolve() if args.scene_from is not None else out
+    scene, blend, faces = rendered / "scene", rendered / "tabletop.blend", rendered / "faces"
     times = {}
 
-    t = time.perf_counter()
-    sh(PY, ROOT / "tools" / "make_tabletop.py", "--out", scene, "--views", args.views, "--resolution",
-       args.resolution, "--save-blend", out / "tabletop.blend", "--quiet")
-    sh(PY, ROOT / "tools" / "demo_blender.py", "export-faces", out / "tabletop.blend", out)
-    times["render in Blender"] = time.perf_counter() - t
+    if args.scene_from is None:
+        t = time.perf_counter()
+        sh(PY, ROOT / "tools" / "make_tabletop.py", "--out", scene, "--views", args.views, "--resolution",
+           args.resolution, "--save-blend", blend, "--quiet")
+        sh(PY, ROOT / "tools" / "demo_blender.py", "export-faces", blend, out)
+        times["render in Blender"] = time.perf_counter() - t
+        if args.render_only:
+            print(f"scene, {blend.name} and face centres in {out}; train on them with --scene-from {out}")
+            return 0
+    elif not (scene / "transforms.json").exists() or not faces.with_suffix(".npy").exists():
+        print(f"demo: {rendered} holds no rendered scene and face centres; make one with --render-only",
+              file=sys.stderr)
+        return 2
 
     t = time.perf_counter()
     train = ["train", scene, "--out", run, "--iterations", args.fit_iterations,
@@ -147,28 +167,33 @@ def main() -> int:
     times["train (fit + priors + field)"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    maskfield("segment", run, *sum((["--prompt", p] for p in PROMPTS), []), "--points", out / "faces.npy",
+    maskfield("segment", run, *sum((["--prompt", p] for p in PROMPTS), []), "--points", faces.with_suffix(".npy"),
               "--out", segs, "--events", "none")
     times["segment"] = time.perf_counter() - t
     result = json.loads(sh(PY, "-m", "maskfield.cli", "evaluate", run, "--labels", scene / "labels",
                            "--events", "none", capture=True))
 
     t = time.perf_counter()
-    made = sh(PY, ROOT / "tools" / "demo_blender.py", "collections", out / "tabletop.blend", out / "faces.json", segs,
-              out / "maskfield_demo.blend", capture=True)
-    collections = json.loads(made.strip().splitlines()[-1])
+    collections = None
+    if importlib.util.find_spec("bpy") is not None:
+        made = sh(PY, ROOT / "tools" / "demo_blender.py", "collections", blend, faces.with_suffix(".json"), segs,
+                  out / "maskfield_demo.blend", capture=True)
+        collections = json.loads(made.strip().splitlines()[-1])
     picture(scene, run, PROMPTS, out / "segments.png")
-    times["write .blend and picture"] = time.perf_counter() - t
+    times["write .blend and picture" if collections is not None else "picture"] = time.perf_counter() - t
 
     info = json.loads((run / "run.json").read_text())
     print("\nMaskField demo finished")
-    print(f"  Blender file with one collection per prompt: {out / 'maskfield_demo.blend'}")
+    if collections is not None:
+        print(f"  Blender file with one collection per prompt: {out / 'maskfield_demo.blend'}")
+    else:
+        print("  no Blender (bpy) in this Python: the collections were not written into a .blend")
     print(f"  segments (.ply per prompt):                  {segs}")
     print(f"  picture:                                     {out / 'segments.png'}")
     print(f"  held-out colour PSNR: {info['stages']['fit']['test_psnr']:.1f} dB")
     print(f"  held-out mIoU {result['miou']:.3f}, mBIoU {result['mbiou']:.3f}, accuracy {result['accuracy']:.3f}; "
           f"Gaussians labelled with their object: {result['gaussian_accuracy']:.1%}")
-    for prompt, objects in collections.items():
+    for prompt, objects in (collections or {}).items():
         print(f"  collection 'MaskField: {prompt}': {', '.join(objects) or 'no faces'} (+ its Gaussians as points)")
     for stage, sec in times.items():
         print(f"  {stage}: {sec:.0f} s")

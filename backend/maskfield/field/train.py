@@ -200,8 +200,11 @@ def gaussian_mask_loss(features, mask_embed, view: FieldView, rows, cols) -> tor
     """
     # index_select, not indexing: its backward is an index_add, indexing's an accumulating
     # index_put (a sort of the indices, every step)
-    logits = features.index_select(0, view.gaussian_index) @ mask_embed.index_select(0, torch.as_tensor(rows)).T
-    share = view.gaussian_share.index_select(1, torch.as_tensor(cols))
+    device = features.device
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
+    cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
+    logits = features.index_select(0, view.gaussian_index) @ mask_embed.index_select(0, rows_t).T
+    share = view.gaussian_share.index_select(1, cols_t)
     weight = view.gaussian_weight[:, None]
     bce = share * F.softplus(-logits) + (weight - share).clamp_min(0) * F.softplus(logits)
     return bce.sum() / (view.gaussian_weight.sum() * len(rows))
