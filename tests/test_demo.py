@@ -30,3 +30,43 @@ def test_reduced_demo_writes_blend_plys_picture_and_figures(tmp_path):
     # each found prompt's collection holds faces split from its own object
     right = [p for p, objs in figures["collections"].items() if f"{p} ({p})" in objs]
     assert len(right) >= 2, figures["collections"]
+
+
+BLOCK_BPY = '''import sys
+class _NoBlender:
+    def find_spec(self, name, path=None, target=None):
+        if name == "bpy":
+            raise ModuleNotFoundError("No module named 'bpy' (blocked by the test)")
+sys.meta_path.insert(0, _NoBlender())
+'''
+
+
+def test_demo_trains_on_a_scene_rendered_beforehand_where_python_has_no_blender(tmp_path):
+    # The GPU check's machine has a Python without bpy: the scene is rendered where Blender runs
+    # (--render-only), then trained on there (--scene-from); only the .blend output is left out.
+    env = {**__import__("os").environ, "MASKFIELD_OFFLINE": "1"}
+    rendered, out = tmp_path / "rendered", tmp_path / "demo"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(rendered), "--quick",
+                           "--render-only"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (rendered / "scene" / "transforms.json").exists() and (rendered / "faces.npy").exists()
+    assert not (rendered / "run").exists()  # nothing trained
+
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK_BPY)
+    env["PYTHONPATH"] = f"{blocker}:{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out), "--quick",
+                           "--scene-from", str(rendered)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no Blender (bpy) in this Python" in proc.stdout
+    assert not (out / "maskfield_demo.blend").exists() and not (out / "scene").exists()
+    assert (out / "segments.png").exists()
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["collections"] is None and "render in Blender" not in figures["times_s"]
+    assert figures["evaluate"]["miou"] > 0.4
+
+    # a folder without a rendered scene is refused with what to do
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "x"),
+                           "--scene-from", str(tmp_path / "block")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--render-only" in proc.stderr

@@ -110,6 +110,21 @@ def test_training_separates_the_objects_and_segmentation_finds_them(tmp_path):
         assert iou > 0.9, f"object {k}: IoU {iou:.2f}"
 
 
+    # A segmenter asked for CUDA keeps the field on the CPU, where its numpy work runs (on the
+    # GPU check's H200, mixing the two devices crashed `maskfield segment`); here, without a
+    # GPU, loading the field onto CUDA would fail outright.
+    from maskfield.segment import Segmenter
+    from maskfield.splats.model import Gaussians
+    from maskfield.splats.ply import write_ply
+
+    write_ply(run.gaussians_ply, Gaussians.from_points(np.random.default_rng(0).normal(size=(60, 3)), init_opacity=0.9))
+    seg = Segmenter(run, device="cuda", text_encoder=lambda texts: emb[: len(texts)])
+    assert seg.features.device.type == "cpu" and seg.mask_embed.device.type == "cpu"
+    direct = (probs >= 0.5).numpy()
+    labels = seg.features @ seg.mask_embed.T
+    np.testing.assert_array_equal((torch.sigmoid(labels) >= 0.5).numpy(), direct)
+
+
 def test_embedding_size_mismatch_is_refused(tmp_path):
     views, _, _ = _constructed_views()
     with pytest.raises(MaskFieldError, match="dimensions"):

@@ -39,3 +39,11 @@ def test_cpu_part_writes_one_table(tmp_path):
     # every timed renderer printed a figure in milliseconds
     timed = [row for row in rows if row.startswith("| render fwd+bwd")]
     assert timed and all(" ms median" in row for row in timed)
+
+
+def test_scenes_folder_without_the_rendered_scenes_is_refused(tmp_path):
+    (tmp_path / "scenes" / "tabletop").mkdir(parents=True)
+    proc = run("--allow-cpu", "--scenes", tmp_path / "scenes", "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "tabletop/transforms.json" in proc.stderr and "--prepare-scenes" in proc.stderr
+    assert not (tmp_path / "out" / "table.md").exists()

@@ -45,6 +45,13 @@ def maskfield(*args):
 REAL_PRIOR_WEIGHTS = ["sam_vit_b", "clip_vit_b16_openai"]
 
 
+def blender_importable() -> bool:
+    try:
+        return importlib.util.find_spec("bpy") is not None
+    except ImportError:  # a broken install says so by raising
+        return False
+
+
 def real_priors() -> tuple[bool, str]:
     """Whether SAM + CLIP weights are present or could be downloaded now, and why not."""
     from maskfield.events import MaskFieldError
@@ -175,7 +182,7 @@ def main() -> int:
 
     t = time.perf_counter()
     collections = None
-    if importlib.util.find_spec("bpy") is not None:
+    if blender_importable():
         made = sh(PY, ROOT / "tools" / "demo_blender.py", "collections", blend, faces.with_suffix(".json"), segs,
                   out / "maskfield_demo.blend", capture=True)
         collections = json.loads(made.strip().splitlines()[-1])

@@ -123,7 +123,9 @@ class Segmenter:
         self.device = device
         self.settings = settings or SegmentSettings()
         self.gaussians = read_ply(self.run.gaussians_ply)
-        features, queries, ckpt = load_field(self.run.field_checkpoint, device)
+        # The field stays on the CPU whatever the device: a prompt's work over the Gaussians is
+        # milliseconds of numpy; the device serves the text encoder.
+        features, queries, ckpt = load_field(self.run.field_checkpoint, "cpu")
         if features.shape[0] != len(self.gaussians):
             raise MaskFieldError(f"{self.run.field_checkpoint.name} was trained on {features.shape[0]:,} Gaussians but "
                                  f"{self.run.gaussians_ply.name} has {len(self.gaussians):,}; retrain the mask field.",
@@ -149,11 +151,11 @@ class Segmenter:
     def _setup(self, gaussians, features, queries, embedding_model, object_names, text_encoder,
                weights_dir, allow_download, match_stats=None) -> None:
         self.gaussians = gaussians
-        self.features = features.float()
+        self.features = features.detach().float().cpu()
         with torch.no_grad():
             m, c = queries()
-        self.mask_embed = m.float()
-        self.query_embed = torch.nn.functional.normalize(c.float(), dim=-1)
+        self.mask_embed = m.float().cpu()
+        self.query_embed = torch.nn.functional.normalize(c.float().cpu(), dim=-1)
         self.embedding_model = embedding_model
         self.object_names = object_names
         self._text_encoder = text_encoder
