@@ -205,6 +205,31 @@ def test_faint_gaussians_away_from_their_segments_surface_leave_it():
     np.testing.assert_array_equal(seg.segment(["red mug", "plate"])[1], [0, 0, 0, 0, 1, 1])
 
 
+def test_a_solid_gaussian_away_from_the_rest_of_its_segment_leaves_it():
+    """A solid floater a prompt caught (or a never-seen Gaussian whose untrained features the
+    prompt lit) is not the object: with at least ``min_solid_for_outliers`` solid Gaussians in
+    a segment, one with no other solid Gaussian within reach leaves it, and the faint ones
+    that only it anchored go too. A small segment keeps its scattered solid Gaussians."""
+    mug = [[0.1 * i, 0, 0] for i in range(25)]  # the mug's surface: solid, 0.1 apart
+    means = np.array(mug + [[1.5, 2.0, 0],  # solid, 2 from the surface: a floater
+                            [1.55, 2.0, 0],  # faint, anchored by the floater alone
+                            [0, 0, 5.0], [0, 3.0, 5.0], [0, 6.0, 5.0]], np.float32)  # the plate: 3 solid, apart
+    n = len(means)
+    opacity = np.array([0.8] * 25 + [0.6, 0.02, 0.7, 0.7, 0.7], np.float32)
+    params = {"means": torch.as_tensor(means), "scales": torch.full((n, 3), float(np.log(0.05))),
+              "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+              "opacities": torch.logit(torch.as_tensor(opacity)),
+              "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}
+    seg = constructed([one_hot(0)] * 27 + [one_hot(1)] * 3, ["red mug", "plate"])
+    seg.gaussians = Gaussians(params, sh_degree=0)
+    _, label, _, _ = seg.segment(["red mug", "plate"])
+    np.testing.assert_array_equal(label, [0] * 25 + [-1, -1] + [1, 1, 1])
+    seg.settings.min_solid_for_outliers = 0  # off: the floater and its haze stay
+    np.testing.assert_array_equal(seg.segment(["red mug", "plate"])[1], [0] * 27 + [1, 1, 1])
+    seg.settings.min_solid_for_outliers = 3  # the plate's three, 3 apart, now count as floaters
+    np.testing.assert_array_equal(seg.segment(["red mug", "plate"])[1], [0] * 25 + [-1, -1] + [-1, -1, -1])
+
+
 def test_gaussians_painting_unsupervised_pixels_are_in_no_segment():
     """A Gaussian whose weight falls mostly on pixels no mask supervised (a veil over the
     backdrop) learned nothing from the masks: it is left out of every segment, whatever its
