@@ -450,15 +450,19 @@ class Segmenter:
             anchors = np.nonzero(solid & (label == j))[0]
             if self.settings.min_solid_for_outliers > 0 and len(anchors) >= max(2, self.settings.min_solid_for_outliers):
                 # the nearest other solid Gaussian: the second hit, the first being itself
-                distance, nearest = cKDTree(means[anchors]).query(means[anchors], k=2)
-                reach = self.settings.attach_scales * (size[anchors] + size[anchors[nearest[:, 1]]])
+                # no reach exceeds the bound: farther neighbours need not be found (inf: alone)
+                bound = self.settings.attach_scales * 2 * float(size[anchors].max())
+                distance, nearest = cKDTree(means[anchors]).query(means[anchors], k=2, distance_upper_bound=bound,
+                                                                  workers=-1)
+                found = np.minimum(nearest[:, 1], len(anchors) - 1)  # a miss is index len(anchors)
+                reach = self.settings.attach_scales * (size[anchors] + size[anchors[found]])
                 alone = distance[:, 1] > reach
                 label[anchors[alone]] = -1
                 anchors = anchors[~alone]
             faint = np.nonzero(~solid & (label == j))[0]
             if len(anchors) == 0 or len(faint) == 0:
                 continue
-            distance, nearest = cKDTree(means[anchors]).query(means[faint])
+            distance, nearest = cKDTree(means[anchors]).query(means[faint], workers=-1)
             reach = self.settings.attach_scales * (size[faint] + size[anchors[nearest]])
             label[faint[distance > reach]] = -1
 
