@@ -245,7 +245,9 @@ def test_non_finite_gaussians_stop_the_fit_and_keep_the_last_checkpoint(scene, t
 
     from maskfield.events import MaskFieldError
 
-    real_step = torch.optim.Adam.step
+    from maskfield.adam import Adam
+
+    real_step = Adam.step
     calls = {"n": 0}
 
     def poisoned_step(self, *a, **k):  # a fault: positions become NaN at the 8th step
@@ -258,7 +260,7 @@ def test_non_finite_gaussians_stop_the_fit_and_keep_the_last_checkpoint(scene, t
                     group["params"][0][:5] = float("nan")
         return out
 
-    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    monkeypatch.setattr(Adam, "step", poisoned_step)
     with pytest.raises(MaskFieldError) as err:
         _fit_in_process(scene, tmp_path / "run", iterations=12, checkpoint_every=5)
     msg = str(err.value)

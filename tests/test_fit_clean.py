@@ -174,7 +174,9 @@ def test_floater_pruning_removes_near_camera_and_over_large_gaussians():
     n = len(means)
     g = Gaussians({"means": means, "scales": scales, "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
                    "opacities": torch.zeros(n), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}, 0)
-    opts = {k: torch.optim.Adam([{"params": p, "lr": 1e-3, "name": k}]) for k, p in g.params.items()}
+    from maskfield.adam import Adam
+
+    opts = {k: Adam([{"params": p, "lr": 1e-3, "name": k}]) for k, p in g.params.items()}
     (sum(p.sum() for p in g.params.values())).backward()
     for o in opts.values():
         o.step()

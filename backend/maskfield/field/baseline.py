@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adam import Adam
 from ..events import Reporter
 from .data import FieldView
 
@@ -60,7 +61,7 @@ def train_baseline(views: list[FieldView], num_gaussians: int, embed_dim: int, s
                    device: str = "cpu", reporter: Reporter | None = None) -> tuple[EmbeddingField, dict]:
     reporter = reporter or Reporter("none")
     field = EmbeddingField(num_gaussians, embed_dim, settings.seed).to(device)
-    optimizer = torch.optim.Adam(field.parameters(), lr=settings.lr)
+    optimizer = Adam(field.parameters(), lr=settings.lr)
     targets = [pixel_embedding_targets(v) for v in views]
     rng = np.random.default_rng(settings.seed)
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .data import FieldView, supervised_share
@@ -218,10 +219,10 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
         raise MaskFieldError(f"the priors' embeddings have {views[0].embeddings.shape[1]} dimensions, but the "
                              f"queries expect {embed_dim}; recompute the priors with one model.")
     field = MaskField(num_gaussians, embed_dim, settings).to(device)
-    optimizer = torch.optim.Adam([
+    optimizer = Adam([
         {"params": [field.features], "lr": settings.lr_features},
         {"params": field.queries.parameters(), "lr": settings.lr_queries},
-    ], fused=torch.device(device).type in ("cpu", "cuda"))  # one kernel per tensor
+    ])  # torch's fused kernel: one per tensor
     gamma = settings.lr_final_fraction ** (1.0 / max(1, settings.iterations))
     start = 0
     stats = MatchStats(settings.num_queries)
