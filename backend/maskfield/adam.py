@@ -2,8 +2,8 @@
 """Adam for the colour fit and the mask field, without torch.optim.
 
 torch.optim's optimizers wrap their methods in ``torch._disable_dynamo``, whose first call
-imports ``torch._dynamo``: 1.6-2.5 s (4 s under a profiler) of each command on a 2-core CPU, for a compiler we
-never use. This class keeps torch.optim.Adam's layout (``param_groups`` of dicts with
+imports ``torch._dynamo``: 1.6-2.5 s of each command on a 2-core CPU (4 s under a profiler),
+for a compiler we never use. This class keeps torch.optim.Adam's layout (``param_groups`` of dicts with
 "params" and "lr", ``state[param]`` with "step", "exp_avg", "exp_avg_sq"), which gsplat's
 densification edits in place, and its ``state_dict`` format, so fit checkpoints written by
 either load into the other. The update is torch's own fused Adam kernel on the CPU and CUDA
