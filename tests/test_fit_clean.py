@@ -239,5 +239,7 @@ def test_random_starts_that_no_training_view_sees_are_left_out(tmp_path):
                            checkpoint_every=1000)
     run = RunFolder(tmp_path / "run")
     result = fit(scene, run, settings, resume=False)
-    assert result["gaussians"] == 2000 - unseen
+    # removed after the fit (which took the same path as with them): about the same ones
+    assert abs(result["pruned"]["in_no_view"] - unseen) <= 20
+    assert result["gaussians"] == 2000 - result["pruned"]["in_no_view"]
     assert bool(in_some_view(read_ply(run.gaussians_ply), train).all())

@@ -144,13 +144,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         else:
             gaussians = Gaussians.random_in_bounds(center, radius, settings.init_points, settings.sh_degree,
                                                    seed=settings.seed, device=device)
-            # Starts that no training camera looks at never get a gradient: they would stay, at
-            # their random colour, as blobs around the scene in any other view and in exports
-            # (on the seedless benchmark room, 3,034 of its 10,949 fitted Gaussians)
-            seen = in_some_view(gaussians, cameras.values())
-            gaussians = gaussians.subset(torch.nonzero(seen).squeeze(1))
-            seeded = (f"{settings.init_points:,} random points in the scene bounds, less the "
-                      f"{int((~seen).sum()):,} no training view sees")
+            seeded = f"{settings.init_points:,} random points in the scene bounds"
         reporter.log(f"seeded {len(gaussians):,} Gaussians from {seeded}")
         optimizers = _optimizers(gaussians, settings, scene_scale)
         strategy_state = strategy.initialize_state(scene_scale=scene_scale)
@@ -221,6 +215,8 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         reporter.log(f"fit cancelled at step {step}; run the same command again to resume")
         raise
     fit_seconds = time.perf_counter() - t_start
+    if scene.points is None or len(scene.points) == 0:
+        pruned["in_no_view"] = _drop_unseen(gaussians, optimizers, strategy_state, cameras.values(), reporter)
     check_fit_state(gaussians, step, run.fit_checkpoint)
     _save(run, gaussians, optimizers, strategy_state, step, settings, backdrop)
     metrics = evaluate_views(scene, gaussians, scene.test_indices, settings, device, reporter,
@@ -231,6 +227,24 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
               "background_mode": mode, "background": list(backdrop.render_colour()), "pruned": pruned, **metrics}
     run.update_stage("fit", **result)
     return result
+
+
+def _drop_unseen(gaussians: Gaussians, optimizers: dict, strategy_state: dict, cameras, reporter) -> int:
+    """Remove the Gaussians of a seedless fit that fall in no training camera's image.
+
+    Random starts that no camera looks at (a fifth start on a far shell, for a photo's
+    background) never get a gradient: they would stay, at their random colours, as blobs around
+    the scene in any other view and in exports (3,034 of the seedless benchmark room's 10,949).
+    Removed after the fit rather than before it: while present they change nothing the cameras
+    see, and the fit then takes the very path it was measured on."""
+    from gsplat.strategy.ops import remove
+
+    unseen = ~in_some_view(gaussians, cameras)
+    count = int(unseen.sum())
+    if 0 < count < len(gaussians):
+        remove(params=gaussians.params, optimizers=optimizers, state=strategy_state, mask=unseen)
+        reporter.log(f"left out {count:,} Gaussians no training view sees (random starts no camera looks at)")
+    return count if count < len(gaussians) else 0
 
 
 @torch.no_grad()
