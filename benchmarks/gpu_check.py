@@ -388,9 +388,8 @@ def prepare_scenes(target: Path, quick: bool) -> int:
     if proc.returncode:
         print(proc.stderr, file=sys.stderr)
         return proc.returncode
-    size = ["--views", "12", "--resolution", "64"] if quick else []
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(demo), "--render-only",
-                           *size], text=True)
+                           *(["--quick"] if quick else [])], text=True)
     if proc.returncode:
         return proc.returncode
     print(f"scenes for the GPU check in {target}: pass --scenes {target}")

@@ -240,7 +240,8 @@ def test_the_per_gaussian_loss_indexes_on_its_tensors_device():
     # Found by the GPU check: the matched rows and columns were indexed from CPU tensors.
     from maskfield.field.train import gaussian_mask_loss
 
-    view = FieldView("v", None, torch.ones(3), torch.zeros(1, 3), torch.ones(1, 4), torch.ones(3, dtype=torch.bool), 3, 1)
+    view = FieldView("v", None, torch.ones(3), torch.zeros(1, 3), torch.ones(1, 4), torch.ones(3, dtype=torch.bool),
+                     3, 1)
     view.gaussian_index = torch.tensor([0, 2], device="meta")
     view.gaussian_share = torch.ones(2, 1, device="meta")
     view.gaussian_weight = torch.ones(2, device="meta")

@@ -67,7 +67,7 @@ class Adam:
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1.0)
             beta1, beta2 = group["betas"]
-            args = ([p for p in params], [p.grad for p in params], [s["exp_avg"] for s in states],
+            args = (params, [p.grad for p in params], [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states])
             if params[0].device.type in FUSED_DEVICES and params[0].dtype == torch.float32:
                 torch._fused_adam_(*args, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,

@@ -446,11 +446,12 @@ class Segmenter:
 
         opacity, means, size = self._shape_arrays()
         solid = opacity >= SOLID_OPACITY
+        min_solid = self.settings.min_solid_for_outliers
         for j in np.unique(label[label >= 0]):
             anchors = np.nonzero(solid & (label == j))[0]
-            if self.settings.min_solid_for_outliers > 0 and len(anchors) >= max(2, self.settings.min_solid_for_outliers):
-                # the nearest other solid Gaussian: the second hit, the first being itself
-                # no reach exceeds the bound: farther neighbours need not be found (inf: alone)
+            if min_solid > 0 and len(anchors) >= max(2, min_solid):
+                # the nearest other solid Gaussian is the second hit (the first is itself); no
+                # reach exceeds the bound, so farther ones need not be found (a miss: inf, alone)
                 bound = self.settings.attach_scales * 2 * float(size[anchors].max())
                 distance, nearest = cKDTree(means[anchors]).query(means[anchors], k=2, distance_upper_bound=bound,
                                                                   workers=-1)
