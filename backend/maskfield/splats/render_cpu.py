@@ -248,6 +248,10 @@ def _forward_tile(t, means2d, conics, opacities, values, background, offsets, en
         ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
         s_cut = math.log(o / A_MIN32) + S_PAD
         q = math.exp(-ca)
+        if n_ch == 4:  # the colour fit's channels (colour, depth), held in registers
+            v0, v1, v2, v3 = values[g, 0], values[g, 1], values[g, 2], values[g, 3]
+        else:
+            v0 = v1 = v2 = v3 = F0
         for y in range(max(box[g, 2], y_lo), min(box[g, 3], y_hi) + 1):
             if row_live[y - y_lo] == 0:
                 continue
@@ -273,8 +277,14 @@ def _forward_tile(t, means2d, conics, opacities, values, background, offsets, en
                     row_live[y - y_lo] -= 1
                     continue
                 w = a * T[i]
-                for c in range(n_ch):
-                    acc[i, c] += w * values[g, c]
+                if n_ch == 4:
+                    acc[i, 0] += w * v0
+                    acc[i, 1] += w * v1
+                    acc[i, 2] += w * v2
+                    acc[i, 3] += w * v3
+                else:
+                    for c in range(n_ch):
+                        acc[i, c] += w * values[g, c]
                 T[i] = next_t
                 pair_pixel[j] = i
                 pair_falloff[j] = falloff
@@ -344,6 +354,11 @@ def _backward_tile(t, means2d, conics, opacities, values, background, offsets, e
         ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
         g_o = g_a = g_b = g_c = g_x = g_y = F0
         gv[:] = F0
+        if n_ch == 4:  # as in the forward: the colour fit's four channels in registers
+            v0, v1, v2, v3 = values[g, 0], values[g, 1], values[g, 2], values[g, 3]
+        else:
+            v0 = v1 = v2 = v3 = F0
+        e0 = e1 = e2 = e3 = F0
         for j in range(pair_start[k], pair_end[k]):
             i = np.int64(pair_pixel[j])
             falloff = pair_falloff[j]
@@ -355,9 +370,17 @@ def _backward_tile(t, means2d, conics, opacities, values, background, offsets, e
             T[i] = T[i] * inv  # transmittance in front of this pair
             w = a * T[i]
             dot = g_acc[i]
-            for c in range(n_ch):
-                dot += values[g, c] * G[i, c]
-                gv[c] += w * G[i, c]
+            if n_ch == 4:
+                G0, G1, G2, G3 = G[i, 0], G[i, 1], G[i, 2], G[i, 3]
+                dot += v0 * G0 + v1 * G1 + v2 * G2 + v3 * G3
+                e0 += w * G0
+                e1 += w * G1
+                e2 += w * G2
+                e3 += w * G3
+            else:
+                for c in range(n_ch):
+                    dot += values[g, c] * G[i, c]
+                    gv[c] += w * G[i, c]
             grad_alpha = T[i] * dot - (later[i] + tail[i]) * inv
             later[i] += w * dot
             if a_raw >= A_MAX32:  # clamped: no gradient through alpha
@@ -370,8 +393,11 @@ def _backward_tile(t, means2d, conics, opacities, values, background, offsets, e
             g_x -= (ca * dx + cb * dy) * grad_sigma
             g_y -= (cb * dx + cc * dy) * grad_sigma
         grads[k, 0], grads[k, 1], grads[k, 2], grads[k, 3], grads[k, 4], grads[k, 5] = g_o, g_a, g_b, g_c, g_x, g_y
-        for c in range(n_ch):
-            grads[k, 6 + c] = gv[c]
+        if n_ch == 4:
+            grads[k, 6], grads[k, 7], grads[k, 8], grads[k, 9] = e0, e1, e2, e3
+        else:
+            for c in range(n_ch):
+                grads[k, 6 + c] = gv[c]
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
