@@ -828,40 +828,42 @@ def _sh_forward(means, campos, sh0, shN, n_bases):
 @njit(cache=True, parallel=True)
 def _sh_backward(means, campos, sh0, shN, n_bases, rgb, g_rgb):
     """Gradients of the means (N,3) (through the view direction) and of both coefficient
-    arrays (the bands past ``n_bases`` get zero)."""
+    arrays (the bands past ``n_bases`` get zero). Each output row is written once, and band 0
+    is taken out of the band loop (its basis is a constant: nothing flows to the means)."""
     n = means.shape[0]
+    n_rest = shN.shape[1]
     d_means = np.empty((n, 3), dtype=np.float32)
     d_sh0 = np.empty(sh0.shape, dtype=np.float32)
     d_shN = np.empty(shN.shape, dtype=np.float32)
     for chunk in prange((n + CHUNK - 1) // CHUNK):
         B = np.empty(16)
         dB = np.empty((16, 3))
-        g_raw = np.empty(3)
         for g in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
-            d_shN[g] = 0.0
-            for c in range(3):
-                g_raw[c] = g_rgb[g, c] if rgb[g, c] > 0.0 else 0.0  # the clamp at 0
-            if g_raw[0] == 0.0 and g_raw[1] == 0.0 and g_raw[2] == 0.0:
-                d_means[g] = 0.0  # not seen, or clamped: nothing flows back
-                d_sh0[g] = 0.0
+            # the clamp at 0
+            g0 = g_rgb[g, 0] if rgb[g, 0] > 0.0 else 0.0
+            g1 = g_rgb[g, 1] if rgb[g, 1] > 0.0 else 0.0
+            g2 = g_rgb[g, 2] if rgb[g, 2] > 0.0 else 0.0
+            if g0 == 0.0 and g1 == 0.0 and g2 == 0.0:  # not seen, or clamped: nothing flows back
+                d_means[g, 0] = d_means[g, 1] = d_means[g, 2] = 0.0
+                d_sh0[g, 0, 0] = d_sh0[g, 0, 1] = d_sh0[g, 0, 2] = 0.0
+                for k in range(n_rest):
+                    d_shN[g, k, 0] = d_shN[g, k, 1] = d_shN[g, k, 2] = 0.0
                 continue
             d0, d1, d2 = means[g, 0] - campos[0], means[g, 1] - campos[1], means[g, 2] - campos[2]
             norm = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
             x, y, z = d0 / norm, d1 / norm, d2 / norm
             _sh_basis(n_bases, x, y, z, B, dB)
+            d_sh0[g, 0, 0], d_sh0[g, 0, 1], d_sh0[g, 0, 2] = B[0] * g0, B[0] * g1, B[0] * g2
             dn0 = dn1 = dn2 = 0.0
-            for k in range(n_bases):
-                s = 0.0
-                for c in range(3):
-                    if k == 0:
-                        d_sh0[g, 0, c] = B[0] * g_raw[c]
-                        s += sh0[g, 0, c] * g_raw[c]
-                    else:
-                        d_shN[g, k - 1, c] = B[k] * g_raw[c]
-                        s += shN[g, k - 1, c] * g_raw[c]
+            for k in range(1, n_bases):
+                b = B[k]
+                d_shN[g, k - 1, 0], d_shN[g, k - 1, 1], d_shN[g, k - 1, 2] = b * g0, b * g1, b * g2
+                s = shN[g, k - 1, 0] * g0 + shN[g, k - 1, 1] * g1 + shN[g, k - 1, 2] * g2
                 dn0 += s * dB[k, 0]
                 dn1 += s * dB[k, 1]
                 dn2 += s * dB[k, 2]
+            for k in range(max(n_bases - 1, 0), n_rest):
+                d_shN[g, k, 0] = d_shN[g, k, 1] = d_shN[g, k, 2] = 0.0
             dot = dn0 * x + dn1 * y + dn2 * z
             d_means[g, 0] = (dn0 - x * dot) / norm
             d_means[g, 1] = (dn1 - y * dot) / norm
