@@ -30,14 +30,20 @@ F2 = np.float32(2.0)
 
 @njit(cache=True, fastmath=FAST)
 def _blur_row(src, dst, k, channels):
-    """dst += ``src`` blurred along its pixels (``channels`` floats apart), zero beyond the ends."""
+    """dst += ``src`` blurred along its pixels (``channels`` floats apart), zero beyond the ends.
+    Each tap runs over two slices indexed from 0: indexing ``src[j + shift]`` with a shift that
+    may be negative made numba check every index for wraparound, and that loop did not
+    vectorise (5x slower: 1.9 against 0.35 ms for the five maps of a 128x128 image)."""
     length = src.shape[0]
     pad = k.shape[0] // 2
     for t in range(k.shape[0]):
         kt = k[t]
         shift = (t - pad) * channels
-        for j in range(max(0, -shift), min(length, length - shift)):
-            dst[j] += kt * src[j + shift]
+        lo, hi = max(0, -shift), min(length, length - shift)
+        d = dst[lo:hi]
+        s = src[lo + shift:hi + shift]
+        for j in range(hi - lo):
+            d[j] += kt * s[j]
 
 
 @njit(cache=True, fastmath=FAST)
