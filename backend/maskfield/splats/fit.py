@@ -137,8 +137,9 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
             reporter.log(f"resuming the fit at step {start_step} of {settings.iterations}")
         else:
             reporter.log("the saved fit used other settings; starting over")
+    seedless = scene.points is None or len(scene.points) == 0
     if state is None:
-        if scene.points is not None and len(scene.points) > 0:
+        if not seedless:
             gaussians = Gaussians.from_points(scene.points, scene.point_colors, settings.sh_degree, device=device)
             seeded = f"{len(scene.points):,} scene points"
         else:
@@ -215,7 +216,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         reporter.log(f"fit cancelled at step {step}; run the same command again to resume")
         raise
     fit_seconds = time.perf_counter() - t_start
-    if scene.points is None or len(scene.points) == 0:
+    if seedless:
         pruned["in_no_view"] = _drop_unseen(gaussians, optimizers, strategy_state, cameras.values(), reporter)
     check_fit_state(gaussians, step, run.fit_checkpoint)
     _save(run, gaussians, optimizers, strategy_state, step, settings, backdrop)
