@@ -180,6 +180,47 @@ def test_competitors_are_weighed_at_the_prompts_granularity():
     np.testing.assert_array_equal(label, [-1] * 8)
 
 
+def test_auto_granularity_follows_the_queries_closest_to_the_prompt():
+    """Group queries (the blue book merged with a neighbour; their embedding a mix of the two)
+    are less like "blue book" than its object query, but their masks are larger and more
+    often matched: the prompt still answers with the object query, so the green book, which
+    the group queries also light, stays out. Parts share their object's meaning: between
+    those the masks' area decides, as before."""
+    blue, green, red = names(["blue book", "green book", "red book"])
+    mix_b = 2 * blue + green + red
+    mix_b = mix_b / np.linalg.norm(mix_b)  # matched to blue+green and blue+red: cosine ~0.82
+    c = torch.as_tensor(np.stack([blue, mix_b, mix_b, blue]))  # 0 object, 1-2 groups, 3 a part
+    m = torch.eye(4) * 8.0
+    f = np.full((6, 4), -1.0, np.float32)
+    f[:2, [0, 1, 2]] = 1.0  # blue book: its object query and the groups
+    f[2:4, [1, 2]] = 1.0  # green book: the groups only
+    f[4:, 3] = 1.0  # a piece of the blue book only its part query lights
+    stats = {"granularity_counts": np.array([[0, 40, 0], [0, 0, 60], [0, 0, 60], [30, 0, 0]]),
+             "granularity_area": np.array([[0, 4.0, 0], [0, 0, 12.0], [0, 0, 12.0], [2.0, 0, 0]], np.float32),
+             "mask_area": np.array([0.1, 0.2, 0.2, 0.07], np.float32)}
+
+    def segment(settings):
+        seg = Segmenter.from_field(None, torch.as_tensor(f), lambda: (m, c), embedding_model=ENCODER,
+                                   text_encoder=names, match_stats=stats, settings=settings)
+        sim = float(seg.query_embed[1] @ torch.as_tensor(blue))
+        matches, label, _, _ = seg.segment(["blue book"])
+        return sim, matches[0], label
+
+    sim, match, label = segment(SegmentSettings(query_margin=0.2))  # the groups are within the margin
+    assert 0.8 < sim < 0.95
+    assert match.granularity == "object" and match.queries.tolist() == [0]
+    np.testing.assert_array_equal(label, [0, 0, -1, -1, -1, -1])
+    # voting among every query within query_margin, as before: the groups' area wins
+    _, match, label = segment(SegmentSettings(query_margin=0.2, granularity_margin=0.2))
+    assert match.granularity == "group" and match.queries.tolist() == [1, 2]
+    np.testing.assert_array_equal(label, [0, 0, 0, 0, -1, -1])
+    # object and part queries tie (the same meaning): the larger area decides, here the object;
+    # with the part's masks larger, the part
+    stats["granularity_area"][3, 0] = 9.0
+    _, match, _ = segment(SegmentSettings(query_margin=0.2))
+    assert match.granularity == "part" and match.queries.tolist() == [3]
+
+
 def test_faint_gaussians_away_from_their_segments_surface_leave_it():
     """Haze the fit left in the air carries an object's features but is not the object: a
     faint Gaussian stays in a segment only near one of its solid Gaussians (within
