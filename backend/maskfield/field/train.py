@@ -67,7 +67,7 @@ class FieldSettings:
 
     @classmethod
     def for_device(cls, device: str, **overrides) -> "FieldSettings":
-        """The paper's 5,000 steps on a GPU; 1,500 at a coarser resolution on the CPU (stated in run.json)."""
+        """The paper's 5,000 steps on a GPU; 1,500 on the CPU (stated in run.json). Both supervise at the same size."""
         base = dict(iterations=5000) if device == "cuda" else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
