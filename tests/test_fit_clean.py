@@ -14,7 +14,7 @@ from maskfield.evaluate import floater_share
 from maskfield.run import RunFolder
 from maskfield.scene import load_scene
 from maskfield.splats.fit import Backdrop, FitSettings, FloaterPruning, fit
-from maskfield.splats.losses import backdrop_alpha_penalty
+from maskfield.splats.losses import backdrop_alpha_penalty, surface_alpha_penalty
 from maskfield.splats.model import Gaussians
 
 
@@ -85,6 +85,32 @@ def test_backdrop_alpha_penalty_weighs_alpha_where_the_target_is_the_background(
         assert penalty.item() == pytest.approx(np.exp(-0.25 / 0.5) / 4, rel=1e-5)
 
 
+def test_surface_alpha_penalty_weighs_transparency_where_the_target_is_not_the_background():
+    background = torch.tensor([0.6, 0.6, 0.6], requires_grad=True)
+    target = background.detach().expand(4, 6, 3).clone()
+    target[:, 3:] = torch.tensor([0.9, 0.85, 0.8])  # right half: a light floor, far from the world's grey
+    target[0, 0] += 0.02  # a world pixel with render noise (per channel; 0.035 in all): a small weight
+    alpha = torch.full((4, 6, 1), 0.6, requires_grad=True)
+    penalty = surface_alpha_penalty(alpha, target, background, sigma=0.1)
+    far = 1 - np.exp(-(0.3 ** 2 + 0.25 ** 2 + 0.2 ** 2) / (2 * 0.1 ** 2))
+    noisy = 1 - np.exp(-3 * 0.02 ** 2 / (2 * 0.1 ** 2))
+    assert penalty.item() == pytest.approx(0.4 * (12 * far + noisy) / 24, rel=1e-5)
+    penalty.backward()
+    grad = alpha.grad[..., 0]
+    assert torch.allclose(grad[:, 3:], torch.full((4, 3), -far / 24))  # the floor: pushed opaque
+    assert grad[1:, :3].abs().max().item() == 0.0  # the world's own colour: left to the other penalty
+    assert grad[0, 0].item() == pytest.approx(-noisy / 24, rel=1e-5)
+    assert noisy < 0.1 * far  # noise over the world: a nudge
+    assert background.grad is None
+    # inset by one pixel: the floor's edge column (beside the world) and the lone noisy world
+    # pixel weigh nothing; the floor's inner columns keep their weight, the image border too
+    alpha.grad = None
+    surface_alpha_penalty(alpha, target, background, sigma=0.1, inset=1).backward()
+    grad = alpha.grad[..., 0]
+    assert grad[:, :4].abs().max().item() == 0.0
+    assert torch.allclose(grad[:, 4:], torch.full((4, 2), -far / 24))
+
+
 def test_gaussians_painting_the_learned_background_fade(tmp_path):
     """Gaussians of the world's own colour in front of a world of that colour cost the colour
     loss nothing, so without the penalty they stay as they were; with it they fade (and are
@@ -108,17 +134,19 @@ def test_gaussians_painting_the_learned_background_fade(tmp_path):
     assert opacity[0.05] < 0.5 * opacity[0.0], opacity
 
 
-def test_backdrop_alpha_is_a_fit_option(tmp_path):
+def test_the_background_penalties_are_fit_options(tmp_path):
     from maskfield import cli
 
     folder = _uniform_scene(tmp_path, (0.45, 0.6, 0.3))
     out = tmp_path / "run"
     assert cli.main(["fit", str(folder), "--out", str(out), "--iterations", "3", "--backdrop-alpha", "0.2",
-                     "--events", "none"]) == 0
+                     "--surface-alpha", "0.3", "--events", "none"]) == 0
     stage = json.loads((out / "run.json").read_text())["stages"]["fit"]
     assert stage["settings"]["backdrop_alpha_weight"] == 0.2 and stage["background_mode"] == "learn"
-    with pytest.raises(SystemExit):  # argparse refuses a negative weight
-        cli.main(["fit", str(folder), "--out", str(out), "--backdrop-alpha", "-1", "--events", "none"])
+    assert stage["settings"]["surface_alpha_weight"] == 0.3
+    for option in ("--backdrop-alpha", "--surface-alpha"):
+        with pytest.raises(SystemExit):  # argparse refuses a negative weight
+            cli.main(["fit", str(folder), "--out", str(out), option, "-1", "--events", "none"])
 
 
 def test_the_densification_threshold_is_the_fits_setting(tmp_path):

@@ -63,6 +63,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backdrop-alpha", type=_number(float, 0), default=None,
                    help="with a learned background: weight of the penalty on Gaussians painting pixels of the "
                         "background's own colour (default 0.05; 0 lets them stay)")
+    p.add_argument("--surface-alpha", type=_number(float, 0), default=None,
+                   help="with a learned background: weight of the penalty on see-through pixels whose colour is "
+                        "clearly not the background's (default 0: off; README: the benchmark scenes with 0.05)")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:
@@ -73,6 +76,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dice-weight", type=NON_NEGATIVE_FLOAT, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
     p.add_argument("--gaussian-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
+    p.add_argument("--query-levels", action="store_true",
+                   help="each query serves one SAM granularity (part / object / group): helps where SAM often "
+                        "merges neighbours, costs elsewhere (README)")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
@@ -357,7 +363,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None),
-                                      backdrop_alpha_weight=getattr(args, "backdrop_alpha", None))
+                                      backdrop_alpha_weight=getattr(args, "backdrop_alpha", None),
+                                      surface_alpha_weight=getattr(args, "surface_alpha", None))
     _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
@@ -412,7 +419,8 @@ def _field_settings(args, device):
                                     supervision_long_side=args.field_resolution,
                                     num_queries=args.queries, lr_features=args.field_lr,
                                     dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
-                                    sample_pixels=args.field_sample_pixels)
+                                    sample_pixels=args.field_sample_pixels,
+                                    query_levels=True if getattr(args, "query_levels", False) else None)
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:

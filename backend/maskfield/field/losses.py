@@ -73,6 +73,20 @@ def matching_cost(logits, targets, query_embed, mask_embed, chunk: int = 64) -> 
     return torch.cat(parts) + embedding_cost(query_embed, mask_embed)
 
 
+LEVEL_MISMATCH_COST = 1e6  # above any real pair's cost (each term is at most a few units)
+
+
+def forbid_other_levels(cost: torch.Tensor, query_level: torch.Tensor | None,
+                        mask_level: torch.Tensor | None) -> torch.Tensor:
+    """``cost`` (K, M) with every pair of a query and a mask of different known granularities
+    priced out of the matching (-1, unknown, on either side pairs with anything)."""
+    if query_level is None or mask_level is None or not bool((query_level >= 0).any()):
+        return cost
+    q = query_level.to(cost.device).long()[:, None]
+    m = mask_level.to(cost.device).long()[None, :]
+    return cost.masked_fill((q >= 0) & (m >= 0) & (q != m), LEVEL_MISMATCH_COST)
+
+
 def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Optimal one-to-one assignment (scipy's linear_sum_assignment): query and mask indices."""
     from scipy.optimize import linear_sum_assignment

@@ -20,7 +20,7 @@ from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .data import FieldView, supervised_share
-from .losses import hungarian_match, loss_terms, maskfield_loss, matching_cost, unmatched_penalty
+from .losses import forbid_other_levels, hungarian_match, loss_terms, maskfield_loss, matching_cost, unmatched_penalty
 from .queries import QueryNetworks
 
 
@@ -60,6 +60,16 @@ class FieldSettings:
     # 1,500 steps took 77 s with it (no run without it at that size: not compared). On the
     # demo (--field-sample-pixels 1024), a step took 28% less at the same held-out mIoU.
     sample_pixels: int = 4096
+    # Each query serves one SAM granularity (part / object / group) when the priors record it:
+    # the matching never gives a query masks of two levels. Without it a query took an
+    # object's own masks in some views and its merges with a neighbour in others, and learned
+    # the mix (seeded bookshelf: the blue book's strongest query matched 60 part, 45 object and
+    # 134 group masks, its embedding 0.96 like "blue book" and 0.74 like "green book"; the
+    # books fell to IoU 0.45 / 0.68). The queries are dealt out by ``allot_query_levels``.
+    # Measured (README, field seeds 0/1/2): that bookshelf 0.838/0.895/0.903 -> 0.888/0.903/
+    # 0.903, the seedless one 0.900/0.904/0.911 -> 0.908/0.905/0.912, but both rooms lose
+    # 0.01-0.015 (the sofa's object query cedes its edges to the floor's), so it stays off.
+    query_levels: bool = False
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
@@ -83,6 +93,33 @@ class MaskField(torch.nn.Module):
             torch.randn(num_gaussians, settings.feature_dim, generator=gen) * settings.feature_init_std)
         torch.manual_seed(settings.seed)
         self.queries = QueryNetworks(settings.num_queries, settings.feature_dim, embed_dim)
+        # per query: the SAM granularity it may be matched to (-1: any); see allot_query_levels
+        self.register_buffer("query_level", torch.full((settings.num_queries,), -1, dtype=torch.int8))
+
+
+def allot_query_levels(views: list[FieldView], num_queries: int) -> np.ndarray:
+    """(K,) int8: the granularity each query serves, or all -1 (any) when the views' masks do
+    not record one or the queries are too few to give every level its busiest view's count.
+
+    Each level gets as many queries as its busiest view has masks, then the rest in the same
+    proportions (so a level SAM fills twice as densely gets twice the spare queries); levels
+    no mask has get none. Masks of unknown granularity (-1) may still match any query."""
+    need = np.zeros(3, np.int64)
+    for view in views:
+        if view.granularity is None:
+            continue
+        gran = view.granularity.cpu().numpy().astype(np.int64)
+        known = gran[gran >= 0]
+        if len(known):
+            need = np.maximum(need, np.bincount(known, minlength=3)[:3])
+    levels = np.full(num_queries, -1, np.int8)
+    if need.sum() == 0 or need.sum() > num_queries:
+        return levels
+    spare = num_queries - int(need.sum())
+    share = need + np.floor(spare * need / need.sum()).astype(np.int64)
+    share[int(np.argmax(need))] += num_queries - int(share.sum())  # rounding leftovers
+    levels[:] = np.repeat(np.arange(3, dtype=np.int8), share)
+    return levels
 
 
 class MatchStats:
@@ -145,10 +182,12 @@ def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_w
     m = q.mask_mlp(q.codes)
     with torch.no_grad():  # every query's semantic embedding is read by the matching; only matched ones learn
         c = q.embed_mlp(q.codes)
+    levels = field.query_level
     if sample_pixels and feat.shape[0] > sample_pixels:
-        loss, rows, cols = sampled_matched_loss(m, feat, c, view, dice_weight, sample_pixels, generator, q.semantic)
+        loss, rows, cols = sampled_matched_loss(m, feat, c, view, dice_weight, sample_pixels, generator, q.semantic,
+                                                levels)
     else:
-        loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight, q.semantic)
+        loss, rows, cols = matched_loss(m @ feat.T, c, view, dice_weight, q.semantic, levels)
     if stats is not None:
         stats.add(view, rows, cols)
     if gaussian_weight > 0 and len(rows):
@@ -157,13 +196,14 @@ def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_w
 
 
 def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float,
-                 semantic_rows=None):
+                 semantic_rows=None, query_level: torch.Tensor | None = None):
     """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField
     loss, and the matched query and mask indices. ``semantic_rows(rows)``, if given, recomputes
     the matched queries' embeddings with gradients (``query_embed`` then has none)."""
     targets = view.supervised_targets()
     with torch.no_grad():
-        cost = matching_cost(logits, targets, query_embed, view.embeddings)
+        cost = forbid_other_levels(matching_cost(logits, targets, query_embed, view.embeddings), query_level,
+                                   view.granularity)
     rows, cols = hungarian_match(cost)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)
@@ -179,14 +219,16 @@ def _learning_rows(query_embed, rows, semantic_rows):
 
 
 def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_weight: float, sample_pixels: int,
-                         generator: torch.Generator | None = None, semantic_rows=None):
+                         generator: torch.Generator | None = None, semantic_rows=None,
+                         query_level: torch.Tensor | None = None):
     """``matched_loss`` with the matching and the unmatched queries on a random sample of the
     pixels; the matched queries' logits are still scored at every pixel (edges stay sharp)."""
     targets = view.supervised_targets()
     pick = torch.randperm(feat.shape[0], generator=generator)[:sample_pixels].to(feat.device)
     sampled = mask_embed @ feat[pick].T  # (K, sample)
     with torch.no_grad():
-        cost = matching_cost(sampled, targets[:, pick], query_embed, view.embeddings)
+        cost = forbid_other_levels(matching_cost(sampled, targets[:, pick], query_embed, view.embeddings),
+                                   query_level, view.granularity)
     rows, cols = hungarian_match(cost)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     matched_logits = mask_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=feat.device)) @ feat.T
@@ -223,6 +265,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
         raise MaskFieldError(f"the priors' embeddings have {views[0].embeddings.shape[1]} dimensions, but the "
                              f"queries expect {embed_dim}; recompute the priors with one model.")
     field = MaskField(num_gaussians, embed_dim, settings).to(device)
+    if settings.query_levels:
+        field.query_level.copy_(torch.as_tensor(allot_query_levels(views, settings.num_queries)))
     optimizer = Adam([
         {"params": [field.features], "lr": settings.lr_features},
         {"params": field.queries.parameters(), "lr": settings.lr_queries},
@@ -290,6 +334,7 @@ def save_field(path, field: MaskField, settings: FieldSettings, extra: dict) -> 
         "features": field.features.detach().cpu(),
         "queries": field.queries.state_dict(),
         "query_config": field.queries.config(),
+        "query_level": field.query_level.detach().cpu(),
         "settings": asdict(settings),
         **extra,
     }, path)

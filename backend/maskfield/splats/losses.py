@@ -73,6 +73,27 @@ def backdrop_alpha_penalty(alpha: torch.Tensor, target: torch.Tensor, background
     return (alpha.reshape(backdrop_like.shape) * backdrop_like).mean()
 
 
+def surface_alpha_penalty(alpha: torch.Tensor, target: torch.Tensor, background: torch.Tensor,
+                          sigma: float, inset: int = 0) -> torch.Tensor:
+    """Mean rendered transparency (1 - alpha), each pixel weighted by how surely its target
+    colour is *not* the background's: 1 - exp(-|target - background|^2 / (2 sigma^2)).
+
+    With a learned background colour, a surface brighter than it is matched as well by a
+    brighter, fainter Gaussian as by an opaque one of its own colour (c a + b (1 - a)); the
+    faint answer leaves see-through holes that segmentation reads as background. A pixel
+    clearly unlike the background must be covered by something: this makes it opaque.
+    ``sigma`` is wide (image noise over the world stays near weight 0). With ``inset``, a
+    pixel weighs the least of its (2 inset + 1)^2 neighbourhood, so a silhouette's edge pixels,
+    part object and part world, are left free: pushed opaque, they would grow a rim that
+    novel views see over the world."""
+    distance2 = ((target - background.detach()) ** 2).sum(-1)
+    unlike = 1.0 - torch.exp(-distance2 / (2.0 * sigma * sigma))
+    if inset > 0:
+        size = 2 * inset + 1
+        unlike = -F.max_pool2d(-unlike[None, None], size, stride=1, padding=inset)[0, 0]
+    return ((1.0 - alpha.reshape(unlike.shape)) * unlike).mean()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(torch.mean((a.clamp(0, 1) - b) ** 2))
     return 10 * math.log10(1.0 / max(mse, 1e-10))
