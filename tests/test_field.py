@@ -195,8 +195,8 @@ def test_field_sample_pixels_option_reaches_the_settings():
     assert cli._field_settings(args, "cpu").sample_pixels == FieldSettings().sample_pixels
     with pytest.raises(SystemExit):
         parser.parse_args(["train-field", "run", "--field-sample-pixels", "-5"])
-    assert cli._field_settings(parser.parse_args(["train-field", "run", "--query-levels"]), "cpu").query_levels
-    assert not cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").query_levels
+    assert not cli._field_settings(parser.parse_args(["train-field", "run", "--mixed-queries"]), "cpu").query_levels
+    assert cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").query_levels
 
 
 def _same_csr(a, b):
@@ -266,40 +266,42 @@ def _level_view(levels, pixels=6):
 def test_queries_are_dealt_to_levels_by_the_busiest_view_of_each():
     from maskfield.field.train import allot_query_levels
 
-    # busiest views: 3 parts, 4 objects, 1 group (8 needed); 24 queries: 16 spare in 3:4:1
+    # one-object masks (parts 0 and objects 1) against groups (2): the busiest views have 5 and
+    # 1 (6 needed); 24 queries: 18 spare in 5:1
     views = [_level_view([0, 0, 0, 1, 1]), _level_view([1, 1, 1, 1, 2]), _level_view([0, 1])]
     levels = allot_query_levels(views, 24)
-    counts = np.bincount(levels, minlength=3)
-    assert counts.sum() == 24 and counts.tolist() == [3 + 6, 4 + 8, 1 + 2]
+    counts = np.bincount(levels, minlength=2)
+    assert counts.tolist() == [5 + 15, 1 + 3]
     assert np.all(np.diff(levels) >= 0)  # one block per level
     # a level no mask has gets no query; unknown granularity (-1) is ignored in the count
-    assert np.bincount(allot_query_levels([_level_view([1, 1, -1])], 10), minlength=3).tolist() == [0, 10, 0]
+    assert np.bincount(allot_query_levels([_level_view([1, 0, -1])], 10), minlength=2).tolist() == [10, 0]
     # no recorded granularity, or too few queries for the busiest views: every query serves any
     assert (allot_query_levels([_level_view([-1, -1])], 10) == -1).all()
-    assert (allot_query_levels(views, 7) == -1).all()
+    assert (allot_query_levels(views, 5) == -1).all()
 
 
 def test_level_mismatch_is_priced_out_of_the_matching():
-    from maskfield.field.losses import LEVEL_MISMATCH_COST, forbid_other_levels
+    from maskfield.field.losses import LEVEL_MISMATCH_COST, forbid_other_levels, match_levels
 
-    cost = torch.zeros(4, 3)
-    query_level = torch.tensor([0, 1, 2, -1], dtype=torch.int8)
-    mask_level = torch.tensor([1, -1, 2], dtype=torch.int8)
-    priced = forbid_other_levels(cost, query_level, mask_level)
-    expected = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.float32) * LEVEL_MISMATCH_COST
+    granularity = torch.tensor([0, 1, 2, -1], dtype=torch.int8)
+    assert match_levels(granularity).tolist() == [0, 0, 1, -1]  # a part is one object's
+    cost = torch.zeros(3, 4)
+    query_level = torch.tensor([0, 1, -1], dtype=torch.int8)
+    priced = forbid_other_levels(cost, query_level, granularity)
+    expected = torch.tensor([[0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32) * LEVEL_MISMATCH_COST
     assert torch.equal(priced, expected)
-    assert forbid_other_levels(cost, torch.full((4,), -1, dtype=torch.int8), mask_level) is cost
+    assert forbid_other_levels(cost, torch.full((3,), -1, dtype=torch.int8), granularity) is cost
     assert forbid_other_levels(cost, query_level, None) is cost
-    # the best assignment without levels pairs query 0 with the object mask; with them it cannot
-    cost = torch.tensor([[0.0, 5.0], [5.0, 5.0], [5.0, 0.5]])
-    rows, cols = hungarian_match(forbid_other_levels(cost, torch.tensor([0, 1, 2], dtype=torch.int8),
-                                                     torch.tensor([1, 2], dtype=torch.int8)))
-    assert dict(zip(rows.tolist(), cols.tolist())) == {1: 0, 2: 1}
+    # the cheapest assignment without levels gives query 0 the group mask; with them it cannot
+    cost = torch.tensor([[0.0, 5.0], [5.0, 5.0]])
+    rows, cols = hungarian_match(forbid_other_levels(cost, torch.tensor([0, 1], dtype=torch.int8),
+                                                     torch.tensor([2, 1], dtype=torch.int8)))
+    assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0}
 
 
 def test_training_keeps_every_query_to_its_level(tmp_path):
     """Parts, objects and groups of the constructed scene: with levels, no query is ever
-    matched to masks of two granularities, and the field still separates the objects."""
+    matched to both a group mask and a one-object mask, and the field still separates the objects."""
     views, group, emb = _constructed_views()
     for k, view in enumerate(views):  # alternate views call the same masks parts / objects / groups
         view.granularity = torch.tensor([(k + j) % 3 for j in range(view.targets.shape[0])], dtype=torch.int8)
@@ -307,23 +309,24 @@ def test_training_keeps_every_query_to_its_level(tmp_path):
     settings = FieldSettings(iterations=300, num_queries=12, checkpoint_every=100, query_levels=True)
     field, _ = train_field(views, 60, 8, RunFolder(tmp_path / "run"), settings)
     levels = field.query_level.numpy()
-    assert (levels >= 0).all() and set(levels.tolist()) == {0, 1, 2}
+    assert (levels >= 0).all() and set(levels.tolist()) == {0, 1}
     saved = torch.load(tmp_path / "run" / "field.pt", weights_only=False)
-    counts = np.asarray(saved["match_stats"]["granularity_counts"])
+    counts = np.asarray(saved["match_stats"]["granularity_counts"])  # (K, 3): part, object, group
     assert counts.sum() > 0
     for q in np.nonzero(counts.sum(1))[0]:
-        assert np.count_nonzero(counts[q]) == 1 and counts[q, levels[q]] > 0, (q, counts[q], levels[q])
+        one_object, groups = counts[q, :2].sum(), counts[q, 2]
+        assert (groups if levels[q] == 0 else one_object) == 0, (q, counts[q], levels[q])
     np.testing.assert_array_equal(saved["query_level"].numpy(), levels)
     with torch.no_grad():
         m, _ = field.queries()
         probs = torch.sigmoid(field.features @ m.T).numpy() >= 0.5
-    for k in range(3):  # some query of each level that took object k's masks selects object k
+    for k in range(3):  # some query still selects object k alone
         takers = [q for q in range(12) if probs[group == k, q].mean() > 0.5]
         best = max(((probs[:, q] & (group == k)).sum() / (probs[:, q] | (group == k)).sum() for q in takers), default=0)
         assert best > 0.9, f"object {k}: IoU {best:.2f}"
-    # without levels (the setting off) a query takes masks of several granularities
+    # without levels (the setting off) a query takes both groups and one-object masks
     loose = FieldSettings(iterations=300, num_queries=12, checkpoint_every=100, query_levels=False)
     field, _ = train_field(views, 60, 8, RunFolder(tmp_path / "loose"), loose)
     assert (field.query_level.numpy() == -1).all()
     counts = np.asarray(torch.load(tmp_path / "loose" / "field.pt", weights_only=False)["match_stats"]["granularity_counts"])
-    assert (np.count_nonzero(counts, axis=1) >= 2).any()
+    assert ((counts[:, :2].sum(1) > 0) & (counts[:, 2] > 0)).any()

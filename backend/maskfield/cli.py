@@ -76,9 +76,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dice-weight", type=NON_NEGATIVE_FLOAT, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
     p.add_argument("--gaussian-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
-    p.add_argument("--query-levels", action="store_true",
-                   help="each query serves one SAM granularity (part / object / group): helps where SAM often "
-                        "merges neighbours, costs elsewhere (README)")
+    p.add_argument("--mixed-queries", action="store_true",
+                   help="let a query take both one object's masks and SAM's merged groups (as the paper; by "
+                        "default a query takes one kind only, README)")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
@@ -420,7 +420,7 @@ def _field_settings(args, device):
                                     num_queries=args.queries, lr_features=args.field_lr,
                                     dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
                                     sample_pixels=args.field_sample_pixels,
-                                    query_levels=True if getattr(args, "query_levels", False) else None)
+                                    query_levels=False if getattr(args, "mixed_queries", False) else None)
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:

@@ -76,14 +76,22 @@ def matching_cost(logits, targets, query_embed, mask_embed, chunk: int = 64) -> 
 LEVEL_MISMATCH_COST = 1e6  # above any real pair's cost (each term is at most a few units)
 
 
+def match_levels(granularity: torch.Tensor) -> torch.Tensor:
+    """Which queries may take a mask, by its SAM granularity: 0 for one object (a part or the
+    whole: a part carries its object's meaning), 1 for a group (objects merged, their meanings
+    mixed), -1 unknown."""
+    g = granularity.long()
+    return torch.where(g >= 2, 1, torch.where(g >= 0, 0, -1))
+
+
 def forbid_other_levels(cost: torch.Tensor, query_level: torch.Tensor | None,
-                        mask_level: torch.Tensor | None) -> torch.Tensor:
-    """``cost`` (K, M) with every pair of a query and a mask of different known granularities
-    priced out of the matching (-1, unknown, on either side pairs with anything)."""
-    if query_level is None or mask_level is None or not bool((query_level >= 0).any()):
+                        mask_granularity: torch.Tensor | None) -> torch.Tensor:
+    """``cost`` (K, M) with every pair of a query and a mask of another known level
+    (``match_levels``) priced out of the matching; -1 on either side pairs with anything."""
+    if query_level is None or mask_granularity is None or not bool((query_level >= 0).any()):
         return cost
     q = query_level.to(cost.device).long()[:, None]
-    m = mask_level.to(cost.device).long()[None, :]
+    m = match_levels(mask_granularity.to(cost.device))[None, :]
     return cost.masked_fill((q >= 0) & (m >= 0) & (q != m), LEVEL_MISMATCH_COST)
 
 

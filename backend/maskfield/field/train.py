@@ -20,7 +20,8 @@ from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .data import FieldView, supervised_share
-from .losses import forbid_other_levels, hungarian_match, loss_terms, maskfield_loss, matching_cost, unmatched_penalty
+from .losses import (forbid_other_levels, hungarian_match, loss_terms, maskfield_loss, match_levels, matching_cost,
+                     unmatched_penalty)
 from .queries import QueryNetworks
 
 
@@ -60,16 +61,16 @@ class FieldSettings:
     # 1,500 steps took 77 s with it (no run without it at that size: not compared). On the
     # demo (--field-sample-pixels 1024), a step took 28% less at the same held-out mIoU.
     sample_pixels: int = 4096
-    # Each query serves one SAM granularity (part / object / group) when the priors record it:
-    # the matching never gives a query masks of two levels. Without it a query took an
-    # object's own masks in some views and its merges with a neighbour in others, and learned
-    # the mix (seeded bookshelf: the blue book's strongest query matched 60 part, 45 object and
-    # 134 group masks, its embedding 0.96 like "blue book" and 0.74 like "green book"; the
-    # books fell to IoU 0.45 / 0.68). The queries are dealt out by ``allot_query_levels``.
-    # Measured (README, field seeds 0/1/2): that bookshelf 0.838/0.895/0.903 -> 0.888/0.903/
-    # 0.903, the seedless one 0.900/0.904/0.911 -> 0.908/0.905/0.912, but both rooms lose
-    # 0.01-0.015 (the sofa's object query cedes its edges to the floor's), so it stays off.
-    query_levels: bool = False
+    # Group queries apart: a query takes either one object's masks (the whole, or a part of
+    # it) or groups' (objects SAM merged), never both (``allot_query_levels``). Without it a
+    # query took an object's own masks in some views and its merges with a neighbour in
+    # others, and learned the mix: seeded bookshelf, the blue book's strongest query matched
+    # 60 part, 45 object and 134 group masks, its embedding 0.96 like "blue book" and 0.74 like
+    # "green book", and the books fell to IoU 0.45 / 0.68 (held-out mIoU 0.838). On the four
+    # 48-view scenes (field seeds 0/1/2, README) the mean held-out mIoU went 0.899 -> 0.903 and
+    # a failing bookshelf field 0.834 -> 0.916; a query per granularity (parts apart from
+    # objects too) also fixed the books but cost the rooms 0.01-0.015.
+    query_levels: bool = True
     lr_final_fraction: float = 0.1
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
@@ -93,28 +94,34 @@ class MaskField(torch.nn.Module):
             torch.randn(num_gaussians, settings.feature_dim, generator=gen) * settings.feature_init_std)
         torch.manual_seed(settings.seed)
         self.queries = QueryNetworks(settings.num_queries, settings.feature_dim, embed_dim)
-        # per query: the SAM granularity it may be matched to (-1: any); see allot_query_levels
+        # per query: the masks it may be matched to (0 one object, 1 groups, -1 any); see allot_query_levels
         self.register_buffer("query_level", torch.full((settings.num_queries,), -1, dtype=torch.int8))
 
 
 def allot_query_levels(views: list[FieldView], num_queries: int) -> np.ndarray:
-    """(K,) int8: the granularity each query serves, or all -1 (any) when the views' masks do
-    not record one or the queries are too few to give every level its busiest view's count.
+    """(K,) int8: the level (``losses.match_levels``: 0 one object, 1 a group) each query
+    serves, or all -1 (any) when the views' masks record no granularity or the queries are too
+    few to give each level its busiest view's count.
 
-    Each level gets as many queries as its busiest view has masks, then the rest in the same
-    proportions (so a level SAM fills twice as densely gets twice the spare queries); levels
-    no mask has get none. Masks of unknown granularity (-1) may still match any query."""
-    need = np.zeros(3, np.int64)
+    Each level gets as many queries as its busiest view has masks of it, then the rest in the
+    same proportions; a level no mask has gets none. Masks of unknown granularity (-1) may
+    still match any query."""
+    need = np.zeros(2, np.int64)
     for view in views:
         if view.granularity is None:
             continue
-        gran = view.granularity.cpu().numpy().astype(np.int64)
-        known = gran[gran >= 0]
+        level = match_levels(view.granularity).cpu().numpy()
+        known = level[level >= 0]
         if len(known):
-            need = np.maximum(need, np.bincount(known, minlength=3)[:3])
+            need = np.maximum(need, np.bincount(known, minlength=2)[:2])
     levels = np.full(num_queries, -1, np.int8)
     if need.sum() == 0 or need.sum() > num_queries:
         return levels
+    spare = num_queries - int(need.sum())
+    share = need + np.floor(spare * need / need.sum()).astype(np.int64)
+    share[int(np.argmax(need))] += num_queries - int(share.sum())  # rounding leftovers
+    levels[:] = np.repeat(np.arange(2, dtype=np.int8), share)
+    return levels
     spare = num_queries - int(need.sum())
     share = need + np.floor(spare * need / need.sum()).astype(np.int64)
     share[int(np.argmax(need))] += num_queries - int(share.sum())  # rounding leftovers
