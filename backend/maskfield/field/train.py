@@ -122,11 +122,6 @@ def allot_query_levels(views: list[FieldView], num_queries: int) -> np.ndarray:
     share[int(np.argmax(need))] += num_queries - int(share.sum())  # rounding leftovers
     levels[:] = np.repeat(np.arange(2, dtype=np.int8), share)
     return levels
-    spare = num_queries - int(need.sum())
-    share = need + np.floor(spare * need / need.sum()).astype(np.int64)
-    share[int(np.argmax(need))] += num_queries - int(share.sum())  # rounding leftovers
-    levels[:] = np.repeat(np.arange(3, dtype=np.int8), share)
-    return levels
 
 
 class MatchStats:
