@@ -134,6 +134,32 @@ def test_gaussians_painting_the_learned_background_fade(tmp_path):
     assert opacity[0.05] < 0.5 * opacity[0.0], opacity
 
 
+def test_the_default_fit_weighs_see_through_surfaces_over_a_learned_background(tmp_path, monkeypatch):
+    """The surface-alpha term (values and gradients tested above) is on by default, with the
+    silhouette inset, wherever the background is learned; 0 turns it off, and over random
+    colours (images with alpha) there is no background colour to tell a surface from."""
+    from maskfield.splats import fit as fit_module
+
+    calls = []
+    real = fit_module.surface_alpha_penalty
+
+    def recording(alpha, target, background, sigma, inset=0):
+        calls.append((sigma, inset))
+        return real(alpha, target, background, sigma, inset)
+
+    monkeypatch.setattr(fit_module, "surface_alpha_penalty", recording)
+    default = FitSettings()
+    assert default.surface_alpha_weight == 0.05 and default.surface_alpha_inset == 1
+    scene = load_scene(_uniform_scene(tmp_path, (0.45, 0.6, 0.3)), holdout_every=0)
+    for mode, weight, expected in (("learn", default.surface_alpha_weight, 5), ("learn", 0.0, 0),
+                                   ("fixed", default.surface_alpha_weight, 0)):
+        calls.clear()
+        settings = FitSettings(iterations=5, init_points=50, background_mode=mode, refine_start=1000, sh_degree=0,
+                               checkpoint_every=1000, surface_alpha_weight=weight)
+        fit(scene, RunFolder(tmp_path / f"run-{mode}-{weight}"), settings, resume=False)
+        assert calls == [(default.surface_alpha_sigma, 1)] * expected, (mode, weight, calls)
+
+
 def test_the_background_penalties_are_fit_options(tmp_path):
     from maskfield import cli
 

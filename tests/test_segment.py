@@ -297,3 +297,29 @@ def test_gaussians_painting_unsupervised_pixels_are_in_no_segment():
     np.testing.assert_allclose(score, score2)  # scores are kept; only the label goes
     seg.settings.min_supervised_share = 0.0
     np.testing.assert_array_equal(seg.segment(["red mug"])[1], [0, 0, 0, 0])
+
+
+def test_faint_gaussians_need_more_of_their_weight_supervised():
+    """A faint Gaussian (opacity under SOLID_OPACITY) stays in a segment only with at least
+    ``faint_min_supervised_share`` of its weight on supervised pixels; a solid one needs
+    ``min_supervised_share``. The stricter rule never loosens the general one."""
+    from maskfield.segment import SOLID_OPACITY
+
+    # all five at one spot (nothing is haze by distance); shares 0.6, 0.6, 0.8, 0.4, unseen
+    n = 5
+    opacity = np.array([0.02, 0.9, 0.02, 0.9, 0.02], np.float32)
+    assert (opacity[[0, 2, 4]] < SOLID_OPACITY).all() and (opacity[[1, 3]] >= SOLID_OPACITY).all()
+    params = {"means": torch.zeros(n, 3), "scales": torch.full((n, 3), float(np.log(0.05))),
+              "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+              "opacities": torch.logit(torch.as_tensor(opacity)),
+              "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3)}
+    seg = constructed([one_hot(0)] * n, ["red mug"])
+    seg.gaussians = Gaussians(params, sh_degree=0)
+    seg.settings.min_solid_for_outliers = 0
+    seg.supervised_share = torch.tensor([0.6, 0.6, 0.8, 0.4, -1.0])
+    np.testing.assert_array_equal(seg.segment(["red mug"])[1], [-1, 0, 0, -1, 0])
+    seg.settings.faint_min_supervised_share = 0.5  # as strict as the solid ones
+    np.testing.assert_array_equal(seg.segment(["red mug"])[1], [0, 0, 0, -1, 0])
+    seg.settings.faint_min_supervised_share = 0.3  # below the general rule: that still holds
+    seg.settings.min_supervised_share = 0.7
+    np.testing.assert_array_equal(seg.segment(["red mug"])[1], [-1, -1, 0, -1, 0])

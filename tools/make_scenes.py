@@ -15,6 +15,9 @@ those. Scenes:
   cone, a torus, a teapot, a small lamp);
 - ``room``: a floor and two walls with furniture (table, chair, sofa, a standing lamp, a
   teapot on the table, a plant).
+- ``desk``: a desk on a rug, no walls (made after the defaults were tuned on the other two,
+  to judge them on a scene they were not tuned on): a thin dark monitor, a flat keyboard and a
+  bin both close to the world's grey, a mug, a desk lamp, an office chair.
 
 Rendering is the add-on's own ``addon.scene_render`` code, as for the tabletop; labels are
 the object-index pass (``labels/``), seed points ``points.ply`` unless ``--no-points``.
@@ -40,7 +43,7 @@ import numpy as np  # noqa: E402
 from addon import scene_render  # noqa: E402
 from make_tabletop import _material, _mesh  # noqa: E402  (the tabletop's primitives and materials)
 
-SCENES = ("bookshelf", "room")
+SCENES = ("bookshelf", "room", "desk")
 
 
 def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
@@ -163,6 +166,36 @@ def build_room(scene, seed: int = 0) -> list:
     return objs
 
 
+def build_desk(scene, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    coll = scene.collection
+    a = float(rng.uniform(-0.15, 0.15))
+    objs = [_box("rug", (2.4, 1.8, 0.01), (0, 0, 0), (0.2, 0.35, 0.28), coll)]
+    desk = [((0.05, 0.05, 0.72), (sx * 0.65, sy * 0.3, 0.01)) for sx in (-1, 1) for sy in (-1, 1)]
+    desk.append(((1.4, 0.7, 0.04), (0, 0, 0.73)))
+    objs.append(_link("desk", _join("desk", [(_box_mesh(s), o) for s, o in desk]), (0, 0.25, 0),
+                      (0.55, 0.4, 0.25), coll, a))
+    top = 0.77
+    # a thin panel on a stand: dark, 3 cm deep
+    monitor = [((0.2, 0.15, 0.01), (0, 0, 0)), ((0.04, 0.03, 0.2), (0, 0.02, 0.01)),
+               ((0.62, 0.03, 0.38), (0, 0.0, 0.18))]
+    objs.append(_link("monitor", _join("monitor", [(_box_mesh(s), o) for s, o in monitor]),
+                      (0.0, 0.45, top), (0.04, 0.04, 0.05), coll, a))
+    # flat and light grey, close to the world's colour: easy to take for background
+    objs.append(_box("keyboard", (0.45, 0.15, 0.025), (0.0 + float(rng.uniform(-0.05, 0.05)), 0.12, top),
+                     (0.62, 0.62, 0.64), coll, a))
+    objs.append(_link("mug", _mesh("cylinder", "mug", 0.09), (0.42, 0.1, top), (0.8, 0.3, 0.08), coll))
+    objs.append(_lamp("desk lamp", 0.5, 0.18, coll, (-0.55, 0.45, top), color=(0.15, 0.15, 0.17)))
+    chair = [((0.5, 0.5, 0.06), (0, 0, 0.45)), ((0.46, 0.05, 0.5), (0, -0.24, 0.5)),
+             ((0.06, 0.06, 0.42), (0, 0, 0.03))]
+    chair += [((0.55 if k == 0 else 0.05, 0.05 if k == 0 else 0.55, 0.03), (0, 0, 0.0)) for k in (0, 1)]
+    objs.append(_link("office chair", _join("office chair", [(_box_mesh(s), o) for s, o in chair]),
+                      (0.1, -0.45, 0.01), (0.12, 0.22, 0.5), coll, a + float(rng.uniform(-0.3, 0.3))))
+    objs.append(_link("bin", _mesh("cylinder", "bin", 0.3), (0.85, -0.2, 0.01), (0.55, 0.55, 0.55), coll))
+    _lights(scene, coll, (1.8, -2.2, 3.2))
+    return objs
+
+
 def _box_mesh(size):
     """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
@@ -191,7 +224,7 @@ def _lights(scene, coll, key_location) -> None:
     scene.world = scene_render.grey_world("grey world", 0.45, 0.9)
 
 
-BUILDERS = {"bookshelf": build_bookshelf, "room": build_room}
+BUILDERS = {"bookshelf": build_bookshelf, "room": build_room, "desk": build_desk}
 
 
 def _resolution(text: str) -> tuple[int, int]:

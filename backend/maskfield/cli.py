@@ -65,7 +65,7 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                         "background's own colour (default 0.05; 0 lets them stay)")
     p.add_argument("--surface-alpha", type=_number(float, 0), default=None,
                    help="with a learned background: weight of the penalty on see-through pixels whose colour is "
-                        "clearly not the background's (default 0: off; README: the benchmark scenes with 0.05)")
+                        "clearly not the background's (default 0.05; 0 turns it off)")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:

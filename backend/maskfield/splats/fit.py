@@ -67,14 +67,18 @@ class FitSettings:
     # seedless benchmark room's floor and back wall were see-through (alpha < 0.5) on 4.1% of
     # their held-out pixels, which labels read as background. This weighs the transparency
     # where the target is clearly not the background's colour (sigma 0.1); ``inset`` leaves
-    # out pixels within that many of a background-coloured one (silhouette edges). Measured,
-    # one fit each (README): 0.05 took the holes to 0.2% and that room's held-out mIoU from
-    # 0.881 to 0.903, but the backdrop Gaussians in segments from 0% to 10% on the seedless
-    # bookshelf (faint ones beside the shelf); inset 2 kept those at 0% and the holes at 0.7%,
-    # without the mIoU gain. Within the spread of fits and field seeds, so it stays off.
-    surface_alpha_weight: float = 0.0
+    # out pixels within that many of a background-coloured one (silhouette edges). Measured
+    # (README, "Now the default: surface alpha"): 0.05 alone took the holes to 0.2% and that
+    # room's held-out mIoU from 0.881 to 0.903, but faint Gaussians beside the seedless
+    # bookshelf entered segments (silhouette pixels, half object colour, pushed opaque); inset
+    # 1 keeps the gain on the seedless room (0.908 / 0.915 / 0.906 on field seeds 0-2, 0.904 on
+    # another fit, against 0.888 / 0.899 / 0.893 and 0.892), 0 backdrop Gaussians in segments
+    # with SegmentSettings.faint_min_supervised_share; over 16 fields of the four scenes the
+    # mean went 0.904 -> 0.907, the seedless ones' 0.898 -> 0.907, the seeded bookshelf's 0.906
+    # -> 0.896. Inset 2 lost the gain (holes 0.7% / 2.6%)
+    surface_alpha_weight: float = 0.05
     surface_alpha_sigma: float = 0.1
-    surface_alpha_inset: int = 0
+    surface_alpha_inset: int = 1
     # pruning, on the densification steps and on until the end (see prune_floaters)
     prune_near_camera: float = 0.3  # closer to a training camera than this x its distance to the scene
     prune_angular_scale: float = 0.1  # 3D scale over the distance to the nearest camera (radians)
