@@ -42,6 +42,8 @@ VARIANTS = {
     "after": {},
     # the defaults without the alpha penalty on background-coloured pixels (FitSettings.backdrop_alpha_weight)
     "no-backdrop-alpha": dict(backdrop_alpha_weight=0.0),
+    # the defaults without the transparency penalty where the target is not the background (surface_alpha_weight)
+    "no-surface-alpha": dict(surface_alpha_weight=0.0),
 }
 
 
