@@ -211,3 +211,45 @@ def test_prompt_matching_and_relabelling():
     assert res["classes"] == [1, 2]
     assert res["iou"] == {1: 1.0, 2: 1.0}
     assert res["accuracy"] == 1.0
+
+
+def test_prior_mask_iou_is_the_best_mask_per_object_and_view(tmp_path):
+    """The priors' own quality (what the mask field is taught): per object and labelled view the
+    best IoU of any mask, 0 where none touches it; label images at another size are resized to
+    the masks'; views without a label image are skipped."""
+    from PIL import Image
+
+    from maskfield.evaluate import prior_mask_iou
+    from maskfield.priors.store import Priors, make_meta, save_priors
+    from maskfield.priors.text import hash_embed
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "objects.json").write_text(json.dumps({"1": "red mug", "2": "blue box"}))
+    gt = np.zeros((8, 10), np.uint8)
+    gt[0:4, 0:4] = 1  # 16 px
+    gt[4:8, 5:10] = 2  # 20 px
+    Image.fromarray(gt).save(labels / "a.png")
+    Image.fromarray(np.kron(gt, np.ones((2, 2), np.uint8))).save(labels / "b.png")  # twice the masks' size
+
+    def priors(name, masks):
+        masks = np.asarray(masks, bool)
+        meta = make_meta(name, "sha", "labels", "names:hash-512", {})
+        return Priors(masks=masks, embeddings=hash_embed([f"m{i}" for i in range(len(masks))]),
+                      granularity=np.ones(len(masks), np.int8), scores=np.ones(len(masks), np.float32),
+                      image_size=(10, 8), meta=meta)
+
+    exact_mug = gt == 1
+    wide_box = np.zeros((8, 10), bool)
+    wide_box[4:8, 4:10] = True  # one column too many: 20 / 24
+    half_mug = np.zeros((8, 10), bool)
+    half_mug[0:2, 0:4] = True  # 8 of its 16 px
+    save_priors(tmp_path / "priors" / "a.npz", priors("a", [wide_box, exact_mug]))
+    save_priors(tmp_path / "priors" / "b.npz", priors("b", [half_mug]))  # nothing on the box: 0
+    save_priors(tmp_path / "priors" / "c.npz", priors("c", [exact_mug]))  # no label image: skipped
+    out = prior_mask_iou(tmp_path / "priors", labels)
+    assert out["views"] == 2
+    assert out["names"] == {1: "red mug", 2: "blue box"}
+    assert out["iou"][1] == pytest.approx((1.0 + 0.5) / 2)
+    assert out["iou"][2] == pytest.approx((20 / 24 + 0.0) / 2)
+    assert out["miou"] == pytest.approx((0.75 + 10 / 24) / 2)

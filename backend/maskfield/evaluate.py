@@ -679,6 +679,47 @@ def background_gaussians_labelled(label_g: np.ndarray, votes: np.ndarray,
     return (float((label_g[background] >= 0).sum() / count) if count else None), count
 
 
+def prior_mask_iou(priors_dir, labels_dir) -> dict:
+    """How good the field's teachers are: for each object in each labelled view's ground truth,
+    the best IoU of any of that view's prior masks (the oracle choice among SAM's proposals;
+    0 where no mask touches it), averaged per object over the views that show it, and the
+    mean of those (``miou``). Set beside the field's IoU, it tells a field that falls short of
+    its masks from masks that fall short (a 2-pixel jitter on a 5-pixel mug).
+
+    ``priors_dir``: RUN/priors (one ``<image>.npz`` per view); ``labels_dir``: the scene's
+    labels/ (instance-id images and objects.json). Views without a label image are skipped."""
+    from pathlib import Path
+
+    from .priors.from_labels import find_label_file, load_object_names, read_label_map
+    from .priors.store import load_priors
+    from .scene.images import resize_labels
+
+    names = load_object_names(labels_dir)
+    per_object: dict[int, list[float]] = {}
+    views = 0
+    for path in sorted(Path(priors_dir).glob("*.npz")):
+        label_file = find_label_file(labels_dir, path.stem)
+        if label_file is None:
+            continue
+        priors = load_priors(path)
+        masks = np.asarray(priors.masks, dtype=bool)
+        height, width = masks.shape[1:]  # (M, H, W), M may be 0
+        gt = resize_labels(read_label_map(label_file), width, height).reshape(-1)
+        flat = masks.reshape(len(masks), height * width).astype(np.float32)
+        area = flat.sum(1)
+        views += 1
+        for oid in np.unique(gt):
+            if oid == 0:
+                continue
+            obj = (gt == oid).astype(np.float32)
+            inter = flat @ obj
+            iou = inter / np.maximum(area + obj.sum() - inter, 1.0)
+            per_object.setdefault(int(oid), []).append(float(iou.max()) if len(iou) else 0.0)
+    iou = {oid: float(np.mean(v)) for oid, v in sorted(per_object.items())}
+    return {"iou": iou, "names": {oid: names.get(oid, f"object {oid}") for oid in iou},
+            "miou": float(np.mean(list(iou.values()))) if iou else None, "views": views}
+
+
 def object_votes(gaussians, scene, indices, labels_dir) -> np.ndarray:
     """votes[gaussian, object] summed over the given views' label images (see gaussian_accuracy)."""
     from .priors.from_labels import load_object_names
