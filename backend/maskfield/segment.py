@@ -66,10 +66,12 @@ class SegmentSettings:
     min_similarity: float | None = None
     # a Gaussian whose blending weight in the training views falls mostly on pixels no mask
     # supervised (a faint veil over the backdrop) learned no meaning, and is in no segment
-    # (see field.data.supervised_share); 0 keeps every Gaussian. Gaussians no training view
-    # shows keep their label
+    # (see field.data.supervised_share); 0 keeps every solid Gaussian (faint ones have their
+    # own bound, below; both 0 keep every Gaussian). Gaussians no training view shows keep
+    # their label
     min_supervised_share: float = 0.5
-    # the same for faint Gaussians (opacity under SOLID_OPACITY), which must be surer: one that
+    # the same for faint Gaussians (opacity under SOLID_OPACITY), which must be surer (never
+    # less sure than min_supervised_share asks of solid ones): one that
     # paints the world past an object's silhouette in a third of its weight is a veil there,
     # and adds next to nothing to the object's look. Seedless benchmark bookshelf fitted with
     # --surface-alpha 0.05 (field seed 0): backdrop Gaussians in a segment 7 -> 0 of 62, for
