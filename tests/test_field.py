@@ -330,3 +330,49 @@ def test_training_keeps_every_query_to_its_level(tmp_path):
     assert (field.query_level.numpy() == -1).all()
     counts = np.asarray(torch.load(tmp_path / "loose" / "field.pt", weights_only=False)["match_stats"]["granularity_counts"])
     assert ((counts[:, :2].sum(1) > 0) & (counts[:, 2] > 0)).any()
+
+
+def test_the_field_is_the_mean_of_its_last_iterates_across_a_cancel_and_resume(tmp_path, monkeypatch):
+    """With ``average_last`` the saved field is the mean of the last steps' iterates, and a run
+    cancelled inside that window and resumed still averages every one of them."""
+    import maskfield.field.train as train_module
+    from maskfield.events import Cancelled, Reporter
+    from maskfield.field.train import load_field
+
+    iterates = []
+
+    class RecordingAdam(train_module.Adam):  # the features after every optimiser step
+        def step(self, *args, **kwargs):
+            out = super().step(*args, **kwargs)
+            iterates.append(self.param_groups[0]["params"][0].detach().clone())
+            return out
+
+    class CancelAfter(Reporter):
+        def __init__(self, steps: int):
+            super().__init__("none")
+            self.steps, self.calls = steps, 0
+
+        def check_cancel(self):
+            self.calls += 1
+            if self.calls > self.steps:
+                raise Cancelled("cancelled by the test")
+
+    monkeypatch.setattr(train_module, "Adam", RecordingAdam)
+    views, _, _ = _constructed_views()
+    settings = FieldSettings(iterations=20, num_queries=12, average_last=0.25, checkpoint_every=100)
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(Cancelled):
+        train_field(views, 60, 8, run, settings, reporter=CancelAfter(17))  # steps 15 and 16 averaged
+    assert len(iterates) == 17 and not run.field_checkpoint.exists()
+    field, _ = train_field(views, 60, 8, run, settings)  # resumes at step 17
+    assert len(iterates) == 20
+    expected = torch.stack(iterates[15:]).mean(0)
+    assert not torch.allclose(expected, iterates[-1], atol=1e-4)  # the steps still move the features
+    torch.testing.assert_close(field.features.detach(), expected)
+    saved, _, _ = load_field(run.field_checkpoint)
+    torch.testing.assert_close(saved, expected)
+
+    iterates.clear()
+    last_only, _ = train_field(views, 60, 8, RunFolder(tmp_path / "plain"),
+                               FieldSettings(iterations=20, num_queries=12, average_last=0.0, checkpoint_every=100))
+    torch.testing.assert_close(last_only.features.detach(), iterates[-1])

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
@@ -72,6 +73,13 @@ class FieldSettings:
     # objects too) also fixed the books but cost the rooms 0.01-0.015.
     query_levels: bool = True
     lr_final_fraction: float = 0.1
+    # The field returned is the mean of the iterates of the last ``average_last`` of the steps
+    # (stochastic weight averaging, torch.optim.swa_utils), not the last one: each step sees one
+    # view, so the last iterate leans toward the last few views drawn. 0 keeps the last iterate.
+    # Held-out mIoU, same fits and priors, the 22 fields of the 48-view bookshelf, room and desk
+    # (field seeds 0 / 1 / 2): mean 0.9051 -> 0.9066, fields under 0.9 7 -> 4, no field more than
+    # 0.003 worse; the last half (0.5) on 10 of them: within 0.005 of 0.3 either way.
+    average_last: float = 0.3
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
     seed: int = 0
@@ -276,6 +284,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     gamma = settings.lr_final_fraction ** (1.0 / max(1, settings.iterations))
     start = 0
     stats = MatchStats(settings.num_queries)
+    average_from = settings.iterations - int(round(settings.average_last * settings.iterations))
+    average = AveragedModel(field) if settings.average_last > 0 else None
     if resume and run.field_progress.exists():
         ckpt = torch.load(run.field_progress, map_location=device, weights_only=False)
         if ckpt.get("settings") == asdict(settings) and ckpt["field"]["features"].shape[0] == num_gaussians:
@@ -283,6 +293,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
             optimizer.load_state_dict(ckpt["optimizer"])
             start = int(ckpt["step"])
             stats = MatchStats.from_state(ckpt.get("match_stats"), settings.num_queries)
+            if average is not None and ckpt.get("average") is not None:
+                average.load_state_dict(ckpt["average"])
             reporter.log(f"resuming the mask field at step {start} of {settings.iterations}")
     rng = np.random.default_rng(settings.seed + start)
     pixel_gen = torch.Generator().manual_seed(settings.seed + start)
@@ -313,17 +325,23 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                 for group in optimizer.param_groups:
                     group["lr"] *= gamma
                 history.append(loss.item())
+                if average is not None and step >= average_from:
+                    average.update_parameters(field)
                 bar.update(1, loss=history[-1])
                 if (step + 1) % settings.checkpoint_every == 0:
                     good_state = (field.state_dict(), optimizer.state_dict(), step + 1)
-                    _save(run, *good_state, settings, extra, stats)
+                    _save(run, *good_state, settings, extra, stats, average)
         step = settings.iterations
     except Cancelled:
-        _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats)
+        _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats, average)
         reporter.log(f"mask-field training cancelled at step {step}; run again to resume")
         raise
     seconds = time.perf_counter() - t0
-    _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats)
+    _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats, average)
+    if average is not None and int(average.n_averaged) > 0:
+        with torch.no_grad():  # the parameters only: the buffers (query levels) never change
+            for mine, mean in zip(field.parameters(), average.module.parameters()):
+                mine.copy_(mean)
     save_field(run.field_checkpoint, field, settings, {**(extra or {}), "match_stats": stats.summary(),
                                                        "supervised_share": supervised_share(views, num_gaussians)})
     tail = history[-50:] if history else [float("nan")]
@@ -354,7 +372,9 @@ def load_field(path, device="cpu") -> tuple[torch.Tensor, QueryNetworks, dict]:
     return ckpt["features"].to(device), queries, ckpt
 
 
-def _save(run: RunFolder, field_state, optimizer_state, step, settings, extra, stats: MatchStats | None = None):
+def _save(run: RunFolder, field_state, optimizer_state, step, settings, extra, stats: MatchStats | None = None,
+          average: AveragedModel | None = None):
     save_torch_atomic({"field": field_state, "optimizer": optimizer_state, "step": step,
                        "settings": asdict(settings), **(extra or {}),
-                       **({"match_stats": stats.state()} if stats is not None else {})}, run.field_progress)
+                       **({"match_stats": stats.state()} if stats is not None else {}),
+                       **({"average": average.state_dict()} if average is not None else {})}, run.field_progress)
