@@ -117,8 +117,8 @@ def table(rows: list[dict]) -> str:
         lines.append(" | ".join([
             r["scene"], r["seeds"], r["variant"], f"{r['gaussians']:,}", f"{r['fit_s']:.0f}",
             fmt(r["psnr"], "{:.2f}"), fmt(r["psnr_min"], "{:.2f}"), fmt(r["floater_max"], "{:.2%}"),
-            fmt(r.get("prior_miou")), fmt(r["train_miou"]), fmt(r["test_miou"]), fmt(r["test_mbiou"]), fmt(r["test_miou_3d"]),
-            fmt(r["test_mbiou_3d"]), fmt(r["background_labelled"], "{:.1%}"),
+            fmt(r.get("prior_miou")), fmt(r["train_miou"]), fmt(r["test_miou"]), fmt(r["test_mbiou"]),
+            fmt(r["test_miou_3d"]), fmt(r["test_mbiou_3d"]), fmt(r["background_labelled"], "{:.1%}"),
         ]))
     return "\n".join(lines)
 

@@ -182,7 +182,7 @@ def build_desk(scene, seed: int = 0) -> list:
     objs.append(_link("monitor", _join("monitor", [(_box_mesh(s), o) for s, o in monitor]),
                       (0.0, 0.45, top), (0.04, 0.04, 0.05), coll, a))
     # flat and light grey, close to the world's colour: easy to take for background
-    objs.append(_box("keyboard", (0.45, 0.15, 0.025), (0.0 + float(rng.uniform(-0.05, 0.05)), 0.12, top),
+    objs.append(_box("keyboard", (0.45, 0.15, 0.025), (float(rng.uniform(-0.05, 0.05)), 0.12, top),
                      (0.62, 0.62, 0.64), coll, a))
     objs.append(_link("mug", _mesh("cylinder", "mug", 0.09), (0.42, 0.1, top), (0.8, 0.3, 0.08), coll))
     objs.append(_lamp("desk lamp", 0.5, 0.18, coll, (-0.55, 0.45, top), color=(0.15, 0.15, 0.17)))

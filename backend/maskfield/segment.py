@@ -71,9 +71,9 @@ class SegmentSettings:
     # their label
     min_supervised_share: float = 0.5
     # the same for faint Gaussians (opacity under SOLID_OPACITY), which must be surer (never
-    # less sure than min_supervised_share asks of solid ones): one that
-    # paints the world past an object's silhouette in a third of its weight is a veil there,
-    # and adds next to nothing to the object's look. Seedless benchmark bookshelf fitted with
+    # less sure than min_supervised_share asks of solid ones): one that paints the world past
+    # an object's silhouette in a third of its weight is a veil there, and adds next to nothing
+    # to the object's look. Seedless benchmark bookshelf fitted with
     # --surface-alpha 0.05 (field seed 0): backdrop Gaussians in a segment 7 -> 0 of 62, for
     # 71 of 2,679 faint object Gaussians (0.03% of the objects' held-out blending weight);
     # seedless room 6 -> 3 of 102, 46 faint object Gaussians (0.04%). With the default fit
