@@ -77,7 +77,7 @@ class SegmentSettings:
     # --surface-alpha 0.05 (field seed 0): backdrop Gaussians in a segment 7 -> 0 of 62, for
     # 71 of 2,679 faint object Gaussians (0.03% of the objects' held-out blending weight);
     # seedless room 6 -> 3 of 102, 46 faint object Gaussians (0.04%). With the default fit
-    # (inset 1) 0 on eight fits of the four benchmark scenes (README)
+    # (inset 1) 0 on eight fits of the four benchmark scenes (docs/measurements.md)
     faint_min_supervised_share: float = 0.7
     # a faint Gaussian stays in a segment only within this many of its own and its
     # neighbour's largest scales of one of the segment's solid Gaussians: haze the fit left in
