@@ -41,7 +41,7 @@ import bmesh  # noqa: E402
 import numpy as np  # noqa: E402
 
 from addon import scene_render  # noqa: E402
-from make_tabletop import _material, _mesh  # noqa: E402  (the tabletop's primitives and materials)
+from make_tabletop import _material, _mesh, render_folder  # noqa: E402  (the tabletop's parts)
 
 SCENES = ("bookshelf", "room", "desk")
 
@@ -266,13 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         holdout_views=args.holdout_views, holdout_elevation=args.holdout_elevation,
         holdout_distance=args.holdout_distance, extra={"generator": "tools/make_scenes.py", "scene": args.scene})
 
-    def progress(done: int, total: int) -> None:
-        if not args.quiet and (done == total or done % 10 == 0):
-            print(f"rendered {done}/{total} views", file=sys.stderr, flush=True)
-
-    summary = scene_render.render_scene_folder(objs, args.out, settings, scene=scene, progress=progress)
-    if args.save_blend:
-        bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.save_blend), copy=True)
+    summary = render_folder(objs, scene, settings, args)
     if not args.quiet:
         print(f"wrote {summary['views']} views ({summary['holdout_views']} held out) of {len(summary['objects'])} "
               f"objects to {summary['folder']} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

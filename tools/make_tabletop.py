@@ -193,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine, points=args.points,
         layout=args.layout, seed=args.seed, extra={"generator": "tools/make_tabletop.py"})
 
+    summary = render_folder(objs, scene, settings, args)
+    if not args.quiet:
+        print(f"wrote {summary['views']} views of {len(summary['objects'])} objects to {summary['folder']} "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def render_folder(objs, scene, settings, args) -> dict:
+    """Render the built scene into ``args.out`` (progress every 10 views unless ``args.quiet``),
+    save it as ``args.save_blend`` if asked; the scene folder's summary."""
     def progress(done: int, total: int) -> None:
         if not args.quiet and (done == total or done % 10 == 0):
             print(f"rendered {done}/{total} views", file=sys.stderr, flush=True)
@@ -200,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = scene_render.render_scene_folder(objs, args.out, settings, scene=scene, progress=progress)
     if args.save_blend:
         bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.save_blend), copy=True)
-    if not args.quiet:
-        print(f"wrote {summary['views']} views of {len(summary['objects'])} objects to {summary['folder']} "
-              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
