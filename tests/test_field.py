@@ -141,6 +141,40 @@ def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
     assert not (tmp_path / "r" / "field.pt").exists()
 
 
+def test_a_nan_after_a_checkpoint_keeps_that_checkpoint_with_its_average_and_matches(tmp_path, monkeypatch):
+    """The loss turning NaN leaves the progress file at the last checkpoint, whole: its running
+    average and match statistics too, so a resumed run averages every step of its window."""
+    import maskfield.field.train as train_module
+
+    real_loss = train_module.field_loss
+    calls = []
+
+    def nan_at_step_10(field, view, *args, **kwargs):
+        calls.append(view.name)
+        loss = real_loss(field, view, *args, **kwargs)
+        return loss * float("nan") if len(calls) == 11 else loss
+
+    monkeypatch.setattr(train_module, "field_loss", nan_at_step_10)
+    views, _, _ = _constructed_views()
+    # steps 6.. are averaged and their matches recorded; a checkpoint after step 7
+    settings = FieldSettings(iterations=12, num_queries=12, average_last=0.5, checkpoint_every=8)
+    run = RunFolder(tmp_path / "r")
+    with pytest.raises(MaskFieldError, match=r"at step 10, view v\d; the last good state \(step 8\) is kept"):
+        train_field(views, 60, 8, run, settings)
+    kept = torch.load(run.field_progress, weights_only=False)
+    assert kept["step"] == 8 and not run.field_checkpoint.exists()
+    assert int(kept["average"]["n_averaged"]) == 2  # steps 6 and 7
+    assert not torch.equal(kept["average"]["module.features"], kept["field"]["features"])
+    assert kept["match_stats"]["matched"].sum() == 2 * 3  # two steps, three masks a view
+
+    monkeypatch.setattr(train_module, "field_loss", real_loss)
+    _, result = train_field(views, 60, 8, run, settings)  # resumes at step 8
+    assert result["steps"] == 4 and run.field_checkpoint.exists()
+    final = torch.load(run.field_progress, weights_only=False)
+    assert int(final["average"]["n_averaged"]) == 6  # steps 6 to 11
+    assert final["match_stats"]["matched"].sum() == 6 * 3
+
+
 def test_frozen_blend_matches_a_dense_product_in_value_and_gradient():
     views, _, _ = _constructed_views()
     view = views[0]

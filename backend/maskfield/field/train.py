@@ -301,7 +301,7 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     history: list[float] = []
     t0 = time.perf_counter()
     step = start
-    good_state = None
+    saved_step = start if start > 0 else None  # the step run.field_progress holds (with its average)
     try:
         with reporter.progress("field", settings.iterations, "training the mask field", initial=start) as bar:
             for step in range(start, settings.iterations):
@@ -312,12 +312,12 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                                   stats if step >= settings.iterations // 2 else None,
                                   settings.sample_pixels, pixel_gen)
                 if not torch.isfinite(loss):
-                    where = f"step {step}, view {view.name}"
-                    if good_state is not None:
-                        _save(run, good_state[0], good_state[1], good_state[2], settings, extra)
+                    # the progress file already holds the last checkpoint, its match statistics and
+                    # running average included: nothing after it is written
+                    kept = (f"the last good state (step {saved_step}) is kept in {run.field_progress.name}"
+                            if saved_step is not None else "no earlier state was saved")
                     raise MaskFieldError(
-                        f"the mask-field loss became {float(loss)} at {where}; the last good state (step "
-                        f"{good_state[2] if good_state else 0}) is kept in {run.field_progress.name}. "
+                        f"the mask-field loss became {float(loss)} at step {step}, view {view.name}; {kept}. "
                         "Check that view's priors, or lower --field-lr.", kind="nan")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -329,8 +329,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                     average.update_parameters(field)
                 bar.update(1, loss=history[-1])
                 if (step + 1) % settings.checkpoint_every == 0:
-                    good_state = (field.state_dict(), optimizer.state_dict(), step + 1)
-                    _save(run, *good_state, settings, extra, stats, average)
+                    _save(run, field.state_dict(), optimizer.state_dict(), step + 1, settings, extra, stats, average)
+                    saved_step = step + 1
         step = settings.iterations
     except Cancelled:
         _save(run, field.state_dict(), optimizer.state_dict(), step, settings, extra, stats, average)
