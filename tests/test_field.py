@@ -231,6 +231,19 @@ def test_field_sample_pixels_option_reaches_the_settings():
         parser.parse_args(["train-field", "run", "--field-sample-pixels", "-5"])
     assert not cli._field_settings(parser.parse_args(["train-field", "run", "--mixed-queries"]), "cpu").query_levels
     assert cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").query_levels
+    assert cli._field_settings(parser.parse_args(["train-field", "run", "--field-average-last", "0"]),
+                               "cpu").average_last == 0.0
+    assert cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").average_last == \
+        FieldSettings().average_last
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-field", "run", "--field-average-last", "1.5"])
+    # `train` hands each of them to its mask-field stage
+    train = parser.parse_args(["train", "scene", "--out", "run", "--mixed-queries", "--field-average-last", "0.5",
+                               "--field-sample-pixels", "512", "--dice-weight", "0.2"])
+    through = cli._field_settings(cli._train_field_args(train, "cpu"), "cpu")
+    assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight) == \
+        (False, 0.5, 512, 0.2)
+    assert cli._train_field_args(train, "cpu").run == "run"
 
 
 def _same_csr(a, b):

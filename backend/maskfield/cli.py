@@ -79,6 +79,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-queries", action="store_true",
                    help="let a query take both one object's masks and SAM's merged groups (as the paper; by "
                         "default a query takes one kind only, README)")
+    p.add_argument("--field-average-last", type=_number(float, 0, 1), default=None,
+                   help="keep the mean of the mask field over this last share of its steps (default 0.3; 0: the "
+                        "last step, as the paper)")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
@@ -420,7 +423,13 @@ def _field_settings(args, device):
                                     num_queries=args.queries, lr_features=args.field_lr,
                                     dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
                                     sample_pixels=args.field_sample_pixels,
+                                    average_last=getattr(args, "field_average_last", None),
                                     query_levels=False if getattr(args, "mixed_queries", False) else None)
+
+
+def _train_field_args(train_args, device: str) -> argparse.Namespace:
+    """`train`'s arguments as `train-field` reads them: every mask-field option passes through."""
+    return argparse.Namespace(**{**vars(train_args), "run": train_args.out, "device": device})
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:
@@ -517,11 +526,7 @@ def run_train(args, reporter: Reporter) -> dict:
         weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
         force=False, device=device, events=args.events, images=args.images)
     out["priors"] = priors_command.run(priors_args, reporter)
-    field_args = argparse.Namespace(run=args.out, device=device, field_iterations=args.field_iterations,
-                                    field_resolution=args.field_resolution, queries=args.queries,
-                                    field_lr=args.field_lr, dice_weight=args.dice_weight,
-                                    gaussian_weight=args.gaussian_weight, field_sample_pixels=args.field_sample_pixels)
-    out["field"] = run_train_field(field_args, reporter, scene=scene)
+    out["field"] = run_train_field(_train_field_args(args, device), reporter, scene=scene)
     reporter.result("train", run=str(run.path))
     return out
 
