@@ -184,9 +184,13 @@ def _common_args(context) -> list[str]:
 
 
 def train_command(context, python: str, scene_dir: str, run: str, from_labels: str | None = None,
-                  gaussians: str | None = None, overwrite: bool = False) -> list[str]:
+                  gaussians: str | None = None, overwrite: bool = False, full_size: bool = False) -> list[str]:
+    """``full_size``: fit the images at their own size (views this add-on rendered at the
+    panel's Resolution); otherwise the backend picks a size for the device (photos)."""
     s = mf(context)
     args = ["train", scene_dir, "--out", run] + _common_args(context)
+    if full_size:
+        args += ["--downscale", "1"]
     if from_labels:
         args += ["--from-labels", from_labels]
     if gaussians:
@@ -334,7 +338,7 @@ class _TrainPlan:
         entries = {e for e in entries if e not in (".maskfield.lock", "logs")}  # the backend's bookkeeping
         self.overwrite = ("run.json" not in entries and entries <= {"scene", BLENDER_DIR}) or self.replace_unfinished
         return start_training(context, self.python, self.scene_dir, self.run, from_labels=labels,
-                              gaussians=self.gaussians, overwrite=self.overwrite)
+                              gaussians=self.gaussians, overwrite=self.overwrite, full_size=self.source == "OBJECTS")
 
 
 class MASKFIELD_OT_train(bpy.types.Operator):

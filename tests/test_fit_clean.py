@@ -175,6 +175,26 @@ def test_the_background_penalties_are_fit_options(tmp_path):
             cli.main(["fit", str(folder), "--out", str(out), option, "-1", "--events", "none"])
 
 
+def test_without_downscale_a_cpu_fit_works_at_a_long_side_of_256_and_cuda_at_1600(tmp_path, capsys):
+    """The fox's 1920x1080 photos: 1/8 on a CPU (and MPS), 1/2 on CUDA; small images are kept."""
+    from conftest import FOX
+
+    from maskfield import cli
+
+    fox = load_scene(FOX)
+    assert (fox.cameras[0].width, fox.cameras[0].height) == (1080, 1920)
+    assert [cli._auto_downscale(fox, d) for d in ("cpu", "mps", "cuda")] == [8.0, 8.0, 2.0]
+    small = load_scene(_uniform_scene(tmp_path, (0.45, 0.6, 0.3)))
+    assert max(small.cameras[0].width, small.cameras[0].height) <= 256
+    assert cli._auto_downscale(small, "cpu") == 1.0
+
+    out = tmp_path / "fox"
+    assert cli.main(["fit", str(FOX), "--out", str(out), "--iterations", "1", "--device", "cpu",
+                     "--events", "none"]) == 0
+    assert json.loads((out / "run.json").read_text())["stages"]["fit"]["settings"]["downscale"] == 8.0
+    assert "images of 1080x1920 fitted at 1/8 on cpu" in capsys.readouterr().err
+
+
 def test_the_densification_threshold_is_the_fits_setting(tmp_path):
     """grow_grad2d reaches gsplat's strategy: at 0 every seen Gaussian grows, at infinity none."""
     folder = _uniform_scene(tmp_path, (0.45, 0.6, 0.3))

@@ -43,7 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downscale", type=POSITIVE_FLOAT, default=None,
-                   help="divide the image size by this (default: 1, or so the long side is <= 1600 px)")
+                   help="divide the image size by this (default: 1, or a whole number that brings the long side "
+                        "to at most 1600 px on CUDA, 256 px on a CPU or MPS)")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
     p.add_argument("--images", default=None, metavar="FOLDER",
@@ -353,7 +354,11 @@ def run_fit(args, reporter: Reporter) -> dict:
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
     for note in scene.notes:
         reporter.log(note, level="warning")
-    downscale = args.downscale if args.downscale else _auto_downscale(scene)
+    downscale = args.downscale if args.downscale else _auto_downscale(scene, device)
+    if not args.downscale and downscale > 1:
+        cam = scene.cameras[0]
+        reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g} on {device} (long side at most "
+                     f"{AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE['cpu'])} px there); --downscale to choose")
     check_image_size(scene, downscale)
     seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
@@ -390,9 +395,18 @@ def _prepare_compiled_renderer(device: str, renderer: str, reporter: Reporter) -
     reporter.log(f"compiled CPU renderer ready in {render_cpu.warm_up():.1f} s")
 
 
-def _auto_downscale(scene) -> float:
+# The long side a fit works at when --downscale is not given: 3DGS's 1,600 px on CUDA. On a CPU
+# (and Apple's GPU, which races the CPU renderer) 256 px: the fox's 1920x1080 photos become
+# 240x135 (1/8), whose 3,000 steps took 134-272 s on 2 cores at 26.9-27.2 dB held-out (README);
+# at 1,600 px's 1/2 a CPU fit takes hours, which a user pressing Train does not expect.
+AUTO_LONG_SIDE = {"cuda": 1600, "cpu": 256, "mps": 256}
+
+
+def _auto_downscale(scene, device: str) -> float:
+    """The whole-number downscale that brings the images' long side to the device's
+    ``AUTO_LONG_SIDE`` (1 for images already that small)."""
     long_side = max(scene.cameras[0].width, scene.cameras[0].height)
-    return float(max(1, -(-long_side // 1600)))
+    return float(max(1, -(-long_side // AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"]))))
 
 
 def run_info(args, reporter: Reporter) -> dict:

@@ -212,7 +212,8 @@ def main() -> None:
         scene_b = os.path.join(run_b, "scene")
         check("train_argv", argv[1] == scene_b and argv[argv.index("--out") + 1] == run_b
               and argv[argv.index("--from-labels") + 1] == os.path.join(scene_b, "labels")
-              and argv[argv.index("--events") + 1] == "jsonl" and "--device" in argv, argv)
+              and argv[argv.index("--events") + 1] == "jsonl" and "--device" in argv
+              and "--downscale" in argv and argv[argv.index("--downscale") + 1] == "1", argv)  # the panel's size
         tj = json.load(open(os.path.join(scene_b, "transforms.json"), encoding="utf-8"))
         check("train_rendered", len(tj["frames"]) == 4, len(tj["frames"]))
         faces = json.load(open(os.path.join(run_b, "blender", "faces.json"), encoding="utf-8"))
@@ -485,6 +486,8 @@ def main() -> None:
               and job.proc.poll() is not None and time.perf_counter() - t1 < 6,
               (res, returned, job.state, job.proc.poll()))
         check("busy_refused", busy_ok, busy_msg)
+        # photos: the backend picks the fit's size for the device (no --downscale from the add-on)
+        check("train_photos_size_by_backend", "--downscale" not in calls("train")[-1], calls("train")[-1])
         common.TIMES["train_slow_operator_returns"] = returned
         os.environ.pop("FAKE_BACKEND_MODE")
         s.source = "OBJECTS"
