@@ -191,6 +191,8 @@ def train_command(context, python: str, scene_dir: str, run: str, from_labels: s
     args = ["train", scene_dir, "--out", run] + _common_args(context)
     if full_size:
         args += ["--downscale", "1"]
+    elif s.photo_size > 0:
+        args += ["--max-size", str(max(32, s.photo_size))]
     if from_labels:
         args += ["--from-labels", from_labels]
     if gaussians:

@@ -112,6 +112,8 @@ class MASKFIELD_PT_settings(bpy.types.Panel):
             col.prop(s, "samples")
             col.prop(s, "layout")
             col.prop(s, "seed_points")
+        else:
+            col.prop(s, "photo_size")
         col.prop(s, "iterations")
         col.prop(s, "field_iterations")
         col.prop(s, "device")

@@ -78,6 +78,10 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
     seed_points: IntProperty(name="Seed points", default=20000, min=100, max=10000000,  # type: ignore[valid-type]
                              description="Points sampled on the objects' surfaces to start the Gaussians from")
     layout: EnumProperty(name="Cameras", items=LAYOUT_ITEMS, default="HEMISPHERE")  # type: ignore[valid-type]
+    photo_size: IntProperty(  # type: ignore[valid-type]
+        name="Photo size", default=0, min=0, max=100000, subtype="PIXEL",
+        description="Longest side, in pixels, the photos are fitted at (0: the backend's default, 1600 with "
+                    "CUDA and 256 on a CPU or Apple GPU; larger shows more detail and takes longer)")
     iterations: IntProperty(  # type: ignore[valid-type]
         name="Fit iterations", default=0, min=0, max=1000000,
         description="Colour-fit steps of the Gaussians (0: the backend's default)")

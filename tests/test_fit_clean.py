@@ -175,8 +175,9 @@ def test_the_background_penalties_are_fit_options(tmp_path):
             cli.main(["fit", str(folder), "--out", str(out), option, "-1", "--events", "none"])
 
 
-def test_without_downscale_a_cpu_fit_works_at_a_long_side_of_256_and_cuda_at_1600(tmp_path, capsys):
-    """The fox's 1920x1080 photos: 1/8 on a CPU (and MPS), 1/2 on CUDA; small images are kept."""
+def test_a_fit_without_downscale_works_at_256_px_on_a_cpu_1600_on_cuda_or_at_max_size(tmp_path, capsys):
+    """The fox's 1920x1080 photos: 1/8 on a CPU (and MPS), 1/2 on CUDA; small images are kept;
+    --max-size sets another long side, and with --downscale it is refused."""
     from conftest import FOX
 
     from maskfield import cli
@@ -192,7 +193,14 @@ def test_without_downscale_a_cpu_fit_works_at_a_long_side_of_256_and_cuda_at_160
     assert cli.main(["fit", str(FOX), "--out", str(out), "--iterations", "1", "--device", "cpu",
                      "--events", "none"]) == 0
     assert json.loads((out / "run.json").read_text())["stages"]["fit"]["settings"]["downscale"] == 8.0
-    assert "images of 1080x1920 fitted at 1/8 on cpu" in capsys.readouterr().err
+    assert "images of 1080x1920 fitted at 1/8, long side at most 256 px" in capsys.readouterr().err
+    # a size of one's own: 1920 / 500 -> 1/4 (480 px)
+    assert cli._auto_downscale(fox, "cpu", 500) == 4.0 and cli._auto_downscale(fox, "cuda", 4000) == 1.0
+    with pytest.raises(SystemExit):  # argparse: too small to fit
+        cli.build_parser().parse_args(["fit", str(FOX), "--out", str(out), "--max-size", "8"])
+    assert cli.main(["fit", str(FOX), "--out", str(tmp_path / "both"), "--max-size", "500", "--downscale", "2",
+                     "--events", "none"]) == 2
+    assert "--downscale or --max-size, not both" in capsys.readouterr().err
 
 
 def test_the_densification_threshold_is_the_fits_setting(tmp_path):

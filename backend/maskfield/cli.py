@@ -45,6 +45,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downscale", type=POSITIVE_FLOAT, default=None,
                    help="divide the image size by this (default: 1, or a whole number that brings the long side "
                         "to at most 1600 px on CUDA, 256 px on a CPU or MPS)")
+    p.add_argument("--max-size", type=_number(int, 32, 100_000), default=None, metavar="PX",
+                   help="instead of --downscale: the smallest whole-number downscale that brings the images' long "
+                        "side to at most PX (default 1600 on CUDA, 256 on a CPU or MPS)")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
     p.add_argument("--images", default=None, metavar="FOLDER",
@@ -354,11 +357,16 @@ def run_fit(args, reporter: Reporter) -> dict:
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
     for note in scene.notes:
         reporter.log(note, level="warning")
-    downscale = args.downscale if args.downscale else _auto_downscale(scene, device)
+    max_size = getattr(args, "max_size", None)
+    if args.downscale and max_size:
+        raise MaskFieldError("give --downscale or --max-size, not both.", kind="input")
+    downscale = args.downscale if args.downscale else _auto_downscale(scene, device, max_size)
     if not args.downscale and downscale > 1:
         cam = scene.cameras[0]
-        reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g} on {device} (long side at most "
-                     f"{AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE['cpu'])} px there); --downscale to choose")
+        side = max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])
+        why = "--max-size" if max_size else f"the default on {device}; --max-size or --downscale to choose"
+        reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}, long side at most {side} px "
+                     f"({why})")
     check_image_size(scene, downscale)
     seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
@@ -402,11 +410,11 @@ def _prepare_compiled_renderer(device: str, renderer: str, reporter: Reporter) -
 AUTO_LONG_SIDE = {"cuda": 1600, "cpu": 256, "mps": 256}
 
 
-def _auto_downscale(scene, device: str) -> float:
-    """The whole-number downscale that brings the images' long side to the device's
-    ``AUTO_LONG_SIDE`` (1 for images already that small)."""
+def _auto_downscale(scene, device: str, max_size: int | None = None) -> float:
+    """The smallest whole-number downscale that brings the images' long side to ``max_size``,
+    by default the device's ``AUTO_LONG_SIDE`` (1 for images already that small)."""
     long_side = max(scene.cameras[0].width, scene.cameras[0].height)
-    return float(max(1, -(-long_side // AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"]))))
+    return float(max(1, -(-long_side // (max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])))))
 
 
 def run_info(args, reporter: Reporter) -> dict:

@@ -487,7 +487,8 @@ def main() -> None:
               (res, returned, job.state, job.proc.poll()))
         check("busy_refused", busy_ok, busy_msg)
         # photos: the backend picks the fit's size for the device (no --downscale from the add-on)
-        check("train_photos_size_by_backend", "--downscale" not in calls("train")[-1], calls("train")[-1])
+        check("train_photos_size_by_backend", "--downscale" not in calls("train")[-1]
+              and "--max-size" not in calls("train")[-1], calls("train")[-1])
         common.TIMES["train_slow_operator_returns"] = returned
         os.environ.pop("FAKE_BACKEND_MODE")
         s.source = "OBJECTS"
@@ -661,8 +662,13 @@ def main() -> None:
         os.environ["FAKE_BACKEND_MODE"] = "slow"
         s.source = "PHOTOS"
         s.run_dir = os.path.join(work, "run slow 2")
+        s.photo_size = 640
         bpy.ops.maskfield.train()
         job = client.active_job("train")
+        argv = list(job.steps[0])  # the command the job runs (the fake backend logs it only once it starts)
+        check("train_photo_size", "--max-size" in argv and argv[argv.index("--max-size") + 1] == "640"
+              and "--downscale" not in argv, argv)
+        s.photo_size = 0
         set_prompts("red")
         s.source, s.mode, s.run_dir = "OBJECTS", "POINTS", run_b
         os.environ.pop("FAKE_BACKEND_MODE")
