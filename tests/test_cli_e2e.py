@@ -343,3 +343,25 @@ def test_pointing_at_each_object_selects_that_object(trained, tmp_path):
     taken = sum(p["count"] for p in summary["prompts"])
     assert taken + summary["rest"]["count"] == len(gaussians)
     assert len(read_ply(out / "rest.ply")) == summary["rest"]["count"]
+
+
+def test_on_an_apple_gpu_the_mask_field_trains_on_the_cpu(trained, tmp_path, monkeypatch, capsys):
+    """PyTorch's MPS backend has no sparse (CSR) products: with MPS chosen the field stage says
+    so and trains on the CPU. (No MPS here: had it used the device, moving a tensor would fail.)"""
+    import shutil
+
+    import maskfield.run
+    from maskfield import cli
+
+    _, run, _ = trained
+    own = tmp_path / "apple run"
+    own.mkdir()
+    for name in ("gaussians.ply", "run.json"):
+        shutil.copy(run / name, own / name)
+    shutil.copytree(run / "priors", own / "priors")
+    real = maskfield.run.resolve_device
+    monkeypatch.setattr(maskfield.run, "resolve_device", lambda d="auto": "mps" if d in ("auto", "mps") else real(d))
+    assert cli.main(["train-field", str(own), "--field-iterations", "20", "--field-resolution", "32",
+                     "--events", "none"]) == 0
+    assert "the mask field trains on the CPU" in capsys.readouterr().err
+    assert (own / "field.pt").exists()

@@ -462,6 +462,11 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     from .splats.ply import read_ply
 
     device = resolve_device(args.device)
+    if device == "mps":
+        # the field is sparse (CSR) products over frozen weights, which PyTorch's MPS backend does
+        # not run (pytorch/pytorch#196192); on the CPU they are the compiled kernel's and fast
+        reporter.log("the mask field trains on the CPU: PyTorch has no Apple-GPU kernels for its sparse products")
+        device = "cpu"
     run = RunFolder(args.run)
     run.require("gaussians")
     run.require("priors")
