@@ -188,6 +188,10 @@ def test_a_fit_without_downscale_works_at_256_px_on_a_cpu_1600_on_cuda_or_at_max
     small = load_scene(_uniform_scene(tmp_path, (0.45, 0.6, 0.3)))
     assert max(small.cameras[0].width, small.cameras[0].height) <= 256
     assert cli._auto_downscale(small, "cpu") == 1.0
+    from types import SimpleNamespace
+
+    mixed = SimpleNamespace(cameras=[SimpleNamespace(width=640, height=480), SimpleNamespace(width=1080, height=1920)])
+    assert cli._auto_downscale(mixed, "cpu") == 8.0  # the largest image decides
 
     out = tmp_path / "fox"
     assert cli.main(["fit", str(FOX), "--out", str(out), "--iterations", "1", "--device", "cpu",

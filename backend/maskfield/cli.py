@@ -412,8 +412,9 @@ AUTO_LONG_SIDE = {"cuda": 1600, "cpu": 256, "mps": 256}
 
 def _auto_downscale(scene, device: str, max_size: int | None = None) -> float:
     """The smallest whole-number downscale that brings the images' long side to ``max_size``,
-    by default the device's ``AUTO_LONG_SIDE`` (1 for images already that small)."""
-    long_side = max(scene.cameras[0].width, scene.cameras[0].height)
+    by default the device's ``AUTO_LONG_SIDE`` (1 for images already that small). The largest
+    image decides, where a capture mixes cameras."""
+    long_side = max(max(cam.width, cam.height) for cam in scene.cameras)
     return float(max(1, -(-long_side // (max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])))))
 
 
