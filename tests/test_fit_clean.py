@@ -329,3 +329,18 @@ def test_random_starts_that_no_training_view_sees_are_left_out(tmp_path):
     assert abs(result["pruned"]["in_no_view"] - unseen) <= 20
     assert result["gaussians"] == 2000 - result["pruned"]["in_no_view"]
     assert bool(in_some_view(read_ply(run.gaussians_ply), train).all())
+
+
+def test_the_smallest_image_of_a_mixed_capture_decides_how_far_it_may_be_downscaled():
+    from types import SimpleNamespace
+
+    from maskfield.checks import MIN_IMAGE_SIDE, check_image_size
+    from maskfield.events import MaskFieldError
+
+    cams = [SimpleNamespace(width=1920, height=1080), SimpleNamespace(width=320, height=240)]
+    scene = SimpleNamespace(cameras=cams, camera=lambda i, d: SimpleNamespace(width=int(cams[i].width / d),
+                                                                              height=int(cams[i].height / d)))
+    factor = 240 / MIN_IMAGE_SIDE
+    check_image_size(scene, factor)  # the small camera keeps exactly the least short side
+    with pytest.raises(MaskFieldError, match="makes the 320x240 images"):
+        check_image_size(scene, factor * 1.5)  # fine for the large camera, too small for the other

@@ -35,9 +35,10 @@ def check_cameras(scene, indices) -> None:
 
 
 def check_image_size(scene, downscale: float) -> None:
-    """--downscale must leave images a fit can learn from."""
-    cam = scene.cameras[0]
-    w, h = scene.camera(0, downscale).width, scene.camera(0, downscale).height
+    """--downscale must leave images a fit can learn from (the smallest, where a capture mixes cameras)."""
+    i = min(range(len(scene.cameras)), key=lambda k: min(scene.cameras[k].width, scene.cameras[k].height))
+    cam = scene.cameras[i]
+    w, h = scene.camera(i, downscale).width, scene.camera(i, downscale).height
     if min(w, h) < MIN_IMAGE_SIDE:
         largest = min(cam.width, cam.height) / MIN_IMAGE_SIDE
         raise MaskFieldError(f"--downscale {downscale:g} makes the {cam.width}x{cam.height} images {w}x{h} pixels; "
