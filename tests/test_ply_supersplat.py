@@ -98,3 +98,9 @@ def test_supersplat_compresses_our_scene_for_the_web(tmp_path):
     assert dist.max() < 2e-3 * extent
     with pytest.raises(AssertionError):
         splat_transform(tmp_path / "missing.ply", tmp_path / "x.csv")
+    # handed to us, the compressed file is named for what it is, with the way back
+    from maskfield.events import MaskFieldError
+    from maskfield.splats.ply import read_ply
+
+    with pytest.raises(MaskFieldError, match="compressed PLY.*splat-transform"):
+        read_ply(tmp_path / "scene.compressed.ply")

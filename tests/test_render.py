@@ -370,6 +370,23 @@ def test_reading_a_plain_point_cloud_as_gaussians_says_what_it_is(tmp_path):
         read_ply(tmp_path / "p.ply")
 
 
+def test_reading_2d_gaussian_surfels_says_what_they_are(tmp_path):
+    """A 2DGS .ply (as Brush and splat-transform write it: no scale_2) is named, not mis-read."""
+    from plyfile import PlyData, PlyElement
+
+    from maskfield.events import MaskFieldError
+
+    write_ply(tmp_path / "g.ply", Gaussians.from_points(np.random.default_rng(1).normal(size=(5, 3))))
+    full = PlyData.read(str(tmp_path / "g.ply"))["vertex"].data
+    kept = [n for n in full.dtype.names if n != "scale_2"]
+    surfels = np.empty(len(full), dtype=[(n, "f4") for n in kept])
+    for n in kept:
+        surfels[n] = full[n]
+    PlyData([PlyElement.describe(surfels, "vertex")]).write(str(tmp_path / "s.ply"))
+    with pytest.raises(MaskFieldError, match="2D Gaussian Splatting surfels"):
+        read_ply(tmp_path / "s.ply")
+
+
 @pytest.mark.parametrize("t_mps, t_cpu, expected", [(0.05, 0.2, ("mps", "torch")), (0.3, 0.1, ("cpu", "cpu"))])
 def test_on_apple_gpus_the_faster_renderer_is_kept_and_said(t_mps, t_cpu, expected):
     from maskfield.splats.render import choose_fit_device

@@ -76,6 +76,13 @@ def read_ply(path: str | Path, device="cpu") -> Gaussians:
     except Exception as exc:
         raise MaskFieldError(f"cannot read {path} as a PLY file: {exc}") from None
     names = set(vertex.data.dtype.names)
+    if "packed_position" in names:  # SuperSplat / PlayCanvas compressed: quantised in chunks
+        raise MaskFieldError(f"{path} is a compressed PLY (SuperSplat / PlayCanvas); decompress it first, e.g. "
+                             f"`npx @playcanvas/splat-transform \"{path.name}\" uncompressed.ply`, and give "
+                             "uncompressed.ply.", kind="input")
+    if "scale_0" in names and "scale_2" not in names:
+        raise MaskFieldError(f"{path} holds 2D Gaussian Splatting surfels (no scale_2); MaskField needs 3D "
+                             "Gaussians (a 3DGS .ply), or fit colour from the photos without --ply.", kind="input")
     needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
               "rot_0", "rot_1", "rot_2", "rot_3"}
     if not needed <= names:
