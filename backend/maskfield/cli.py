@@ -362,7 +362,7 @@ def run_fit(args, reporter: Reporter) -> dict:
         raise MaskFieldError("give --downscale or --max-size, not both.", kind="input")
     downscale = args.downscale if args.downscale else _auto_downscale(scene, device, max_size)
     if not args.downscale and downscale > 1:
-        cam = scene.cameras[0]
+        cam = max(scene.cameras, key=lambda c: max(c.width, c.height))
         side = max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])
         why = "--max-size" if max_size else f"the default on {device}; --max-size or --downscale to choose"
         reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}, long side at most {side} px "

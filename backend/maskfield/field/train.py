@@ -68,9 +68,9 @@ class FieldSettings:
     # others, and learned the mix: seeded bookshelf, the blue book's strongest query matched
     # 60 part, 45 object and 134 group masks, its embedding 0.96 like "blue book" and 0.74 like
     # "green book", and the books fell to IoU 0.45 / 0.68 (held-out mIoU 0.838). On the four
-    # 48-view scenes (field seeds 0/1/2, docs/measurements.md) the mean held-out mIoU went 0.899 -> 0.903 and
-    # a failing bookshelf field 0.834 -> 0.916; a query per granularity (parts apart from
-    # objects too) also fixed the books but cost the rooms 0.01-0.015.
+    # 48-view scenes (field seeds 0/1/2, docs/measurements.md) the mean held-out mIoU went
+    # 0.899 -> 0.903 and a failing bookshelf field 0.834 -> 0.916; a query per granularity
+    # (parts apart from objects too) also fixed the books but cost the rooms 0.01-0.015.
     query_levels: bool = True
     lr_final_fraction: float = 0.1
     # The field returned is the mean of the iterates of the last ``average_last`` of the steps
