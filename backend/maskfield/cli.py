@@ -362,8 +362,7 @@ def run_fit(args, reporter: Reporter) -> dict:
         raise MaskFieldError("give --downscale or --max-size, not both.", kind="input")
     downscale = args.downscale if args.downscale else _auto_downscale(scene, device, max_size)
     if not args.downscale and downscale > 1:
-        cam = max(scene.cameras, key=lambda c: max(c.width, c.height))
-        side = max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])
+        cam, side = _largest_camera(scene), _long_side_cap(device, max_size)
         why = "--max-size" if max_size else f"the default on {device}; --max-size or --downscale to choose"
         reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}, long side at most {side} px "
                      f"({why})")
@@ -410,12 +409,21 @@ def _prepare_compiled_renderer(device: str, renderer: str, reporter: Reporter) -
 AUTO_LONG_SIDE = {"cuda": 1600, "cpu": 256, "mps": 256}
 
 
+def _long_side_cap(device: str, max_size: int | None = None) -> int:
+    """``max_size``, or by default the device's ``AUTO_LONG_SIDE``."""
+    return max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])
+
+
+def _largest_camera(scene):
+    """The camera with the longest image side: it decides, where a capture mixes cameras."""
+    return max(scene.cameras, key=lambda cam: max(cam.width, cam.height))
+
+
 def _auto_downscale(scene, device: str, max_size: int | None = None) -> float:
-    """The smallest whole-number downscale that brings the images' long side to ``max_size``,
-    by default the device's ``AUTO_LONG_SIDE`` (1 for images already that small). The largest
-    image decides, where a capture mixes cameras."""
-    long_side = max(max(cam.width, cam.height) for cam in scene.cameras)
-    return float(max(1, -(-long_side // (max_size or AUTO_LONG_SIDE.get(device, AUTO_LONG_SIDE["cpu"])))))
+    """The smallest whole-number downscale that brings the largest image's long side to
+    ``_long_side_cap`` (1 for images already that small)."""
+    cam = _largest_camera(scene)
+    return float(max(1, -(-max(cam.width, cam.height) // _long_side_cap(device, max_size))))
 
 
 def run_info(args, reporter: Reporter) -> dict:

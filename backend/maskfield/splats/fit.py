@@ -40,7 +40,8 @@ class FitSettings:
     # densify Gaussians whose mean screen-space gradient passes this. gsplat's 2e-4 (kept on
     # CUDA) against 3e-4 on held-out views, default CPU settings: the fox at 1/8 110k -> 72k
     # Gaussians, 26.82 -> 26.95 dB, 350 -> 281 s; the four 48-view item-1 scenes 20-38% faster,
-    # the same PSNR, held-out mIoU +-0.022 per scene and the same on average (docs/measurements.md)
+    # the same PSNR, held-out mIoU +-0.022 per scene and the same on average
+    # (docs/measurements.md)
     grow_grad2d: float = 0.0003
     reset_every: int = 1500
     checkpoint_every: int = 250
@@ -56,7 +57,8 @@ class FitSettings:
     # there, which segmentation then reads as objects. This weighs the rendered alpha where the
     # target pixel has the background's colour (within about ``backdrop_alpha_sigma``; see
     # losses.backdrop_alpha_penalty), so that the background takes those pixels. Seedless
-    # benchmark room (docs/measurements.md): backdrop Gaussians 713 -> 84, held-out mIoU 0.885 -> 0.899.
+    # benchmark room (docs/measurements.md): backdrop Gaussians 713 -> 84, held-out mIoU
+    # 0.885 -> 0.899.
     # The same weight on every pixel turned its floor half transparent (a brighter, fainter
     # Gaussian matches a surface lighter than the background as well), and so did sigma 0.05
     # (floor IoU 0.77): shaded floor lies within a few sigma of the grey world
@@ -68,8 +70,8 @@ class FitSettings:
     # their held-out pixels, which labels read as background. This weighs the transparency
     # where the target is clearly not the background's colour (sigma 0.1); ``inset`` leaves
     # out pixels within that many of a background-coloured one (silhouette edges). Measured
-    # (docs/measurements.md, "Now the default: surface alpha"): 0.05 alone took the holes to 0.2% and that
-    # room's held-out mIoU from 0.881 to 0.903, but faint Gaussians beside the seedless
+    # (docs/measurements.md, "Now the default: surface alpha"): 0.05 alone took the holes to
+    # 0.2% and that room's held-out mIoU from 0.881 to 0.903, but faint Gaussians beside the seedless
     # bookshelf entered segments (silhouette pixels, half object colour, pushed opaque); inset
     # 1 keeps the gain on the seedless room (0.908 / 0.915 / 0.906 on field seeds 0-2, 0.904 on
     # another fit, against 0.888 / 0.899 / 0.893 and 0.892), 0 backdrop Gaussians in segments
