@@ -216,6 +216,68 @@ def test_gaussian_shares_and_the_per_gaussian_loss_by_hand():
     torch.testing.assert_close(gaussian_mask_loss(features, m, view, np.array([0]), np.array([0])), expected)
 
 
+def test_edge_band_weights_spare_the_inside_the_outside_and_thin_parts():
+    from maskfield.field.data import edge_band_weights
+
+    mask = np.zeros((12, 16), bool)
+    mask[2:8, 2:8] = True  # a 6x6 square
+    mask[4, 8:15] = True  # a stem one pixel thin leaving its right side
+    w = edge_band_weights(mask[None], 0.25)[0]
+    assert w.shape == mask.shape and w.dtype == np.float32
+    assert (w[3:7, 3:7] == 1).all()  # the square's inside
+    assert (w[2, 3:7] == 0.25).all() and (w[3:7, 2] == 0.25).all() and (w[7, 3:7] == 0.25).all()  # its edge
+    assert (w[1, 3:7] == 0.25).all() and (w[3:7, 1] == 0.25).all() and (w[8, 3:7] == 0.25).all()  # beside it
+    assert w[2, 2] == 1 and w[1, 1] == 1 and w[10, 10] == 1  # a corner pixel is thin to a cross; far away
+    assert (w[3:6, 9:15] == 1).all() and w[4, 15] == 1  # the stem and the pixels beside it
+    assert w[4, 8] == 0.25  # where the stem meets the square: the square's edge
+    assert (edge_band_weights(np.zeros((2, 5, 5), bool), 0.5) == 1).all()
+
+
+def test_pixel_weights_take_the_band_out_of_the_matched_losses():
+    from maskfield.field.losses import loss_terms
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 40, generator=gen, requires_grad=True)
+    targets = (torch.rand(3, 40, generator=gen) > 0.5).float()
+    weights = torch.ones(3, 40)
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, weights), sigmoid_focal_loss(logits, targets))
+    torch.testing.assert_close(dice_loss(logits, targets, weights), dice_loss(logits, targets))
+    weights[:, :10] = 0.0  # pixels 0-9 out: what the field predicts there no longer matters
+    emb = torch.randn(3, 8, generator=gen)
+    rows, cols = np.arange(3), np.arange(3)
+    loss = loss_terms(logits, targets, emb, emb, rows, cols, logits.sum() * 0, pixel_weights=weights)
+    loss["total"].backward()
+    assert logits.grad[:, :10].abs().max() == 0 and logits.grad[:, 10:].abs().min() > 0
+    torch.testing.assert_close(dice_loss(logits, targets, weights), dice_loss(logits[:, 10:], targets[:, 10:]))
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, weights),
+                               sigmoid_focal_loss(logits[:, 10:], targets[:, 10:]) * 30 / 40)
+
+
+def test_the_per_gaussian_loss_counts_each_pixel_by_its_weight():
+    from maskfield.field.train import gaussian_mask_loss
+
+    # pixels 0-2 in a row; Gaussian 0 paints pixels 0 and 1, Gaussian 1 pixels 1 and 2; one mask over pixel 0 and 1
+    W = torch.sparse_coo_tensor(torch.tensor([[0, 1, 1, 2], [0, 0, 1, 1]]), torch.tensor([1.0, 0.5, 0.5, 1.0]),
+                                (3, 2)).coalesce().to_sparse_csr()
+    targets = torch.tensor([[1.0, 1.0, 0.0]])
+    view = FieldView("v", W, torch.ones(3), targets, torch.ones(1, 4), torch.ones(3, dtype=torch.bool), 3, 1)
+    view.mask_pixel_weights = torch.tensor([[1.0, 0.2, 1.0]])  # pixel 1 on the mask's edge
+    view.with_gaussian_shares()
+    torch.testing.assert_close(view.gaussian_share, torch.tensor([[1.1], [0.1]]))
+    torch.testing.assert_close(view.gaussian_mask_weight, torch.tensor([[1.1], [1.1]]))
+    features = torch.tensor([[1.0], [-2.0]])
+    sp = torch.nn.functional.softplus
+    l0, l1 = torch.tensor(1.0), torch.tensor(-2.0)
+    # by pixel: w_pg * c_p * BCE(l_g, t_p), over the unweighted blending weight (3.0)
+    expected = (1.0 * sp(-l0) + 0.5 * 0.2 * sp(-l0) + 0.5 * 0.2 * sp(-l1) + 1.0 * sp(l1)) / 3.0
+    torch.testing.assert_close(gaussian_mask_loss(features, torch.tensor([[1.0]]), view, np.array([0]), np.array([0])),
+                               expected)
+    view.set_edge_weight(1.0)  # every pixel alike again: the shares are recomputed without weights
+    assert view.mask_pixel_weights is None and view.gaussian_index is None
+    view.with_gaussian_shares()
+    assert view.gaussian_mask_weight is None
+    torch.testing.assert_close(view.gaussian_share, torch.tensor([[1.5], [0.5]]))
+
 
 def test_field_sample_pixels_option_reaches_the_settings():
     from maskfield import cli
@@ -239,10 +301,14 @@ def test_field_sample_pixels_option_reaches_the_settings():
         parser.parse_args(["train-field", "run", "--field-average-last", "1.5"])
     # `train` hands each of them to its mask-field stage
     train = parser.parse_args(["train", "scene", "--out", "run", "--mixed-queries", "--field-average-last", "0.5",
-                               "--field-sample-pixels", "512", "--dice-weight", "0.2"])
+                               "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "1"])
     through = cli._field_settings(cli._train_field_args(train, "cpu"), "cpu")
-    assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight) == \
-        (False, 0.5, 512, 0.2)
+    assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight,
+            through.edge_weight) == (False, 0.5, 512, 0.2, 1.0)
+    assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").edge_weight == \
+        FieldSettings().edge_weight
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-field", "run", "--field-edge-weight", "-0.1"])
     assert cli._train_field_args(train, "cpu").run == "run"
 
 

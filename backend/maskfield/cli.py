@@ -86,6 +86,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field-average-last", type=_number(float, 0, 1), default=None,
                    help="keep the mean of the mask field over this last share of its steps (default 0.3; 0: the "
                         "last step, as the paper)")
+    p.add_argument("--field-edge-weight", type=_number(float, 0, 1), default=None,
+                   help="weight of the pixels on each side of a mask's edge, where masks disagree (default 0.5; "
+                        "1: every pixel alike, as the paper)")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
@@ -455,6 +458,7 @@ def _field_settings(args, device):
                                     dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
                                     sample_pixels=args.field_sample_pixels,
                                     average_last=getattr(args, "field_average_last", None),
+                                    edge_weight=getattr(args, "field_edge_weight", None),
                                     query_levels=False if getattr(args, "mixed_queries", False) else None)
 
 

@@ -1,7 +1,8 @@
 """Mask losses and the Hungarian matching of queries to one view's 2D masks.
 
 Predictions are logits (K, P) over the P supervised pixels; targets are masks (M, P) in
-[0, 1] (soft where a low-resolution pixel is partly covered).
+[0, 1] (soft where a low-resolution pixel is partly covered). ``pixel_weights`` (M, P), where
+given, weigh each mask's pixels in the matched losses (``data.edge_band_weights``).
 """
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ FOCAL_GAMMA = 2.0
 DICE_WEIGHT = 0.05
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
+                       pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-mask focal loss (mean over pixels) for matched pairs: logits and targets (M, P)."""
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     alpha_t = FOCAL_ALPHA * targets + (1 - FOCAL_ALPHA) * (1 - targets)
-    return (alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA).mean(dim=1)
+    loss = alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA
+    if pixel_weights is not None:
+        loss = loss * pixel_weights
+    return loss.mean(dim=1)
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-mask soft dice loss; a pixel of weight w counts as w of a pixel on both sides."""
     prob = torch.sigmoid(logits)
+    if pixel_weights is not None:
+        prob = prob * pixel_weights
+        targets = targets * pixel_weights
     num = 2 * (prob * targets).sum(1)
     den = prob.sum(1) + targets.sum(1)
     return 1 - (num + 1) / (den + 1)
@@ -106,7 +115,8 @@ def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
-                   dice_weight: float = DICE_WEIGHT) -> dict[str, torch.Tensor]:
+                   dice_weight: float = DICE_WEIGHT,
+                   pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Focal + dice_weight * dice + (1 - cos) on matched pairs; unmatched queries pushed to empty masks.
 
     The paper weighs dice by 0.05 (the default here, and in the matching cost); the trainer
@@ -114,7 +124,7 @@ def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
     """
     matched = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
     return loss_terms(logits.index_select(0, matched), targets, query_embed, mask_embed, rows, cols,
-                      unmatched_penalty(logits, rows), dice_weight)
+                      unmatched_penalty(logits, rows), dice_weight, pixel_weights)
 
 
 def unmatched_penalty(logits: torch.Tensor, rows) -> torch.Tensor:
@@ -131,16 +141,17 @@ def unmatched_penalty(logits: torch.Tensor, rows) -> torch.Tensor:
 
 
 def loss_terms(matched_logits, targets, query_embed, mask_embed, rows, cols, unmatched: torch.Tensor,
-               dice_weight: float = DICE_WEIGHT) -> dict[str, torch.Tensor]:
+               dice_weight: float = DICE_WEIGHT, pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The MaskField loss from its two parts: the matched queries' logits (R, P) against
     ``targets[cols]``, and ``unmatched`` (``unmatched_penalty``, which may be over a sample of
     the pixels: a mean, so any sample estimates it)."""
     device = matched_logits.device
     cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
     targets_m = targets.index_select(0, cols_t)
+    weights_m = pixel_weights.index_select(0, cols_t).to(matched_logits.dtype) if pixel_weights is not None else None
     zero = matched_logits.sum() * 0
-    focal = sigmoid_focal_loss(matched_logits, targets_m).mean() if len(rows) else zero
-    dice = dice_loss(matched_logits, targets_m).mean() if len(rows) else zero
+    focal = sigmoid_focal_loss(matched_logits, targets_m, weights_m).mean() if len(rows) else zero
+    dice = dice_loss(matched_logits, targets_m, weights_m).mean() if len(rows) else zero
     c = F.normalize(query_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=device)), dim=-1)
     e = F.normalize(mask_embed.index_select(0, cols_t), dim=-1)
     cos = (1 - (c * e).sum(-1)).mean() if len(rows) else zero

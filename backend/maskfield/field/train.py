@@ -80,6 +80,9 @@ class FieldSettings:
     # (field seeds 0 / 1 / 2): mean 0.9051 -> 0.9066, fields under 0.9 7 -> 4, no field more than
     # 0.003 worse; the last half (0.5) on 10 of them: within 0.005 of 0.3 either way.
     average_last: float = 0.3
+    # The weight of each mask's pixels in the band one pixel wide each side of its edge
+    # (data.edge_band_weights; 1 weighs every pixel alike, as the paper). Measured below.
+    edge_weight: float = 0.5
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
     seed: int = 0
@@ -216,7 +219,8 @@ def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldVie
                                    view.granularity)
     rows, cols = hungarian_match(cost)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
-    loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight)
+    loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight,
+                          pixel_weights=view.mask_pixel_weights)
     return loss["total"], rows, cols
 
 
@@ -243,7 +247,7 @@ def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_we
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     matched_logits = mask_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=feat.device)) @ feat.T
     loss = loss_terms(matched_logits, targets, query_embed, view.embeddings, rows, cols,
-                      unmatched_penalty(sampled, rows), dice_weight)
+                      unmatched_penalty(sampled, rows), dice_weight, view.mask_pixel_weights)
     return loss["total"], rows, cols
 
 
@@ -262,7 +266,8 @@ def gaussian_mask_loss(features, mask_embed, view: FieldView, rows, cols) -> tor
     cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
     logits = features.index_select(0, view.gaussian_index) @ mask_embed.index_select(0, rows_t).T
     share = view.gaussian_share.index_select(1, cols_t)
-    weight = view.gaussian_weight[:, None]
+    weight = view.gaussian_weight[:, None] if view.gaussian_mask_weight is None else \
+        view.gaussian_mask_weight.index_select(1, cols_t)
     bce = share * F.softplus(-logits) + (weight - share).clamp_min(0) * F.softplus(logits)
     return bce.sum() / (view.gaussian_weight.sum() * len(rows))
 
@@ -275,6 +280,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
         raise MaskFieldError(f"the priors' embeddings have {views[0].embeddings.shape[1]} dimensions, but the "
                              f"queries expect {embed_dim}; recompute the priors with one model.")
     field = MaskField(num_gaussians, embed_dim, settings).to(device)
+    for view in views:
+        view.set_edge_weight(settings.edge_weight)
     if settings.query_levels:
         field.query_level.copy_(torch.as_tensor(allot_query_levels(views, settings.num_queries)))
     optimizer = Adam([
