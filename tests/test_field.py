@@ -279,6 +279,30 @@ def test_the_per_gaussian_loss_counts_each_pixel_by_its_weight():
     torch.testing.assert_close(view.gaussian_share, torch.tensor([[1.5], [0.5]]))
 
 
+def test_training_weighs_the_edge_band_as_its_setting_says(tmp_path):
+    # one 12x12 view, a Gaussian per pixel; mask 0 a 6x6 square, mask 1 the rest
+    side = 12
+    eye = torch.eye(side * side).to_sparse_csr()
+    square = np.zeros((side, side), bool)
+    square[3:9, 3:9] = True
+    targets = torch.tensor(np.stack([square, ~square]).reshape(2, -1).astype(np.float32))
+
+    def view():
+        return FieldView("v", eye, torch.ones(side * side), targets.clone(), torch.eye(2, 8),
+                         torch.ones(side * side, dtype=torch.bool), side, side)
+
+    banded = view()
+    train_field([banded], side * side, 8, RunFolder(tmp_path / "banded"),
+                FieldSettings(iterations=3, num_queries=4, edge_weight=0.25))
+    weights = banded.mask_pixel_weights.float().reshape(2, side, side)
+    assert weights[0, 3, 4] == 0.25 and weights[0, 2, 4] == 0.25 and weights[0, 5, 5] == 1  # edge, beside, inside
+    assert weights[1, 3, 4] == 0.25 and weights[1, 0, 0] == 1  # the other side's mask: the same edge
+    assert banded.gaussian_mask_weight is not None  # the per-Gaussian loss took the weights too
+    plain = view()
+    train_field([plain], side * side, 8, RunFolder(tmp_path / "plain"),
+                FieldSettings(iterations=3, num_queries=4, edge_weight=1.0))
+    assert plain.mask_pixel_weights is None and plain.gaussian_mask_weight is None
+
 def test_field_sample_pixels_option_reaches_the_settings():
     from maskfield import cli
 
