@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from addon import scene_render  # noqa: E402
 from make_tabletop import _material, _mesh, render_folder  # noqa: E402  (the tabletop's parts)
 
-SCENES = ("bookshelf", "room", "desk")
+SCENES = ("bookshelf", "room", "desk", "kitchen")
 
 
 def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
@@ -196,6 +196,35 @@ def build_desk(scene, seed: int = 0) -> list:
     return objs
 
 
+def build_kitchen(scene, seed: int = 0) -> list:
+    """A kitchen counter against a wall: made after the mask field's edge band was chosen on
+    the other three, to judge it on shapes it never saw (a thin bottle, a flat board, a small
+    apple beside its bowl, a stool's legs)."""
+    rng = np.random.default_rng(seed)
+    coll = scene.collection
+    a = float(rng.uniform(-0.1, 0.1))
+    objs = [
+        _box("floor", (2.2, 1.8, 0.02), (0, 0, -0.02), (0.72, 0.66, 0.55), coll),
+        _box("wall", (2.2, 0.06, 1.4), (0, 0.75, -0.02), (0.35, 0.45, 0.5), coll),
+        _box("counter", (1.8, 0.6, 0.88), (0, 0.38, 0), (0.85, 0.85, 0.82), coll),
+    ]
+    top = 0.88
+    objs.append(_teapot("kettle", 0.18, coll, (-0.6, 0.35, top), color=(0.55, 0.1, 0.12)))
+    objs.append(_box("cutting board", (0.42, 0.26, 0.02), (-0.12, 0.25, top), (0.7, 0.5, 0.25), coll,
+                     a + float(rng.uniform(-0.2, 0.2))))
+    objs.append(_link("bowl", _mesh("torus", "bowl", 0.26), (0.35, 0.3, top), (0.2, 0.35, 0.7), coll))
+    objs.append(_link("apple", _mesh("sphere", "apple", 0.11), (0.52, 0.18, top), (0.2, 0.55, 0.05), coll))
+    bottle = _join("bottle", [(_mesh("cylinder", "body", 0.09), (0, 0, 0)),
+                              (_mesh("cone", "neck", 0.06), (0, 0, 0.117))])
+    objs.append(_link("bottle", bottle, (0.7, 0.5, top), (0.05, 0.3, 0.12), coll))
+    objs.append(_box("knife block", (0.1, 0.14, 0.22), (-0.35, 0.55, top), (0.12, 0.1, 0.08), coll, a))
+    stool = [((0.04, 0.04, 0.6), (sx * 0.13, sy * 0.13, 0)) for sx in (-1, 1) for sy in (-1, 1)]
+    stool.append(((0.36, 0.36, 0.05), (0, 0, 0.6)))
+    objs.append(_link("stool", _join("stool", [(_box_mesh(s), o) for s, o in stool]),
+                      (0.25 + float(rng.uniform(-0.1, 0.1)), -0.35, 0), (0.3, 0.2, 0.1), coll, a * 3))
+    _lights(scene, coll, (1.6, -2.2, 3.0))
+    return objs
+
 def _box_mesh(size):
     """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
@@ -224,7 +253,7 @@ def _lights(scene, coll, key_location) -> None:
     scene.world = scene_render.grey_world("grey world", 0.45, 0.9)
 
 
-BUILDERS = {"bookshelf": build_bookshelf, "room": build_room, "desk": build_desk}
+BUILDERS = {"bookshelf": build_bookshelf, "room": build_room, "desk": build_desk, "kitchen": build_kitchen}
 
 
 def _resolution(text: str) -> tuple[int, int]:
