@@ -325,10 +325,10 @@ def test_field_sample_pixels_option_reaches_the_settings():
         parser.parse_args(["train-field", "run", "--field-average-last", "1.5"])
     # `train` hands each of them to its mask-field stage
     train = parser.parse_args(["train", "scene", "--out", "run", "--mixed-queries", "--field-average-last", "0.5",
-                               "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "1"])
+                               "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "0.5"])
     through = cli._field_settings(cli._train_field_args(train, "cpu"), "cpu")
     assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight,
-            through.edge_weight) == (False, 0.5, 512, 0.2, 1.0)
+            through.edge_weight) == (False, 0.5, 512, 0.2, 0.5)
     assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").edge_weight == \
         FieldSettings().edge_weight
     with pytest.raises(SystemExit):

@@ -87,8 +87,8 @@ def _field_options(p: argparse.ArgumentParser) -> None:
                    help="keep the mean of the mask field over this last share of its steps (default 0.3; 0: the "
                         "last step, as the paper)")
     p.add_argument("--field-edge-weight", type=_number(float, 0, 1), default=None,
-                   help="weight of the pixels on each side of a mask's edge, where masks disagree (default 0.5; "
-                        "1: every pixel alike, as the paper)")
+                   help="weight of the pixels on each side of a mask's edge, where masks disagree (default 1: "
+                        "every pixel alike, as the paper; README, 'The edge band')")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
