@@ -79,21 +79,26 @@ def test_renders_are_opaque_over_the_world_colour(bookshelf):
         assert np.ptp(world.mean(0)) < 0.05
 
 
-def test_the_desk_scene_shows_each_of_its_objects_over_the_world(tmp_path):
-    """The third scene (made to judge defaults tuned on the other two): every object is labelled
-    in some view, and the keyboard and bin are near the world's grey, as meant."""
-    out = tmp_path / "desk"
-    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "desk",
-           "--out", str(out), "--views", "6", "--resolution", "96x72", "--holdout-views", "2",
-           "--samples", "2", "--no-points", "--quiet"]
+def _make_scene(tmp_path, name: str, *options: str):
+    """Build ``name`` with make_scenes.py in a Blender subprocess (seedless, 2 held-out views,
+    2 samples); its folder, its labels' object names by index, and its transforms.json."""
+    out = tmp_path / name
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", name,
+           "--out", str(out), "--holdout-views", "2", "--samples", "2", "--no-points", "--quiet", *options]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env=harness.blender_env(str(tmp_path / "home")))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     with open(out / "labels" / "objects.json", encoding="utf-8") as fh:
         objects = {int(k): v for k, v in json.load(fh).items()}
-    assert set(objects.values()) == {"rug", "desk", "monitor", "keyboard", "mug", "desk lamp", "office chair", "bin"}
     with open(out / "transforms.json", encoding="utf-8") as fh:
-        tj = json.load(fh)
+        return out, objects, json.load(fh)
+
+
+def test_the_desk_scene_shows_each_of_its_objects_over_the_world(tmp_path):
+    """The third scene (made to judge defaults tuned on the other two): every object is labelled
+    in some view, and the keyboard and bin are near the world's grey, as meant."""
+    out, objects, tj = _make_scene(tmp_path, "desk", "--views", "6", "--resolution", "96x72")
+    assert set(objects.values()) == {"rug", "desk", "monitor", "keyboard", "mug", "desk lamp", "office chair", "bin"}
     assert not (out / "points.ply").exists() and len(tj["test_filenames"]) == 2
     seen, colour = set(), {}
     for frame in tj["frames"]:
@@ -112,19 +117,10 @@ def test_the_desk_scene_shows_each_of_its_objects_over_the_world(tmp_path):
 def test_the_kitchen_scene_shows_each_of_its_objects(tmp_path):
     """The fourth scene (made to judge the edge band, chosen on the other three): every object is
     labelled in some view, over the world's grey, and the small ones are a few pixels across."""
-    out = tmp_path / "kitchen"
-    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "kitchen",
-           "--out", str(out), "--views", "8", "--resolution", "200x150", "--holdout-views", "2",
-           "--samples", "2", "--no-points", "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=harness.blender_env(str(tmp_path / "home")))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    with open(out / "labels" / "objects.json", encoding="utf-8") as fh:
-        objects = {int(k): v for k, v in json.load(fh).items()}
+    out, objects, tj = _make_scene(tmp_path, "kitchen", "--views", "8", "--resolution", "200x150")
     assert set(objects.values()) == {"floor", "wall", "counter", "kettle", "cutting board", "bowl", "apple",
                                      "bottle", "knife block", "stool"}
-    with open(out / "transforms.json", encoding="utf-8") as fh:
-        frames = json.load(fh)["frames"]
+    frames = tj["frames"]
     seen, area = set(), {}
     for frame in frames:
         labels = np.asarray(Image.open(out / frame["label_path"]))
