@@ -65,6 +65,8 @@ class FieldView:
     def set_edge_weight(self, weight: float) -> None:
         """Weigh each mask's pixels by ``edge_band_weights`` (1: every pixel alike)."""
         if weight >= 1.0:
+            if self.mask_pixel_weights is None:
+                return  # the default, unchanged: the Gaussian shares already computed still hold
             self.mask_pixel_weights = None
         else:
             masks = (self.targets > 0.5).cpu().numpy().reshape(-1, self.height, self.width)
