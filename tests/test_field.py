@@ -131,6 +131,15 @@ def test_embedding_size_mismatch_is_refused(tmp_path):
         train_field(views, 60, 512, RunFolder(tmp_path / "r"), FieldSettings(iterations=5, num_queries=4))
 
 
+def test_training_on_the_apple_gpu_is_refused_with_what_to_do(tmp_path):
+    """A direct caller asking for MPS is told to train on the CPU, before anything is written
+    (the CLI moves the field to the CPU by itself)."""
+    views, _, _ = _constructed_views()
+    with pytest.raises(MaskFieldError, match="device='cpu'"):
+        train_field(views, 60, 8, RunFolder(tmp_path / "r"), FieldSettings(iterations=5, num_queries=4), device="mps")
+    assert not (tmp_path / "r").exists()
+
+
 def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
     views, _, _ = _constructed_views()
     bad = views[0]

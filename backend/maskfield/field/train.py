@@ -280,6 +280,11 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
                 settings: FieldSettings, device: str = "cpu", reporter: Reporter | None = None,
                 extra: dict | None = None, resume: bool = True) -> tuple[MaskField, dict]:
     reporter = reporter or Reporter("none")
+    if str(device).startswith("mps"):
+        # the CLI moves the field to the CPU itself (run_train_field); a direct caller is told
+        raise MaskFieldError("the mask field cannot train on the Apple GPU: PyTorch has no MPS kernels for its "
+                             "sparse (CSR) products. Build the views and train with device='cpu', where "
+                             "those products run compiled.")
     if views and views[0].embeddings.shape[1] != embed_dim:
         raise MaskFieldError(f"the priors' embeddings have {views[0].embeddings.shape[1]} dimensions, but the "
                              f"queries expect {embed_dim}; recompute the priors with one model.")
