@@ -312,6 +312,7 @@ def test_training_weighs_the_edge_band_as_its_setting_says(tmp_path):
                 FieldSettings(iterations=3, num_queries=4, edge_weight=1.0))
     assert plain.mask_pixel_weights is None and plain.gaussian_mask_weight is None
 
+
 def test_field_sample_pixels_option_reaches_the_settings():
     from maskfield import cli
 

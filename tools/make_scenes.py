@@ -225,6 +225,7 @@ def build_kitchen(scene, seed: int = 0) -> list:
     _lights(scene, coll, (1.6, -2.2, 3.0))
     return objs
 
+
 def _box_mesh(size):
     """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
