@@ -123,6 +123,12 @@ def test_training_separates_the_objects_and_segmentation_finds_them(tmp_path):
     direct = (probs >= 0.5).numpy()
     labels = seg.features @ seg.mask_embed.T
     np.testing.assert_array_equal((torch.sigmoid(labels) >= 0.5).numpy(), direct)
+    # the queries' calibrated offsets come with the field and enter every logit it gives
+    from maskfield.field.train import load_field
+
+    offset = load_field(run.field_checkpoint)[2]["query_offset"]
+    torch.testing.assert_close(seg.query_offset, offset)
+    torch.testing.assert_close(seg.query_logits(seg.features), labels + offset)
 
 
 def test_embedding_size_mismatch_is_refused(tmp_path):
@@ -327,6 +333,9 @@ def test_field_sample_pixels_option_reaches_the_settings():
         parser.parse_args(["train-field", "run", "--field-sample-pixels", "-5"])
     assert not cli._field_settings(parser.parse_args(["train-field", "run", "--mixed-queries"]), "cpu").query_levels
     assert cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").query_levels
+    assert not cli._field_settings(parser.parse_args(["train-field", "run", "--uncalibrated-queries"]),
+                                   "cpu").calibrate_queries
+    assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").calibrate_queries
     assert cli._field_settings(parser.parse_args(["train-field", "run", "--field-average-last", "0"]),
                                "cpu").average_last == 0.0
     assert cli._field_settings(parser.parse_args(["train", "scene", "--out", "run"]), "cpu").average_last == \
@@ -335,10 +344,11 @@ def test_field_sample_pixels_option_reaches_the_settings():
         parser.parse_args(["train-field", "run", "--field-average-last", "1.5"])
     # `train` hands each of them to its mask-field stage
     train = parser.parse_args(["train", "scene", "--out", "run", "--mixed-queries", "--field-average-last", "0.5",
-                               "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "0.5"])
+                               "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "0.5",
+                               "--uncalibrated-queries"])
     through = cli._field_settings(cli._train_field_args(train, "cpu"), "cpu")
     assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight,
-            through.edge_weight) == (False, 0.5, 512, 0.2, 0.5)
+            through.edge_weight, through.calibrate_queries) == (False, 0.5, 512, 0.2, 0.5, False)
     assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").edge_weight == \
         FieldSettings().edge_weight
     with pytest.raises(SystemExit):

@@ -83,6 +83,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-queries", action="store_true",
                    help="let a query take both one object's masks and SAM's merged groups (as the paper; by "
                         "default a query takes one kind only, README)")
+    p.add_argument("--uncalibrated-queries", action="store_true",
+                   help="keep each query's logits as trained, without the per-query offset fitted to its "
+                        "masks after training (as the paper; README, 'Calibrated queries')")
     p.add_argument("--field-average-last", type=_number(float, 0, 1), default=None,
                    help="keep the mean of the mask field over this last share of its steps (default 0.3; 0: the "
                         "last step, as the paper)")
@@ -459,7 +462,8 @@ def _field_settings(args, device):
                                     sample_pixels=args.field_sample_pixels,
                                     average_last=getattr(args, "field_average_last", None),
                                     edge_weight=getattr(args, "field_edge_weight", None),
-                                    query_levels=False if getattr(args, "mixed_queries", False) else None)
+                                    query_levels=False if getattr(args, "mixed_queries", False) else None,
+                                    calibrate_queries=False if getattr(args, "uncalibrated_queries", False) else None)
 
 
 def _train_field_args(train_args, device: str) -> argparse.Namespace:

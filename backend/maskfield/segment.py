@@ -156,29 +156,37 @@ class Segmenter:
                                  kind="run_mismatch")
         self._setup(self.gaussians, features, queries, ckpt.get("embedding_model", ""),
                     ckpt.get("object_names") or _prior_object_names(self.run), text_encoder, weights_dir,
-                    allow_download, ckpt.get("match_stats"))
+                    allow_download, ckpt.get("match_stats"), ckpt.get("query_offset"))
         share = ckpt.get("supervised_share")  # absent in fields trained before it was kept
         self.supervised_share = share.float() if share is not None and len(share) == len(self.gaussians) else None
 
     @classmethod
     def from_field(cls, gaussians, features: torch.Tensor, queries, embedding_model: str = "",
                    settings: SegmentSettings | None = None, text_encoder=None, device: str = "cpu",
-                   match_stats: dict | None = None, object_names: list[str] | None = None) -> "Segmenter":
+                   match_stats: dict | None = None, object_names: list[str] | None = None,
+                   query_offset: torch.Tensor | None = None) -> "Segmenter":
         """A segmenter over a field held in memory (no run folder): for benchmarks and tests."""
         seg = cls.__new__(cls)
         seg.run, seg.device, seg.settings = None, device, settings or SegmentSettings()
         seg._setup(gaussians, features, queries, embedding_model, object_names or [], text_encoder, None, False,
-                   match_stats)
+                   match_stats, query_offset)
         seg.supervised_share = None
         return seg
 
     def _setup(self, gaussians, features, queries, embedding_model, object_names, text_encoder,
-               weights_dir, allow_download, match_stats=None) -> None:
+               weights_dir, allow_download, match_stats=None, query_offset=None) -> None:
         self.gaussians = gaussians
         self.features = features.detach().float().cpu()
         with torch.no_grad():
             m, c = queries()
         self.mask_embed = m.float().cpu()
+        # each query's calibrated logit offset (field/calibration.py); fields trained without
+        # it (or before it was kept) add nothing
+        self.query_offset = torch.zeros(m.shape[0]) if query_offset is None else \
+            torch.as_tensor(query_offset, dtype=torch.float32).reshape(-1).cpu()
+        if len(self.query_offset) != m.shape[0]:
+            raise MaskFieldError(f"the field has {m.shape[0]} queries but {len(self.query_offset)} query offsets; "
+                                 "retrain the mask field.", kind="run_mismatch")
         self.query_embed = torch.nn.functional.normalize(c.float().cpu(), dim=-1)
         self.embedding_model = embedding_model
         self.object_names = object_names
@@ -196,7 +204,7 @@ class Segmenter:
         top_logits, top_queries = [], []
         with torch.no_grad():
             for chunk in torch.split(self.features, 262_144):
-                logits = chunk @ self.mask_embed.T
+                logits = self.query_logits(chunk)
                 peak = torch.maximum(peak, logits.max(0).values)
                 values, index = logits.topk(k, dim=1)
                 top_logits.append(values)
@@ -354,7 +362,7 @@ class Segmenter:
             weight = torch.as_tensor(opacity[near] / (dist + 1e-3), dtype=torch.float32)
             weight = weight / weight.sum()
             with torch.no_grad():
-                lit = torch.sigmoid(self.features[torch.as_tensor(near)] @ self.mask_embed.T)  # (k, K)
+                lit = torch.sigmoid(self.query_logits(self.features[torch.as_tensor(near)]))  # (k, K)
             score = weight @ lit  # how much each query lights the neighbourhood
             eligible = self.active & self.granularity_mask(asked)
             score = score.masked_fill(~eligible, -1.0)
@@ -397,7 +405,7 @@ class Segmenter:
         if len(match.queries) < 2 or len(indices) == 0:
             return [(np.asarray(match.queries), np.asarray(indices))]
         with torch.no_grad():
-            logits = self.features[torch.as_tensor(indices)] @ self.mask_embed[torch.as_tensor(match.queries)].T
+            logits = self.query_logits(self.features[torch.as_tensor(indices)], match.queries)
         lit = (torch.sigmoid(logits) >= self.settings.mask_threshold).numpy()  # (n, q)
         q = lit.shape[1]
         inter = lit.T.astype(np.float64) @ lit
@@ -431,10 +439,12 @@ class Segmenter:
         for j, m in enumerate(matches):
             if m.found:
                 columns[j] = np.resize(m.queries, width)
-        weights = self.mask_embed[torch.as_tensor(columns.reshape(-1))].T.contiguous()
+        flat = torch.as_tensor(columns.reshape(-1))
+        weights = self.mask_embed[flat].T.contiguous()
+        offset = self.query_offset[flat]
         logits = torch.empty(n, count)  # (N, P)
         for start in range(0, n, 65_536):  # chunks small enough to stay in cache: 2x faster
-            torch.amax((features[start:start + 65_536] @ weights).view(-1, count, width), 2,
+            torch.amax(torch.add(features[start:start + 65_536] @ weights, offset).view(-1, count, width), 2,
                        out=logits[start:start + 65_536])
         for j, m in enumerate(matches):
             if not m.found:
@@ -450,6 +460,14 @@ class Segmenter:
         if features is self.features and self.gaussians is not None and self.settings.attach_scales > 0:
             self._detach_haze(label)
         return label, best_score.numpy(), scores.numpy()
+
+    def query_logits(self, features: torch.Tensor, queries=None) -> torch.Tensor:
+        """Mask logits (n, queries) of features (n, C), every query's or those given, each with
+        its calibrated offset."""
+        if queries is None:
+            return features @ self.mask_embed.T + self.query_offset
+        index = torch.as_tensor(np.asarray(queries), dtype=torch.long)
+        return features @ self.mask_embed[index].T + self.query_offset[index]
 
     def _unsupervised(self) -> torch.Tensor:
         """Gaussians whose supervised share is under the least their opacity asks for (N,) bool;
@@ -527,7 +545,8 @@ class Segmenter:
                                 torch.full_like(top, -torch.inf)).amax(1)
         else:
             embed_t = self.mask_embed[competitor].T.contiguous()
-            other = torch.cat([(features[chunk] @ embed_t).amax(1) for chunk in torch.split(rows, 262_144)])
+            offset = self.query_offset[competitor]
+            other = torch.cat([(features[chunk] @ embed_t + offset).amax(1) for chunk in torch.split(rows, 262_144)])
         beaten = other > own[rows]
         logits[rows[beaten], j] = -torch.inf
 

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
+from .calibration import query_offsets
 from .data import FieldView, supervised_share
 from .losses import (forbid_other_levels, hungarian_match, loss_terms, maskfield_loss, match_levels, matching_cost,
                      unmatched_penalty)
@@ -87,6 +88,11 @@ class FieldSettings:
     # judge it, 0.007 (4 fields, 0.8874 -> 0.8803): not a general gain on these masks, so it is
     # off by default (docs/measurements.md, "The edge band").
     edge_weight: float = 1.0
+    # After training, each query's logit offset that best reproduces its matched masks on the
+    # training views (calibration.py: the focal loss leaves queries a pixel short at their
+    # edges under SAM-like masks). Kept in field.pt; segmentation adds it. False: no offsets,
+    # as the paper. Measured in docs/measurements.md ("Calibrated queries").
+    calibrate_queries: bool = True
     feature_init_std: float = 0.1
     checkpoint_every: int = 500
     seed: int = 0
@@ -358,11 +364,26 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
         with torch.no_grad():  # the parameters only: the buffers (query levels) never change
             for mine, mean in zip(field.parameters(), average.module.parameters()):
                 mine.copy_(mean)
+    offset = calibrate(field, views, reporter) if settings.calibrate_queries else None
     save_field(run.field_checkpoint, field, settings, {**(extra or {}), "match_stats": stats.summary(),
-                                                       "supervised_share": supervised_share(views, num_gaussians)})
+                                                       "supervised_share": supervised_share(views, num_gaussians),
+                                                       **({"query_offset": offset} if offset is not None else {})})
     tail = history[-50:] if history else [float("nan")]
-    return field, {"seconds": round(seconds, 1), "steps": settings.iterations - start,
-                   "final_loss": float(np.mean(tail)), "views": len(views), "settings": asdict(settings)}
+    result = {"seconds": round(seconds, 1), "steps": settings.iterations - start,
+              "final_loss": float(np.mean(tail)), "views": len(views), "settings": asdict(settings)}
+    if offset is not None:
+        moved = offset[offset != 0]
+        result["query_offsets"] = {"queries": int(len(moved)),
+                                   "median": round(float(moved.median()), 3) if len(moved) else 0.0}
+    return field, result
+
+
+def calibrate(field: MaskField, views: list[FieldView], reporter: Reporter) -> torch.Tensor:
+    """(K,) the trained queries' logit offsets (calibration.query_offsets), one pass over the views."""
+    with torch.no_grad():
+        m, c = field.queries()
+    views = reporter.track(views, "field_calibration", desc="calibrating the queries")
+    return query_offsets(field.features.detach(), m, c, views, field.query_level)
 
 
 def save_field(path, field: MaskField, settings: FieldSettings, extra: dict) -> None:
