@@ -125,12 +125,40 @@ def stage(stage_dir: str) -> None:
             path = os.path.join(base, extra)
             if os.path.isfile(path):
                 shutil.copy2(path, os.path.join(backend_dst, extra))
+                if extra == "README.md":
+                    copy_linked_files(path, backend_dst)
                 break
     _copy_tree(os.path.join(BACKEND_DIR, "maskfield"), os.path.join(backend_dst, "maskfield"))
     write_constraints(os.path.join(backend_dst, "constraints.txt"))
     license_path = os.path.join(ROOT, "LICENSE")
     if os.path.isfile(license_path):
         shutil.copy2(license_path, os.path.join(stage_dir, "LICENSE"))
+
+
+def readme_links(readme: str) -> list[str]:
+    """The relative paths a Markdown file links to or shows (``[text](docs/x.md)``,
+    ``![alt](docs/y.png)``), without anchors; web addresses and in-page anchors left out."""
+    with open(readme, encoding="utf-8") as fh:
+        text = fh.read()
+    links = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        target = target.split("#", 1)[0]
+        if target and not re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) and target not in links:
+            links.append(target)
+    return links
+
+
+def copy_linked_files(readme: str, dst_dir: str) -> None:
+    """Copy what the README links to (docs, pictures) beside its copy, so its links resolve in
+    the zip as they do in the repository."""
+    base = os.path.dirname(os.path.abspath(readme))
+    for target in readme_links(readme):
+        src = os.path.normpath(os.path.join(base, target))
+        if os.path.commonpath([src, base]) != base or not os.path.isfile(src):
+            continue  # outside the project, or a folder: nothing to bundle
+        out = os.path.join(dst_dir, os.path.relpath(src, base))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.copy2(src, out)
 
 
 def _requirement_name(text: str) -> str:

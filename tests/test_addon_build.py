@@ -66,6 +66,11 @@ def test_build_script_makes_valid_zip(tmp_path):
     assert here <= backend_py, sorted(here - backend_py)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert "Success" in proc.stdout or "valid" in proc.stdout.lower(), proc.stdout
+    # the README's links (docs, pictures) resolve inside the zip as in the repository
+    build = _build_module()
+    links = build.readme_links(os.path.join(harness.ROOT, "README.md"))
+    assert "docs/measurements.md" in links and "docs/contracts.md" in links
+    assert {f"backend/{link}" for link in links} <= names, sorted({f"backend/{link}" for link in links} - names)
 
 
 def test_validation_failure_is_loud(tmp_path):
