@@ -544,9 +544,8 @@ class Segmenter:
             other = torch.where(competitor[self._top_queries[rows].long()], top,
                                 torch.full_like(top, -torch.inf)).amax(1)
         else:
-            embed_t = self.mask_embed[competitor].T.contiguous()
-            offset = self.query_offset[competitor]
-            other = torch.cat([(features[chunk] @ embed_t + offset).amax(1) for chunk in torch.split(rows, 262_144)])
+            chosen = torch.nonzero(competitor).squeeze(1)
+            other = torch.cat([self.query_logits(features[chunk], chosen).amax(1) for chunk in torch.split(rows, 262_144)])
         beaten = other > own[rows]
         logits[rows[beaten], j] = -torch.inf
 
