@@ -345,10 +345,16 @@ def test_field_sample_pixels_option_reaches_the_settings():
     # `train` hands each of them to its mask-field stage
     train = parser.parse_args(["train", "scene", "--out", "run", "--mixed-queries", "--field-average-last", "0.5",
                                "--field-sample-pixels", "512", "--dice-weight", "0.2", "--field-edge-weight", "0.5",
-                               "--uncalibrated-queries"])
+                               "--uncalibrated-queries", "--field-lr-final", "0.5"])
     through = cli._field_settings(cli._train_field_args(train, "cpu"), "cpu")
     assert (through.query_levels, through.average_last, through.sample_pixels, through.dice_weight,
-            through.edge_weight, through.calibrate_queries) == (False, 0.5, 512, 0.2, 0.5, False)
+            through.edge_weight, through.calibrate_queries, through.lr_final_fraction) == \
+        (False, 0.5, 512, 0.2, 0.5, False, 0.5)
+    assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").lr_final_fraction == \
+        FieldSettings().lr_final_fraction
+    for bad in ("0", "1.5"):  # a rate that falls to nothing, or grows, is refused
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train-field", "run", "--field-lr-final", bad])
     assert cli._field_settings(parser.parse_args(["train-field", "run"]), "cpu").edge_weight == \
         FieldSettings().edge_weight
     with pytest.raises(SystemExit):

@@ -166,11 +166,11 @@ def test_the_background_penalties_are_fit_options(tmp_path):
     folder = _uniform_scene(tmp_path, (0.45, 0.6, 0.3))
     out = tmp_path / "run"
     assert cli.main(["fit", str(folder), "--out", str(out), "--iterations", "3", "--backdrop-alpha", "0.2",
-                     "--surface-alpha", "0.3", "--events", "none"]) == 0
+                     "--surface-alpha", "0.3", "--surface-alpha-inset", "2", "--events", "none"]) == 0
     stage = json.loads((out / "run.json").read_text())["stages"]["fit"]
     assert stage["settings"]["backdrop_alpha_weight"] == 0.2 and stage["background_mode"] == "learn"
-    assert stage["settings"]["surface_alpha_weight"] == 0.3
-    for option in ("--backdrop-alpha", "--surface-alpha"):
+    assert stage["settings"]["surface_alpha_weight"] == 0.3 and stage["settings"]["surface_alpha_inset"] == 2
+    for option in ("--backdrop-alpha", "--surface-alpha", "--surface-alpha-inset"):
         with pytest.raises(SystemExit):  # argparse refuses a negative weight
             cli.main(["fit", str(folder), "--out", str(out), option, "-1", "--events", "none"])
 

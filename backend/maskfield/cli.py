@@ -70,6 +70,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surface-alpha", type=_number(float, 0), default=None,
                    help="with a learned background: weight of the penalty on see-through pixels whose colour is "
                         "clearly not the background's (default 0.05; 0 turns it off)")
+    p.add_argument("--surface-alpha-inset", type=_number(int, 0, 64), default=None, metavar="PX",
+                   help="with --surface-alpha: a pixel weighs the least of its neighbours up to PX away, so the "
+                        "pixels at a silhouette's edge stay free (default 1; 0: every pixel as it is)")
 
 
 def _field_options(p: argparse.ArgumentParser) -> None:
@@ -77,6 +80,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field-resolution", type=_number(int, 8, 8192), default=None, help="long side of the supervised feature image")
     p.add_argument("--queries", type=_number(int, 1, 100_000), default=None, help="number of scene-level queries (default 240)")
     p.add_argument("--field-lr", type=POSITIVE_FLOAT, default=None, help="learning rate of the per-Gaussian features")
+    p.add_argument("--field-lr-final", type=_number(float, 0, 1, low_open=True), default=None, metavar="SHARE",
+                   help="the mask field's learning rates fall steadily to this share of their start by the last "
+                        "step (default 0.1; 1: constant)")
     p.add_argument("--dice-weight", type=NON_NEGATIVE_FLOAT, default=None, help="weight of the dice loss (default 1.0; paper 0.05)")
     p.add_argument("--gaussian-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the per-Gaussian mask loss that keeps 3D labels consistent (default 1.0; 0 = paper)")
@@ -385,7 +391,8 @@ def run_fit(args, reporter: Reporter) -> dict:
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None),
                                       backdrop_alpha_weight=getattr(args, "backdrop_alpha", None),
-                                      surface_alpha_weight=getattr(args, "surface_alpha", None))
+                                      surface_alpha_weight=getattr(args, "surface_alpha", None),
+                                      surface_alpha_inset=getattr(args, "surface_alpha_inset", None))
     _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
                  f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
@@ -458,6 +465,7 @@ def _field_settings(args, device):
     return FieldSettings.for_device(device, iterations=args.field_iterations,
                                     supervision_long_side=args.field_resolution,
                                     num_queries=args.queries, lr_features=args.field_lr,
+                                    lr_final_fraction=getattr(args, "field_lr_final", None),
                                     dice_weight=args.dice_weight, gaussian_weight=args.gaussian_weight,
                                     sample_pixels=args.field_sample_pixels,
                                     average_last=getattr(args, "field_average_last", None),
