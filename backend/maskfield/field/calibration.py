@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 
 from .data import FieldView
-from .losses import forbid_other_levels, hungarian_match, matching_cost
+from .losses import match_queries
 
 # Offsets tried, in logits: +-4 moves a sigmoid of 0.5 to 0.02 / 0.98, beyond any edge's doubt.
 OFFSET_GRID = torch.arange(-4.0, 4.0 + 1e-6, 0.25)
@@ -37,9 +37,7 @@ def matched_overlaps(features: torch.Tensor, mask_embed: torch.Tensor, query_emb
         for view in views:
             logits = mask_embed @ view.blend(features).T  # (K, P)
             targets = view.supervised_targets()
-            cost = forbid_other_levels(matching_cost(logits, targets, query_embed, view.embeddings), query_level,
-                                       view.granularity)
-            rows, cols = hungarian_match(cost)
+            rows, cols = match_queries(logits, targets, query_embed, view.embeddings, query_level, view.granularity)
             if not len(rows):
                 continue
             rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)

@@ -114,6 +114,16 @@ def hungarian_match(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
+def match_queries(logits, targets, query_embed, mask_embed, query_level: torch.Tensor | None,
+                  mask_granularity: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """The matching of training: queries (logits K x pixels, embeddings) to one view's masks
+    (targets M x the same pixels, embeddings), levels kept apart; query and mask indices."""
+    with torch.no_grad():
+        cost = forbid_other_levels(matching_cost(logits, targets, query_embed, mask_embed), query_level,
+                                   mask_granularity)
+    return hungarian_match(cost)
+
+
 def maskfield_loss(logits, targets, query_embed, mask_embed, rows, cols,
                    dice_weight: float = DICE_WEIGHT,
                    pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -22,8 +22,7 @@ from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, save_torch_atomic
 from .calibration import query_offsets
 from .data import FieldView, supervised_share
-from .losses import (forbid_other_levels, hungarian_match, loss_terms, maskfield_loss, match_levels, matching_cost,
-                     unmatched_penalty)
+from .losses import loss_terms, maskfield_loss, match_levels, match_queries, unmatched_penalty
 from .queries import QueryNetworks
 
 
@@ -224,10 +223,7 @@ def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldVie
     loss, and the matched query and mask indices. ``semantic_rows(rows)``, if given, recomputes
     the matched queries' embeddings with gradients (``query_embed`` then has none)."""
     targets = view.supervised_targets()
-    with torch.no_grad():
-        cost = forbid_other_levels(matching_cost(logits, targets, query_embed, view.embeddings), query_level,
-                                   view.granularity)
-    rows, cols = hungarian_match(cost)
+    rows, cols = match_queries(logits, targets, query_embed, view.embeddings, query_level, view.granularity)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight,
                           pixel_weights=view.mask_pixel_weights)
@@ -250,10 +246,8 @@ def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_we
     targets = view.supervised_targets()
     pick = torch.randperm(feat.shape[0], generator=generator)[:sample_pixels].to(feat.device)
     sampled = mask_embed @ feat[pick].T  # (K, sample)
-    with torch.no_grad():
-        cost = forbid_other_levels(matching_cost(sampled, targets[:, pick], query_embed, view.embeddings),
-                                   query_level, view.granularity)
-    rows, cols = hungarian_match(cost)
+    rows, cols = match_queries(sampled, targets[:, pick], query_embed, view.embeddings, query_level,
+                               view.granularity)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     matched_logits = mask_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=feat.device)) @ feat.T
     loss = loss_terms(matched_logits, targets, query_embed, view.embeddings, rows, cols,
