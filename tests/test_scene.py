@@ -56,6 +56,24 @@ def test_missing_frames_are_named_and_can_be_skipped():
     assert len(scene) == 50 and len(scene.skipped) == 17
 
 
+def test_paths_written_on_windows_or_another_machine_are_found(make_transforms_scene):
+    # a camera file written on Windows (backslashes, a drive), or absolute on the machine that
+    # made the data set, still finds its images by their folder and name under the scene
+    written = {0: "C:\\Users\\alice\\capture\\images\\000.png",
+               1: "/home/bob/datasets/capture/images/001.png",
+               2: "images\\002.png"}
+    folder, _ = make_transforms_scene(n=6, frame_extra={i: {"file_path": p} for i, p in written.items()})
+    scene = load_scene(folder)
+    assert [p.name for p in scene.image_paths] == [f"{i:03d}.png" for i in range(6)]
+    assert all(p.parent == folder / "images" for p in scene.image_paths)
+    assert any("3 image path(s)" in note and "another machine" in note for note in scene.notes)
+    # a path that names no image anywhere under the scene is still reported as missing
+    folder, _ = make_transforms_scene(n=6, name="gone", frame_extra={0: {"file_path": "D:\\x\\images\\999.png"}})
+    with pytest.raises(MaskFieldError, match=r"1 image\(s\).*999\.png.*--skip-missing"):
+        load_scene(folder)
+    assert len(load_scene(folder, skip_missing=True)) == 5
+
+
 def test_undistortion_inverts_the_distortion_model():
     cam = Camera("c", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4), np.array([0.1, -0.05, 0.002, -0.001]))
     # an image whose value is its own (distorted) pixel x coordinate

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -59,6 +59,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     missing: list[str] = []
     split_of: list[str] = []
     scaled: list[tuple[str, float]] = []  # frames whose camera matrix carried a uniform scale
+    relocated: list[str] = []  # file_paths found only as written on Windows or on another machine
     listed: list[str] = []  # the frame's file_path as written, for nerfstudio's split keys
     test_files: set[str] | None = None
     ply_points = None
@@ -84,6 +85,8 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             if image_path is None:
                 missing.append(frame["file_path"])
                 continue
+            if _relocated(frame["file_path"], image_path, root, file.parent):
+                relocated.append(frame["file_path"])
             try:
                 c2w_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)
             except (TypeError, ValueError):
@@ -141,6 +144,10 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
                   skipped=missing)
+    if relocated:
+        scene.notes.append(f"{len(relocated)} image path(s) in {files[0].name} do not exist as written (e.g. "
+                           f"{relocated[0]!r}: written on Windows, or on another machine); each was found by its "
+                           "folder and name under the scene folder.")
     if scaled:
         name, factor = scaled[0]
         scene.notes.append(f"{len(scaled)} camera matrix(es) in {files[0].name} carry a uniform scale (e.g. {factor:.4g} "
@@ -150,14 +157,37 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
 
 
 def _resolve_image(root: Path, base: Path, file_path: str) -> Path | None:
-    candidate = _first_existing(root, base, file_path)
-    if candidate.exists():
-        return candidate
-    if candidate.suffix == "":  # NeRF-synthetic omits the extension
-        for suffix in IMAGE_SUFFIXES:
-            if candidate.with_suffix(suffix).exists():
-                return candidate.with_suffix(suffix)
+    """The image a frame's ``file_path`` names, or None. Also found: a path written on Windows
+    (backslashes), and one absolute on the machine that wrote the file (a copied data set), by
+    the longest tail of it that exists under the camera file's folder or the scene's."""
+    for written in _spellings(file_path):
+        candidate = _first_existing(root, base, written)
+        if candidate.exists():
+            return candidate
+        if candidate.suffix == "":  # NeRF-synthetic omits the extension
+            for suffix in IMAGE_SUFFIXES:
+                if candidate.with_suffix(suffix).exists():
+                    return candidate.with_suffix(suffix)
     return None
+
+
+def _spellings(file_path: str):
+    """``file_path`` as written, then with / for \\, then (if absolute) its tails, longest first."""
+    yield file_path
+    posix = file_path.replace("\\", "/")
+    if posix != file_path:
+        yield posix
+    drive = PureWindowsPath(posix).drive
+    if posix.startswith("/") or drive:
+        parts = (PureWindowsPath(posix) if drive else PurePosixPath(posix)).parts[1:]
+        for k in range(len(parts), 0, -1):
+            yield "/".join(parts[len(parts) - k:])
+
+
+def _relocated(file_path: str, found: Path, root: Path, base: Path) -> bool:
+    """Whether ``found`` came from another spelling than ``file_path`` as written."""
+    literal = _first_existing(root, base, file_path)
+    return not (found == literal or found.with_suffix("") == literal)
 
 
 def _first_existing(root: Path, base: Path, relative: str) -> Path:
