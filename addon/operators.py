@@ -73,8 +73,34 @@ def find_cameras(scene_dir: str) -> str | None:
 
 
 def source_objects(context) -> list[bpy.types.Object]:
+    """The selected objects to render and segment, by name. A selected instancer (a collection
+    instance, or an object that instances its children on its vertices or faces) is refused by
+    name rather than left out unseen: its objects would be missing from the render, and its
+    faces, shared by every instance, cannot be split."""
+    refuse_instancers(context.selected_objects)
     objs = [ob for ob in context.selected_objects if ob.type in scene_render.GEOMETRY_TYPES]
     return sorted(objs, key=lambda o: o.name)
+
+
+def instancer_kind(ob) -> str | None:
+    """What ``ob`` instances ("a collection instance", "an instancer of its children"), or None."""
+    kind = getattr(ob, "instance_type", "NONE")
+    if kind == "COLLECTION" and getattr(ob, "instance_collection", None) is not None:
+        return "a collection instance"
+    if kind in ("VERTS", "FACES") and any(True for _ in getattr(ob, "children", ())):
+        return "an instancer of its children"
+    return None
+
+
+def refuse_instancers(objects) -> None:
+    found = [(ob.name, instancer_kind(ob)) for ob in objects if instancer_kind(ob)]
+    if not found:
+        return
+    names = ", ".join(f"'{name}' ({kind})" for name, kind in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    raise UserError(f"{names}{more}: MaskField renders and segments real objects only, and an instance's faces "
+                    "are shared by every copy. Make them real (Object > Apply > Make Instances Real), or "
+                    "deselect them, then try again.")
 
 
 def render_settings(context) -> scene_render.RenderSettings:
@@ -418,7 +444,11 @@ class MASKFIELD_OT_render_scene(bpy.types.Operator):
             if busy:
                 fail(self, busy)
                 return None
-        objects = source_objects(context)
+        try:
+            objects = source_objects(context)
+        except UserError as exc:
+            fail(self, str(exc))
+            return None
         if not objects:
             fail(self, "No objects selected: select the mesh objects to render.")
             return None

@@ -36,6 +36,10 @@ def test_segment_before_training(misuse):
     _all(misuse, "segment_before_training")
 
 
+def test_collection_instances_are_refused_by_name(misuse):
+    _all(misuse, "instancers_refused")
+
+
 def test_train_pressed_twice(misuse):
     _all(misuse, "train_twice")
 

@@ -196,6 +196,32 @@ def main() -> None:
         check("segment_before_training_empty_folder", ok and os.listdir(s.run_dir) == [] and not calls("segment")
               and not calls("serve"), (msg, os.listdir(s.run_dir)))
 
+    # -- a collection instance in the selection: refused by name before anything starts -------
+    with section("instancers_refused"):
+        chairs = bpy.data.collections.new("Chairs")
+        chair = mesh_object("Chair", lambda bm: bmesh.ops.create_cube(bm, size=0.3), material("Wood", (0.4, 0.2, 0.1)),
+                            link=False)
+        chairs.objects.link(chair)
+        inst = bpy.data.objects.new("Chairs Instance", None)
+        inst.instance_type, inst.instance_collection = "COLLECTION", chairs
+        bpy.context.scene.collection.objects.link(inst)
+        s.run_dir = os.path.join(work, "run of instances")
+        folder = os.path.join(work, "render of instances")
+        n_objects, n_scenes = len(bpy.data.objects), len(bpy.data.scenes)
+        needles = ("'Chairs Instance'", "collection instance", "Make Instances Real")
+        select([red, inst])
+        ok, msg = expect_error(lambda: bpy.ops.maskfield.train(), *needles)
+        ok2, msg2 = expect_error(lambda: bpy.ops.maskfield.render_scene(directory=folder), *needles)
+        select([inst])
+        ok3, msg3 = expect_error(lambda: bpy.ops.maskfield.train(), *needles)
+        check("instancers_refused_train_and_render", ok and ok2 and ok3 and not calls("train") and not calls("serve")
+              and not os.path.exists(s.run_dir) and not os.path.exists(folder)
+              and (len(bpy.data.objects), len(bpy.data.scenes)) == (n_objects, n_scenes)
+              and inst.instance_collection == chairs and list(chairs.objects) == [chair], (msg, msg2, msg3))
+        bpy.data.objects.remove(inst)
+        bpy.data.objects.remove(chair)
+        bpy.data.collections.remove(chairs)
+
     # -- Train pressed twice ----------------------------------------------------------------
     run = os.path.join(work, "run")
     s.run_dir = run
