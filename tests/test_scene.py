@@ -74,6 +74,33 @@ def test_paths_written_on_windows_or_another_machine_are_found(make_transforms_s
     assert len(load_scene(folder, skip_missing=True)) == 5
 
 
+def test_images_of_one_name_in_two_folders_get_names_of_their_own(make_transforms_scene):
+    # a camera rig: cam0/000.png and cam1/000.png. A view's name keys its priors file and its
+    # label image, so two views of one name would silently share one view's masks
+    import shutil
+
+    from maskfield.priors.from_labels import find_label_file
+
+    folder, frames = make_transforms_scene(n=4)
+    meta = json.loads((folder / "transforms.json").read_text())
+    for i, frame in enumerate(meta["frames"]):
+        rig_path = f"cam{i % 2}/{i // 2:03d}.png"
+        (folder / rig_path).parent.mkdir(exist_ok=True)
+        shutil.move(folder / frame["file_path"], folder / rig_path)
+        frame["file_path"] = rig_path
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    scene = load_scene(folder)
+    assert [c.name for c in scene.cameras] == ["cam0__000", "cam1__000", "cam0__001", "cam1__001"]
+    assert any("4 images share a file name" in note and "cam0__000" in note for note in scene.notes)
+    # their label images may sit in the same folders under labels/
+    write_png(folder / "labels" / "cam1" / "000.png", np.zeros((30, 40), np.uint8))
+    assert find_label_file(folder / "labels", "cam1__000") == folder / "labels" / "cam1" / "000.png"
+    assert find_label_file(folder / "labels", "cam0__000") is None
+    # names that stay apart are left as they were
+    plain, _ = make_transforms_scene(n=4, name="plain")
+    assert [c.name for c in load_scene(plain).cameras] == ["000", "001", "002", "003"]
+
+
 def test_undistortion_inverts_the_distortion_model():
     cam = Camera("c", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4), np.array([0.1, -0.05, 0.002, -0.001]))
     # an image whose value is its own (distorted) pixel x coordinate

@@ -91,11 +91,14 @@ def load_object_names(labels_dir: str | Path) -> dict[int, str]:
 
 
 def find_label_file(labels_dir: str | Path, stem: str) -> Path | None:
+    """A view's label image: ``labels/<name>.png`` (or another suffix); for a view named by its
+    folder too (``cam0__0001``, see ``scene.loaders.name_apart``) also ``labels/cam0/0001.png``."""
     folder = Path(labels_dir)
-    for suffix in LABEL_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.exists():
-            return candidate
+    for name in dict.fromkeys((stem, stem.replace("__", "/"))):
+        for suffix in LABEL_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.exists():
+                return candidate
     return None
 
 

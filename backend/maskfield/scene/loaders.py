@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -59,6 +60,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     missing: list[str] = []
     split_of: list[str] = []
     scaled: list[tuple[str, float]] = []  # frames whose camera matrix carried a uniform scale
+    unsplit = None  # why the camera file's own test split was not used
     relocated: list[str] = []  # file_paths found only as written on Windows or on another machine
     listed: list[str] = []  # the frame's file_path as written, for nerfstudio's split keys
     test_files: set[str] | None = None
@@ -136,14 +138,23 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     elif test_files is not None:
         # nerfstudio's "test_filenames": the capture says which views are held out (e.g.
         # cameras off the training trajectory); --holdout-every does not apply then
-        test = [i for i, f in enumerate(listed) if f in test_files]
-        train = [i for i, f in enumerate(listed) if f not in test_files]
+        wanted = {_same_spelling(f) for f in test_files}
+        test = [i for i, f in enumerate(listed) if _same_spelling(f) in wanted]
+        train = [i for i in range(len(cameras)) if i not in set(test)]
+        if test_files and not test:  # edited paths, say: the file's own split no longer holds
+            train, test = _holdout(len(cameras), holdout_every)
+            unsplit = (f"none of the {len(test_files)} 'test_filenames' in {files[0].name} is a frame of it (e.g. "
+                       f"{sorted(test_files)[0]!r}), so every {holdout_every}th view is held out instead.")
     else:
         train, test = _holdout(len(cameras), holdout_every)
     points, colors = ply_points if ply_points is not None else (None, None)
+    renamed = name_apart(cameras, paths, root)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
                   skipped=missing)
+    for note in (renamed, unsplit):
+        if note:
+            scene.notes.append(note)
     if relocated:
         scene.notes.append(f"{len(relocated)} image path(s) in {files[0].name} do not exist as written (e.g. "
                            f"{relocated[0]!r}: written on Windows, or on another machine); each was found by its "
@@ -154,6 +165,11 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
                            f"in {name}: a scaled camera object?); the scale was removed, so the poses are rotations "
                            "and positions only.")
     return scene
+
+
+def _same_spelling(file_path: str) -> str:
+    """A frame path as nerfstudio's split lists may spell it otherwise: ./, \\ or // aside."""
+    return posixpath.normpath(file_path.replace("\\", "/"))
 
 
 def _resolve_image(root: Path, base: Path, file_path: str) -> Path | None:
@@ -296,6 +312,37 @@ def _check_sizes(cameras: list[Camera], paths: list[Path]) -> None:
                              "(resize them all, or remove the odd ones from the camera file).")
 
 
+def name_apart(cameras: list[Camera], paths: list[Path], root: Path) -> str | None:
+    """Give the views whose image names collide (the same file name in two folders: a camera
+    rig's ``cam0/0001.jpg`` and ``cam1/0001.jpg``) their path under the scene folder as their
+    name, folders joined by ``__`` (``cam0__0001``); returns a note for the user, or None.
+
+    A view's name keys its priors (``priors/<name>.npz``) and its label image: two views of one
+    name would silently share one view's masks."""
+    from collections import Counter
+
+    counts = Counter(cam.name for cam in cameras)
+    clashing = [i for i, cam in enumerate(cameras) if counts[cam.name] > 1]
+    if not clashing:
+        return None
+    for i in clashing:
+        path = paths[i]
+        try:
+            relative = path.relative_to(root)
+        except ValueError:  # an image outside the scene folder: its own folder tells it apart
+            relative = Path(path.parent.name, path.name)
+        cameras[i].name = "__".join(relative.with_suffix("").parts)
+    counts = Counter(cam.name for cam in cameras)
+    still = sorted(name for name, n in counts.items() if n > 1)
+    if still:
+        raise MaskFieldError(f"several images are named {still[0]!r} even with their folders; rename them so that "
+                             "each image has a name of its own.")
+    first = clashing[0]
+    return (f"{len(clashing)} images share a file name with an image in another folder (e.g. "
+            f"{paths[first].relative_to(root) if paths[first].is_relative_to(root) else paths[first]}); they are "
+            f"named by their folder too (e.g. {cameras[first].name!r}) in priors/ and in the run.")
+
+
 def _holdout(count: int, every: int) -> tuple[list[int], list[int]]:
     if every <= 0 or count < 2:
         return list(range(count)), []
@@ -374,9 +421,13 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
         points = np.array([p[0] for p in pts], dtype=np.float32)
         colors = np.array([p[1] for p in pts], dtype=np.uint8)
     train, test = _holdout(len(cameras), holdout_every)
-    return Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
-                 train_indices=train, test_indices=test, source="colmap", background=background,
-                 skipped=missing)
+    renamed = name_apart(cameras, paths, root)
+    scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
+                  train_indices=train, test_indices=test, source="colmap", background=background,
+                  skipped=missing)
+    if renamed:
+        scene.notes.append(renamed)
+    return scene
 
 
 def _colmap_intrinsics(cam, image_name: str):
