@@ -163,7 +163,7 @@ def test_nerf_synthetic_rgba_over_background(tmp_path):
     assert scene.cameras[0].fx == pytest.approx(0.5 * 8 / np.tan(0.5 * 0.69))
 
 
-def _write_colmap_text(folder, c2ws, w=40, h=30, points=True):
+def _write_colmap_text(folder, c2ws, w=40, h=30, points=True, names=None):
     sparse = folder / "sparse" / "0"
     sparse.mkdir(parents=True)
     (sparse / "cameras.txt").write_text(f"1 PINHOLE {w} {h} 35 36 {w / 2} {h / 2}\n")
@@ -174,8 +174,9 @@ def _write_colmap_text(folder, c2ws, w=40, h=30, points=True):
         w2c = np.linalg.inv(opengl_to_opencv(c2w))
         qx, qy, qz, qw = Rotation.from_matrix(w2c[:3, :3]).as_quat()
         t = w2c[:3, 3]
-        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 {i:03d}.png\n\n")
-        write_png(folder / "images" / f"{i:03d}.png", np.full((h, w, 3), 100, np.uint8))
+        name = names[i] if names else f"{i:03d}.png"
+        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 {name}\n\n")
+        write_png(folder / "images" / name, np.full((h, w, 3), 100, np.uint8))
     (sparse / "images.txt").write_text("".join(lines))
     (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 0 0.5\n2 -0.1 0 0 0 255 0 0.5\n" if points else "")
     return sparse
@@ -191,6 +192,15 @@ def test_colmap_model_matches_the_same_cameras_in_transforms_json(tmp_path):
         assert (cam.fx, cam.fy) == (35, 36)
     assert scene.points.shape == (2, 3) and np.allclose(scene.points[0], [0.1, 0.2, 0.3])
     assert tuple(scene.point_colors[0]) == (255, 0, 0)
+
+
+def test_colmap_images_of_one_name_in_two_folders_get_names_of_their_own(tmp_path):
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    _write_colmap_text(tmp_path / "rig", c2ws, names=["left/0001.png", "right/0001.png", "left/0002.png"])
+    scene = load_scene(tmp_path / "rig")
+    assert [c.name for c in scene.cameras] == ["left__0001", "right__0001", "left__0002"]
+    assert [p.relative_to(tmp_path / "rig" / "images").as_posix() for p in scene.image_paths] == \
+        ["left/0001.png", "right/0001.png", "left/0002.png"]
 
 
 def test_folder_without_cameras_says_what_is_expected(tmp_path):

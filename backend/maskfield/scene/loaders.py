@@ -148,7 +148,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     else:
         train, test = _holdout(len(cameras), holdout_every)
     points, colors = ply_points if ply_points is not None else (None, None)
-    renamed = name_apart(cameras, paths, root)
+    renamed = name_apart(cameras, paths)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
                   skipped=missing)
@@ -312,26 +312,24 @@ def _check_sizes(cameras: list[Camera], paths: list[Path]) -> None:
                              "(resize them all, or remove the odd ones from the camera file).")
 
 
-def name_apart(cameras: list[Camera], paths: list[Path], root: Path) -> str | None:
-    """Give the views whose image names collide (the same file name in two folders: a camera
-    rig's ``cam0/0001.jpg`` and ``cam1/0001.jpg``) their path under the scene folder as their
-    name, folders joined by ``__`` (``cam0__0001``); returns a note for the user, or None.
+def name_apart(cameras: list[Camera], paths: list[Path]) -> str | None:
+    """Where image names collide (the same file name in two folders: a camera rig's
+    ``cam0/0001.jpg`` and ``cam1/0001.jpg``), name every view by its image's path under the
+    images' common folder, folders joined by ``__`` (``cam0__0001``: one scheme for all);
+    returns a note for the user, or None.
 
     A view's name keys its priors (``priors/<name>.npz``) and its label image: two views of one
     name would silently share one view's masks."""
+    import os
     from collections import Counter
 
     counts = Counter(cam.name for cam in cameras)
     clashing = [i for i, cam in enumerate(cameras) if counts[cam.name] > 1]
     if not clashing:
         return None
-    for i in clashing:
-        path = paths[i]
-        try:
-            relative = path.relative_to(root)
-        except ValueError:  # an image outside the scene folder: its own folder tells it apart
-            relative = Path(path.parent.name, path.name)
-        cameras[i].name = "__".join(relative.with_suffix("").parts)
+    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    for cam, path in zip(cameras, paths):
+        cam.name = "__".join(path.relative_to(common).with_suffix("").parts)
     counts = Counter(cam.name for cam in cameras)
     still = sorted(name for name, n in counts.items() if n > 1)
     if still:
@@ -339,8 +337,8 @@ def name_apart(cameras: list[Camera], paths: list[Path], root: Path) -> str | No
                              "each image has a name of its own.")
     first = clashing[0]
     return (f"{len(clashing)} images share a file name with an image in another folder (e.g. "
-            f"{paths[first].relative_to(root) if paths[first].is_relative_to(root) else paths[first]}); they are "
-            f"named by their folder too (e.g. {cameras[first].name!r}) in priors/ and in the run.")
+            f"{paths[first].relative_to(common).as_posix()}); every view is named by its folder too (e.g. "
+            f"{cameras[first].name!r}) in priors/ and in the run.")
 
 
 def _holdout(count: int, every: int) -> tuple[list[int], list[int]]:
@@ -421,7 +419,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
         points = np.array([p[0] for p in pts], dtype=np.float32)
         colors = np.array([p[1] for p in pts], dtype=np.uint8)
     train, test = _holdout(len(cameras), holdout_every)
-    renamed = name_apart(cameras, paths, root)
+    renamed = name_apart(cameras, paths)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source="colmap", background=background,
                   skipped=missing)
