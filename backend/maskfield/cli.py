@@ -98,6 +98,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field-edge-weight", type=_number(float, 0, 1), default=None,
                    help="weight of the pixels on each side of a mask's edge, where masks disagree (default 1: "
                         "every pixel alike, as the paper; README, 'The edge band')")
+    p.add_argument("--field-memory-gb", type=NON_NEGATIVE_FLOAT, default=None, metavar="GB",
+                   help="memory the mask field's training views may hold (default: half of what is free on the "
+                        "device; 0: no limit); past it an evenly spread subset of the views is used")
     p.add_argument("--field-sample-pixels", type=_number(int, 0, 10_000_000), default=None,
                    help="match queries to masks on this many random pixels of a view with more (default 4096; 0: "
                         "every pixel); fewer is faster per step")
@@ -509,7 +512,9 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     embedding_model = models.pop()
     settings = _field_settings(args, device)
     train_idx = [i for i in range(len(scene)) if i not in set(scene.test_indices)]
-    views = build_views(scene, gaussians, priors, train_idx, settings.supervision_long_side, device, reporter)
+    memory_gb = getattr(args, "field_memory_gb", None)
+    views = build_views(scene, gaussians, priors, train_idx, settings.supervision_long_side, device, reporter,
+                        memory_bytes=None if memory_gb is None else memory_gb * 2**30)
     object_names = sorted({n for p in priors.values() for n in p.meta.get("object_names", [])})
     reporter.log(f"mask field: {len(gaussians):,} Gaussians, {len(views)} views, {settings.num_queries} queries, "
                  f"{settings.iterations} steps at {views[0].width}x{views[0].height} on {device}")
@@ -517,8 +522,11 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
                             extra={"embedding_model": embedding_model, "object_names": object_names,
                                    "num_gaussians": len(gaussians)})
     result["embedding_model"] = embedding_model
+    result["training_views"] = len([i for i in train_idx if scene.cameras[i].name in priors])
+    result["view_memory_mb"] = round(sum(v.nbytes() for v in views) / 2**20, 1)
     run.update_stage("field", **result)
-    summary = {k: result[k] for k in ("seconds", "steps", "final_loss", "views", "embedding_model")}
+    summary = {k: result[k] for k in ("seconds", "steps", "final_loss", "views", "training_views", "view_memory_mb",
+                                      "embedding_model")}
     summary["field"] = str(run.field_checkpoint)
     reporter.result("field", **summary)
     return summary

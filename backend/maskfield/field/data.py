@@ -35,6 +35,8 @@ class FieldView:
     gaussian_mask_weight: torch.Tensor | None = None  # (V, M) sum_p w_pg weight_mp, with the above
     _supervised_weights: tuple | None = field(default=None, repr=False)
     _supervised_targets: torch.Tensor | None = field(default=None, repr=False)
+    # (Gaussians seen, their weight over all pixels, over supervised ones), kept by compact()
+    _totals: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def supervised_targets(self) -> torch.Tensor:
         """(M, supervised pixels) targets, selected once."""
@@ -52,10 +54,32 @@ class FieldView:
     def weight_totals(self, num_gaussians: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each Gaussian's blending weight summed over all of this view's pixels, and over its
         supervised pixels only (N,) each."""
-        def column_sums(csr):
-            return torch.zeros(num_gaussians).index_add_(0, csr.col_indices().cpu(), csr.values().float().cpu())
+        if self._totals is not None:
+            index, total, supervised = self._totals
+            return (torch.zeros(num_gaussians).index_put_((index,), total),
+                    torch.zeros(num_gaussians).index_put_((index,), supervised))
+        return _column_sums(self.weights, num_gaussians), _column_sums(self.supervised_weights()[0], num_gaussians)
 
-        return column_sums(self.weights), column_sums(self.supervised_weights()[0])
+    def compact(self) -> "FieldView":
+        """Keep what training reads and drop the rest: the supervised rows of the weights and
+        their transpose are built now, each Gaussian's weight totals kept, and the matrix over
+        all pixels let go (a third of a view's memory: docs/measurements.md, "Memory")."""
+        if self.weights is None:
+            return self
+        self.supervised_weights()
+        total, supervised = self.weight_totals(self.weights.shape[1])
+        index = torch.nonzero(total > 0).squeeze(1)
+        self._totals = (index, total[index], supervised[index])
+        self.weights = None
+        return self
+
+    def nbytes(self) -> int:
+        """The bytes this view holds in tensors (weights, targets, embeddings, shares)."""
+        held = [self.alpha, self.targets, self.embeddings, self.supervised, self._supervised_targets,
+                self.gaussian_index, self.gaussian_share, self.gaussian_weight, self.mask_pixel_weights,
+                self.gaussian_mask_weight, *(self._totals or ())]
+        matrices = [self.weights, *(self._supervised_weights or ())]
+        return sum(_tensor_bytes(t) for t in held) + sum(_csr_bytes(m) for m in matrices)
 
     def blend(self, features: torch.Tensor) -> torch.Tensor:
         """Per-Gaussian features (N, C) -> composited features at the supervised pixels (P, C)."""
@@ -87,6 +111,22 @@ class FieldView:
                 mask_weight = torch.sparse.mm(weights_t, pixel_weights.T.contiguous())
                 self.gaussian_mask_weight = mask_weight[self.gaussian_index]
         return self
+
+
+def _column_sums(csr: torch.Tensor, num_gaussians: int) -> torch.Tensor:
+    return torch.zeros(num_gaussians).index_add_(0, csr.col_indices().cpu().long(), csr.values().float().cpu())
+
+
+def _tensor_bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def _csr_bytes(m: torch.Tensor | None) -> int:
+    if m is None:
+        return 0
+    if m.layout == torch.sparse_csr:
+        return sum(_tensor_bytes(t) for t in (m.crow_indices(), m.col_indices(), m.values()))
+    return _tensor_bytes(m)
 
 
 def edge_band_weights(masks: np.ndarray, weight: float) -> np.ndarray:
@@ -125,9 +165,18 @@ def _supervised_csr_cpu(weights: torch.Tensor, supervised: torch.Tensor) -> tupl
 
 def _checked_csr(crow: np.ndarray, col: np.ndarray, val: np.ndarray, shape) -> torch.Tensor:
     """A CSR tensor from our own arrays, PyTorch's invariants checked (rows in order, columns
-    sorted and distinct within a row): a few ms a view, against a wrong product later."""
-    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(val), shape,
+    sorted and distinct within a row): a few ms a view, against a wrong product later. Indices
+    are 32-bit where they fit (``index_dtype``): a third less memory, the same products."""
+    dtype = index_dtype(len(col), shape)
+    return torch.sparse_csr_tensor(torch.from_numpy(crow.astype(dtype, copy=False)),
+                                   torch.from_numpy(col.astype(dtype, copy=False)), torch.from_numpy(val), shape,
                                    check_invariants=True)
+
+
+def index_dtype(nnz: int, shape) -> type:
+    """int32 for a CSR matrix whose entries and columns all fit in it (PyTorch's sparse products
+    take either), else int64."""
+    return np.int32 if max(nnz, *shape) < 2**31 - 1 else np.int64
 
 
 def _supervised_csr_torch(weights: torch.Tensor, supervised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +265,9 @@ def _pairs_csr_cpu(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
 
 def _pairs_csr_torch(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     """The same through PyTorch's COO tensors, on any device (the reference)."""
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape).coalesce().to_sparse_csr()
+    csr = torch.sparse_coo_tensor(torch.stack([rows.long(), cols.long()]), values, shape).coalesce().to_sparse_csr()
+    dtype = torch.int32 if index_dtype(csr.values().numel(), shape) == np.int32 else torch.int64
+    return torch.sparse_csr_tensor(csr.crow_indices().to(dtype), csr.col_indices().to(dtype), csr.values(), shape)
 
 
 def area_resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -230,40 +281,122 @@ def area_resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+MIN_FIELD_VIEWS = 8  # a memory budget never leaves the field fewer training views than this
+
+
 def build_views(scene, gaussians, priors: dict, indices, long_side: int, device,
-                reporter: Reporter | None = None) -> list[FieldView]:
+                reporter: Reporter | None = None, memory_bytes: float | None = None) -> list[FieldView]:
+    """The training views of the mask field (``compact``: what training reads, nothing more).
+
+    ``memory_bytes``: what the views may hold in all (``None``: ``view_memory_budget``, half of
+    the memory free on the device; 0: no limit). Each view keeps its blending weights for the
+    whole training, so a large capture (hundreds of photos, millions of Gaussians) would not fit:
+    when the first view's size times the number of views passes the budget, an evenly spread
+    subset of the views is used, and the log says how many and why. Each step trains on one
+    view, so hundreds of views are more than the 1,500 (CPU) to 5,000 (GPU) steps can use anyway.
+    """
     reporter = reporter or Reporter("none")
     g = {k: v.detach().to(device) for k, v in gaussians.activated().items()}
+    candidates = [i for i in indices if scene.cameras[i].name in priors]
+    budget = view_memory_budget(device) if memory_bytes is None else float(memory_bytes)
+    built: dict[int, FieldView | None] = {}
+    if budget > 0 and len(candidates) > MIN_FIELD_VIEWS:
+        for i in candidates:  # the first view that has masks sizes them all
+            built[i] = _build_view(scene, g, priors[scene.cameras[i].name], i, long_side, device, reporter)
+            if built[i] is not None:
+                candidates = _within_budget(candidates, built[i].with_gaussian_shares().nbytes(), budget, reporter)
+                break
     views = []
-    for i in reporter.track(indices, "field_views", desc="preparing views"):
-        name = scene.cameras[i].name
-        if name not in priors:
-            continue
-        p = priors[name]
-        cam = supervision_camera(scene.camera(i), long_side)
-        W, alpha = weights_matrix(g, cam, device)
-        masks = p.masks
-        if len(masks) == 0:
-            continue
-        targets = area_resize_masks(masks, cam.width, cam.height).reshape(len(masks), -1)
-        keep = targets.sum(1) >= 1.0  # masks smaller than a pixel at this resolution teach nothing
-        if not keep.any():
-            continue
-        if not bool((alpha > 0.5).any()):  # the Gaussians cover none of it: nothing to supervise
-            reporter.log(f"view {name}: the Gaussians cover none of its pixels; it is left out of the mask field",
-                         level="warning")
-            continue
-        views.append(FieldView(
-            name=name, weights=W, alpha=alpha,
-            targets=torch.as_tensor(targets[keep], device=device),
-            embeddings=torch.as_tensor(np.asarray(p.embeddings)[keep], dtype=torch.float32, device=device),
-            supervised=alpha > 0.5, width=cam.width, height=cam.height,
-            granularity=torch.as_tensor(np.asarray(p.granularity).reshape(-1)[keep].astype(np.int8)),
-            mask_area=torch.as_tensor(targets[keep].mean(1), dtype=torch.float32)))
+    for i in reporter.track(candidates, "field_views", desc="preparing views"):
+        view = built[i] if i in built else _build_view(scene, g, priors[scene.cameras[i].name], i, long_side,
+                                                       device, reporter)
+        if view is not None:
+            views.append(view)
     if not views:
         raise MaskFieldError("no training view has usable priors (masks) for the mask field; check RUN/priors "
                              "(run `maskfield priors`), or the image names in the priors files.", kind="missing_stage")
     return views
+
+
+def _within_budget(candidates: list[int], view_bytes: int, budget: float, reporter: Reporter) -> list[int]:
+    """``candidates``, or an evenly spread subset of them whose views fit in ``budget`` bytes."""
+    fits = max(MIN_FIELD_VIEWS, int(budget // max(view_bytes, 1)))
+    if fits >= len(candidates):
+        return candidates
+    keep = np.unique(np.linspace(0, len(candidates) - 1, fits).round().astype(np.int64))
+    reporter.log(f"the mask field trains on {len(keep)} of the {len(candidates)} training views, spread evenly: "
+                 f"each view holds about {view_bytes / 2**20:.0f} MB of blending weights and masks, and all of "
+                 f"them would need {view_bytes * len(candidates) / 2**30:.1f} GB, over the "
+                 f"{budget / 2**30:.1f} GB allowed (--field-memory-gb; by default half the memory free).",
+                 level="warning")
+    return [candidates[k] for k in keep]
+
+
+def view_memory_budget(device) -> float:
+    """Half of the memory free for the views on ``device`` (bytes); 0 where it cannot be read."""
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return 0.5 * free
+    available = _available_ram()
+    return 0.5 * available if available else 0.0
+
+
+def _available_ram() -> float | None:
+    """The memory available to a new allocation: Linux's MemAvailable, else the physical total."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # macOS and other Unixes
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:  # Windows
+        import ctypes
+
+        class MemoryStatus(ctypes.Structure):
+            _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
+                        ("available", ctypes.c_ulonglong), ("page_total", ctypes.c_ulonglong),
+                        ("page_available", ctypes.c_ulonglong), ("virtual_total", ctypes.c_ulonglong),
+                        ("virtual_available", ctypes.c_ulonglong), ("extended", ctypes.c_ulonglong)]
+
+        status = MemoryStatus()
+        status.length = ctypes.sizeof(MemoryStatus)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return float(status.available)
+    except (AttributeError, OSError):
+        pass
+    return None
+
+
+def _build_view(scene, g: dict, prior, i: int, long_side: int, device, reporter: Reporter) -> FieldView | None:
+    """One training view, compacted; None where it teaches nothing (no masks, none covered)."""
+    name = scene.cameras[i].name
+    cam = supervision_camera(scene.camera(i), long_side)
+    masks = prior.masks
+    if len(masks) == 0:
+        return None
+    W, alpha = weights_matrix(g, cam, device)
+    targets = area_resize_masks(masks, cam.width, cam.height).reshape(len(masks), -1)
+    keep = targets.sum(1) >= 1.0  # masks smaller than a pixel at this resolution teach nothing
+    if not keep.any():
+        return None
+    if not bool((alpha > 0.5).any()):  # the Gaussians cover none of it: nothing to supervise
+        reporter.log(f"view {name}: the Gaussians cover none of its pixels; it is left out of the mask field",
+                     level="warning")
+        return None
+    return FieldView(
+        name=name, weights=W, alpha=alpha,
+        targets=torch.as_tensor(targets[keep], device=device),
+        embeddings=torch.as_tensor(np.asarray(prior.embeddings)[keep], dtype=torch.float32, device=device),
+        supervised=alpha > 0.5, width=cam.width, height=cam.height,
+        granularity=torch.as_tensor(np.asarray(prior.granularity).reshape(-1)[keep].astype(np.int8)),
+        mask_area=torch.as_tensor(targets[keep].mean(1), dtype=torch.float32)).compact()
 
 
 def load_priors_folder(folder: Path) -> dict[str, dict]:
