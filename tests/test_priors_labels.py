@@ -186,6 +186,32 @@ def test_command_from_labels(tmp_path):
     assert run(subset, Reporter("none"))["views"] == 2
 
 
+def test_large_photos_get_priors_at_sam_size_not_their_own(tmp_path):
+    # a phone's photos: masks kept at 4032x3024 would be 12 MB each, a hundred a view, all views
+    # loaded for the mask field; SAM sees 1,024 px anyway. Without --downscale the priors are
+    # made at the smallest whole-number downscale that brings the long side to 1,024 or less
+    from maskfield.priors.command import PRIOR_LONG_SIDE, prior_downscale
+    from maskfield.scene import load_scene
+
+    write_scene(tmp_path / "big", n=3, h=1500, w=2100)
+    stream = io.StringIO()
+    args = parse(["priors", str(tmp_path / "big"), "--out", str(tmp_path / "run"), "--from-labels"])
+    run(args, Reporter("jsonl", stream=stream))
+    scene = load_scene(tmp_path / "big")
+    assert prior_downscale(scene, scene.train_indices) == 3.0
+    p = load_priors(tmp_path / "run" / "priors" / f"{scene.cameras[scene.train_indices[0]].name}.npz")
+    assert p.masks.shape[1:] == (500, 700) and max(p.masks.shape[1:]) <= PRIOR_LONG_SIDE
+    assert int(p.masks.sum()) > 0
+    logs = [json.loads(line).get("message", "") for line in stream.getvalue().splitlines()]
+    assert any("at 1/3" in m and "--downscale" in m for m in logs)
+    # --downscale still decides where given; small images are used as they are
+    full = parse(["priors", str(tmp_path / "big"), "--out", str(tmp_path / "run1"), "--from-labels", "--downscale", "1"])
+    run(full, Reporter("none"))
+    assert load_priors(next((tmp_path / "run1" / "priors").glob("*.npz"))).masks.shape[1:] == (1500, 2100)
+    write_scene(tmp_path / "small", n=3)
+    assert prior_downscale(load_scene(tmp_path / "small"), [0, 1, 2]) == 1.0
+
+
 def test_command_errors(tmp_path):
     write_scene(tmp_path / "scene", n=3, labels=False)
     args = parse(["priors", str(tmp_path / "scene"), "--out", str(tmp_path / "run"), "--from-labels"])

@@ -583,7 +583,7 @@ def run_train(args, reporter: Reporter) -> dict:
         scene=args.scene, out=args.out, from_labels=args.from_labels, label_noise=args.label_noise,
         prior_views=prior_views, sam_model=args.sam_model,
         points_per_side=points_per_side, points_per_batch=64,
-        weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=1.0,
+        weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=None,
         force=False, device=device, events=args.events, images=args.images)
     out["priors"] = priors_command.run(priors_args, reporter)
     out["field"] = run_train_field(_train_field_args(args, device), reporter, scene=scene)

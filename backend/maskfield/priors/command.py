@@ -42,6 +42,13 @@ from .text import HASH_ENCODER
 ImageSource = np.ndarray | Callable[[], np.ndarray]
 
 
+# SAM resizes every image to 1,024 px on its long side and predicts masks at a quarter of that;
+# CLIP sees 224 px. Masks kept at a photo's full size (4032x3024 from a phone: 12 MB a mask,
+# a hundred masks a view) add no detail and, all views loaded for the mask field, no memory
+# holds them. The field supervises at 200 px (FieldSettings.supervision_long_side).
+PRIOR_LONG_SIDE = 1024
+
+
 def _settings_dict(settings: Any) -> dict[str, Any]:
     if settings is None:
         return {}
@@ -192,7 +199,9 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> arg
     p.add_argument("--offline", action="store_true", help="never download weights; fail with what to put where")
     p.add_argument("--embedding", choices=("dense", "crop"), default="dense",
                    help="dense MaskCLIP features averaged over the mask (default), or the CLIP embedding of a masked crop")
-    p.add_argument("--downscale", type=float, default=1.0, metavar="N", help="compute on images downscaled by N")
+    p.add_argument("--downscale", type=float, default=None, metavar="N",
+                   help="compute on images downscaled by N (default: the smallest whole number that brings the "
+                        f"long side to at most {PRIOR_LONG_SIDE} px, SAM's own input size)")
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="LLFF scenes: the image folder to use (images, images_4, ...)")
     p.add_argument("--force", action="store_true", help="recompute every view, ignoring files already there")
@@ -212,6 +221,15 @@ def _count_view(summary: dict, cache: PriorsCache, name: str, priors: Priors, ba
     summary["empty"] += int(priors.count == 0)
     summary["files"].append(str(cache.path_for(name)))
     bar.update(1, masks=priors.count)
+
+
+def prior_downscale(scene, views: Sequence[int]) -> float:
+    """The smallest whole-number downscale that brings the views' long side to at most
+    ``PRIOR_LONG_SIDE`` (1: smaller images are used as they are)."""
+    import math
+
+    longest = max(max(scene.cameras[i].width, scene.cameras[i].height) for i in views)
+    return float(max(1, math.ceil(longest / PRIOR_LONG_SIDE)))
 
 
 def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:
@@ -246,12 +264,20 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     from ..scene import load_scene
 
     scene = load_scene(args.scene, skip_missing=False, images=getattr(args, "images", None))
-    downscale = float(getattr(args, "downscale", 1.0) or 1.0)
-    if downscale <= 0:
-        raise MaskFieldError("--downscale must be positive")
     views = spread_subset(scene.train_indices or list(range(len(scene.cameras))), getattr(args, "prior_views", None))
     if not views:
         raise MaskFieldError(f"the scene {args.scene} has no training views")
+    downscale = getattr(args, "downscale", None)
+    if downscale is None:
+        downscale = prior_downscale(scene, views)
+        if downscale > 1:
+            cam = scene.camera(views[0])
+            reporter.log(f"priors on images of {cam.width}x{cam.height} at 1/{downscale:g}: SAM sees at most "
+                         f"{PRIOR_LONG_SIDE} px a side anyway, and full-size masks would fill the memory "
+                         "(--downscale to choose)")
+    downscale = float(downscale)
+    if downscale <= 0:
+        raise MaskFieldError("--downscale must be positive")
     out_dir = Path(args.out) / "priors"
     use_cache = not getattr(args, "force", False)
     reporter.log(f"priors for {len(views)} of {len(scene.cameras)} views -> {out_dir}")
