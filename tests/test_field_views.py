@@ -95,3 +95,32 @@ def test_the_default_budget_is_half_of_the_free_memory():
     with open("/proc/meminfo", encoding="ascii") as fh:
         available = next(float(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
     assert budget == pytest.approx(0.5 * available, rel=0.2)
+
+
+def test_priors_files_keep_their_small_arrays_and_read_masks_when_used(tmp_path, make_transforms_scene):
+    # every view's masks at once would not fit for a large capture: the field's loader keeps the
+    # embeddings and sizes, and reads a view's masks only while that view is built
+    from maskfield.checks import check_priors_fit_cameras
+    from maskfield.events import MaskFieldError
+    from maskfield.field.data import PriorsFile, load_priors_folder
+    from maskfield.priors.store import Priors, make_meta, save_priors
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 30, 40)) > 0.5
+    emb = rng.normal(size=(3, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    meta = make_meta("000", "sha", "labels", "names:hash-16", {})
+    save_priors(tmp_path / "priors" / "000.npz", Priors(masks, emb, np.array([0, 1, 2], np.int8),
+                                                          np.ones(3, np.float32), (30, 40), meta))
+    loaded = load_priors_folder(tmp_path / "priors")
+    stored = loaded["000"]
+    assert isinstance(stored, PriorsFile) and "masks" not in vars(stored)
+    assert stored.mask_shape == (3, 30, 40) and stored.count == 3 and stored.embedding_model == "names:hash-16"
+    assert np.array_equal(stored.masks, masks) and np.array_equal(stored.embeddings, emb)
+    folder, _ = make_transforms_scene(n=2, w=40, h=30)
+    scene = load_scene(folder)
+    check_priors_fit_cameras(loaded, scene, tmp_path / "priors")  # 40x30 masks for 40x30 images
+    save_priors(tmp_path / "tall" / "000.npz", Priors(np.zeros((1, 40, 30), bool), emb[:1], np.array([1], np.int8),
+                                                        np.ones(1, np.float32), (40, 30), meta))
+    with pytest.raises(MaskFieldError, match="aspect ratio"):
+        check_priors_fit_cameras(load_priors_folder(tmp_path / "tall"), scene, tmp_path / "tall")

@@ -98,8 +98,11 @@ def check_priors_fit_cameras(priors: dict, scene, folder: Path) -> None:
         if cam is None:
             continue
         shapes = [tuple(int(v) for v in np.asarray(p.image_size).reshape(-1)[:2])]
-        if getattr(p, "masks", None) is not None and np.ndim(p.masks) == 3 and len(p.masks):
-            shapes.append(tuple(p.masks.shape[1:]))
+        mask_shape = getattr(p, "mask_shape", None)  # a PriorsFile says it without reading the masks
+        if mask_shape is None and getattr(p, "masks", None) is not None and np.ndim(p.masks) == 3:
+            mask_shape = p.masks.shape
+        if mask_shape is not None and len(mask_shape) == 3 and mask_shape[0]:
+            shapes.append(tuple(mask_shape[1:]))
         for h, w in shapes:
             expected_h = w * cam.height / cam.width
             if abs(h - expected_h) > max(1.0, 0.01 * expected_h):

@@ -399,11 +399,34 @@ def _build_view(scene, g: dict, prior, i: int, long_side: int, device, reporter:
         mask_area=torch.as_tensor(targets[keep].mean(1), dtype=torch.float32)).compact()
 
 
-def load_priors_folder(folder: Path) -> dict[str, dict]:
-    """Every RUN/priors/<image>.npz, validated, keyed by image stem."""
-    from ..priors.store import load_priors
+class PriorsFile:
+    """One RUN/priors file for the mask field: validated when opened, then only its small arrays
+    kept (embeddings, granularity, scores, size, meta); its masks are read again when a view is
+    built, and let go once resized. Every view's masks at once (a hundred masks of 0.8 MB a view
+    at 1,024 px, hundreds of views) would not fit in memory."""
 
-    out = {}
-    for path in sorted(Path(folder).glob("*.npz")):
-        out[path.stem] = load_priors(path)
-    return out
+    def __init__(self, path: Path):
+        from ..priors.store import load_priors
+
+        priors = load_priors(path)
+        self.path = Path(path)
+        self.mask_shape = tuple(priors.masks.shape)
+        self.embeddings, self.granularity, self.scores = priors.embeddings, priors.granularity, priors.scores
+        self.image_size, self.meta = priors.image_size, priors.meta
+        self.embedding_model = priors.embedding_model
+
+    @property
+    def masks(self) -> np.ndarray:
+        from ..priors.store import load_priors
+
+        return load_priors(self.path, validate=False).masks
+
+    @property
+    def count(self) -> int:
+        return int(self.mask_shape[0])
+
+
+def load_priors_folder(folder: Path) -> dict[str, PriorsFile]:
+    """Every RUN/priors/<image>.npz, validated, keyed by image stem (``PriorsFile``: masks read
+    when used)."""
+    return {path.stem: PriorsFile(path) for path in sorted(Path(folder).glob("*.npz"))}
