@@ -207,3 +207,15 @@ def test_folder_without_cameras_says_what_is_expected(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(MaskFieldError, match="transforms.json"):
         load_scene(tmp_path / "photos")
+
+
+def test_an_image_forgotten_by_the_cache_loads_again_the_same(make_transforms_scene):
+    # the fit forgets images it copied to a GPU, the priors those SAM has seen: a cache, not a store
+    folder, _ = make_transforms_scene(n=3)
+    scene = load_scene(folder)
+    first = scene.load_image(1, 2)
+    assert scene.load_image(1, 2) is first  # cached
+    scene.forget_image(1, 2)
+    again = scene.load_image(1, 2)
+    assert again is not first and np.array_equal(again, first)
+    scene.forget_image(2, 2)  # never loaded: nothing to do

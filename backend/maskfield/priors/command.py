@@ -341,9 +341,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
         def loader(i: int) -> Callable[[], np.ndarray]:
             def load() -> np.ndarray:
                 image = scene.load_image(i, downscale)
-                cache = getattr(scene, "_cache", None)  # the scene keeps images; priors need each once
-                if isinstance(cache, dict):
-                    cache.pop((i, float(downscale)), None)
+                scene.forget_image(i, downscale)  # the scene keeps images; priors need each once
                 return image
             return load
 

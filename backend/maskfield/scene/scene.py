@@ -52,6 +52,10 @@ class Scene:
             self._cache[key] = image
         return self._cache[key]
 
+    def forget_image(self, index: int, downscale: float = 1) -> None:
+        """Drop an image from the memory cache (its holder keeps a copy elsewhere, on a GPU)."""
+        self._cache.pop((index, float(downscale)), None)
+
     def bounds(self) -> tuple[np.ndarray, float]:
         """Centre and radius of the region the cameras look at (points if there are any)."""
         if self.points is not None and len(self.points) > 0:
