@@ -510,6 +510,40 @@ def test_priors_of_another_aspect_ratio_are_refused(trained, tmp_path, capsys):
     assert tree(run) == before
 
 
+def test_a_damaged_field_is_named_with_what_to_do_and_a_damaged_checkpoint_starts_over(scene, trained, tmp_path,
+                                                                                       capsys):
+    # our own writes are atomic: a damaged file was cut short outside (a copy that stopped, a sync
+    # tool). torch's own message names no file ("Invalid argument")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    whole = (run / "field.pt").read_bytes()
+    (run / "field.pt").write_bytes(whole[: len(whole) // 3])
+    before = tree(run)
+    code, out, err = cli("segment", run, "--prompt", "red mug", "--events", "none", capsys=capsys)
+    assert code == 2 and "field.pt is damaged" in err and "maskfield train-field" in err
+    assert "Invalid argument" not in err.split("(")[0]
+    assert tree(run) == before  # nothing written, no segments half made
+    # an unfinished training's saved state, damaged, is not a reason to stop: it starts over
+    progress = run / "field_checkpoint.pt"
+    progress.write_bytes(whole[:1000])
+    code, out, err = cli("train-field", run, "--field-iterations", "5", "--field-resolution", "32", "--events",
+                         "none", capsys=capsys)
+    assert code == 0 and "field_checkpoint.pt is damaged" in err and "starts over" in err
+    from maskfield.run import load_torch_file
+
+    assert load_torch_file(run / "field.pt")["features"].shape[1] == 16  # a whole field again
+    fit_state = tmp_path / "fit"
+    shutil.copytree(trained, fit_state)
+    (fit_state / "gaussians.ply").unlink()
+    (fit_state / "fit_checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    code, out, err = cli("fit", scene, "--out", fit_state, "--iterations", "5", "--init-points", "300", "--events",
+                         "none", capsys=capsys)
+    assert code == 0 and "fit_checkpoint.pt is damaged" in err and "The fit starts over" in err
+    assert (fit_state / "gaussians.ply").exists()
+
+
 # --- 9. a run whose scene folder moved ------------------------------------------------------
 
 def test_a_moved_scene_is_named_and_can_be_pointed_to(trained, scene, tmp_path, capsys):

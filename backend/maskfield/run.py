@@ -137,6 +137,28 @@ def save_torch_atomic(obj: Any, path: Path, kept: str = "") -> None:
                 raise
 
 
+def load_torch_file(path: Path, device="cpu", remedy: str = "") -> Any:
+    """A file ``save_torch_atomic`` wrote, or MaskFieldError saying it is damaged and what to do.
+
+    Our writes are atomic, so a damaged file was cut short or changed outside (a copy that
+    stopped, a sync tool, a full disk); PyTorch's own message for it ("Invalid argument",
+    "failed finding central directory") names no file and no way out."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        raise MaskFieldError(f"{path} is damaged and cannot be read ({type(exc).__name__}: {exc}); it was cut "
+                             f"short or changed outside MaskField. {remedy}".rstrip(), kind="input") from None
+
+
 def _default(value):
     if isinstance(value, (np.generic,)):
         return value.item()

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..adam import Adam
 from ..events import Cancelled, MaskFieldError, Reporter
-from ..run import RunFolder, save_torch_atomic
+from ..run import RunFolder, load_torch_file, save_torch_atomic
 from .calibration import query_offsets
 from .data import FieldView, supervised_share
 from .losses import loss_terms, maskfield_loss, match_levels, match_queries, unmatched_penalty
@@ -302,8 +302,8 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     stats = MatchStats(settings.num_queries)
     average_from = settings.iterations - int(round(settings.average_last * settings.iterations))
     average = AveragedModel(field) if settings.average_last > 0 else None
-    if resume and run.field_progress.exists():
-        ckpt = torch.load(run.field_progress, map_location=device, weights_only=False)
+    ckpt = _progress(run, device, reporter) if resume else None
+    if ckpt is not None:
         if ckpt.get("settings") == asdict(settings) and ckpt["field"]["features"].shape[0] == num_gaussians:
             field.load_state_dict(ckpt["field"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -372,6 +372,18 @@ def train_field(views: list[FieldView], num_gaussians: int, embed_dim: int, run:
     return field, result
 
 
+def _progress(run: RunFolder, device, reporter: Reporter) -> dict | None:
+    """The saved state of an unfinished training to resume, or None (none, or damaged: then
+    training starts over, said in the log, and the damaged file is replaced at the next save)."""
+    if not run.field_progress.exists():
+        return None
+    try:
+        return load_torch_file(run.field_progress, device)
+    except MaskFieldError as exc:
+        reporter.log(f"{exc} The mask field starts over.", level="warning")
+        return None
+
+
 def calibrate(field: MaskField, views: list[FieldView], reporter: Reporter) -> torch.Tensor:
     """(K,) the trained queries' logit offsets (calibration.query_offsets), one pass over the views."""
     with torch.no_grad():
@@ -395,7 +407,7 @@ def load_field(path, device="cpu") -> tuple[torch.Tensor, QueryNetworks, dict]:
     if not path.exists():
         raise MaskFieldError(f"no trained mask field at {path}; run `maskfield train-field RUN` first.",
                              kind="missing_stage")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_torch_file(path, device, "Train the mask field again: maskfield train-field RUN (or Train in Blender).")
     cfg = ckpt["query_config"]
     queries = QueryNetworks(cfg["num_queries"], cfg["feature_dim"], cfg["embed_dim"], cfg["num_freqs"], cfg["hidden"])
     queries.load_state_dict(ckpt["queries"])

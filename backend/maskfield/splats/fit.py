@@ -15,7 +15,7 @@ import torch
 from ..adam import Adam
 from ..checks import check_cameras, check_fit_state
 from ..events import Cancelled, MaskFieldError, Reporter
-from ..run import RunFolder, save_torch_atomic
+from ..run import RunFolder, load_torch_file, save_torch_atomic
 from .losses import backdrop_alpha_penalty, psnr, ssim, surface_alpha_penalty
 from .model import Gaussians
 from .ply import write_ply
@@ -144,8 +144,13 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                                grow_grad2d=settings.grow_grad2d, verbose=False)
     start_step = 0
     state = None
+    ckpt = None
     if resume and run.fit_checkpoint.exists():
-        ckpt = torch.load(run.fit_checkpoint, map_location=device, weights_only=False)
+        try:
+            ckpt = load_torch_file(run.fit_checkpoint, device)
+        except MaskFieldError as exc:
+            reporter.log(f"{exc} The fit starts over.", level="warning")
+    if ckpt is not None:
         if ckpt.get("settings") == _comparable(settings):
             gaussians = Gaussians.from_state_dict(ckpt["gaussians"], device)
             optimizers = _optimizers(gaussians, settings, scene_scale)
