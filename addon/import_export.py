@@ -561,8 +561,11 @@ class FacesMap:
         problems = []
         depsgraph = None
         for entry in self.objects:
-            ob = bpy.data.objects.get(entry["name"])
-            if ob is None:
+            ob = self.source_of(entry)
+            if ob is None and entry.get("instance"):
+                problems.append(f"'{entry['name']}': its collection instance '{entry['instance'].get('instancer')}' "
+                                "or the object it shows is not in this file")
+            elif ob is None:
                 problems.append(f"object '{entry['name']}' is not in this file")
             elif ob.type != "MESH":
                 problems.append(f"'{entry['name']}' is no longer a mesh")
@@ -580,6 +583,24 @@ class FacesMap:
             elif len(ob.data.polygons) != entry["count"]:
                 problems.append(f"'{entry['name']}' has {len(ob.data.polygons)} faces, the run has {entry['count']}")
         return problems
+
+    @staticmethod
+    def source_of(entry: dict):
+        """The object whose mesh holds an entry's faces: the object of that name, or for a part
+        of a collection instance the object the instance shows; None if gone."""
+        if entry.get("instance"):
+            part = FacesMap.instance_part(entry)
+            return part.member if part is not None else None
+        return bpy.data.objects.get(entry["name"])
+
+    @staticmethod
+    def instance_part(entry: dict):
+        """For a part of a collection instance, the part (``scene_render.InstancePart``); else None."""
+        if not entry.get("instance"):
+            return None
+        from .scene_render import find_instance_part
+
+        return find_instance_part(entry["instance"])
 
     @staticmethod
     def own_faces(entry: dict) -> bool:
@@ -638,9 +659,13 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
     if in_place:  # everything checked before anything changes
         taken = (labels >= 0) & (labels < len(prompts))
         for entry in faces.objects:
-            src = bpy.data.objects.get(entry["name"])
+            src = FacesMap.source_of(entry)
             if src is None or not taken[entry["start"]: entry["start"] + entry["count"]].any():
                 continue
+            if entry.get("instance"):
+                raise DataError(f"'{entry['name']}' is shown by a collection instance, whose faces every copy "
+                                "shares, and cannot be split; turn off Split originals (new objects are made "
+                                "instead), or make the instance real first (Object > Apply > Make Instances Real)")
             if src.library is not None or src.data.library is not None or getattr(src.data, "override_library", None):
                 raise DataError(f"'{src.name}' is linked from a library and cannot be split; turn off Split "
                                 "originals (new objects are made instead), or make it local first")
@@ -657,14 +682,15 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
             continue
         coll = prompt_collection(scene, prompt, run)
         for entry in faces.objects:
-            src = bpy.data.objects.get(entry["name"])
+            src = FacesMap.source_of(entry)
             if src is None or src.type != "MESH":
                 continue
             lab = labels[entry["start"]: entry["start"] + entry["count"]]
             keep = lab == k
             if not keep.any():
                 continue
-            name = f"{prompt} ({src.name})"
+            part = FacesMap.instance_part(entry)
+            name = f"{prompt} ({entry['name'] if part is not None else src.name})"
             shown = entry.get("evaluated")
             if shown:  # the faces as the user sees them: modifiers and shape keys applied
                 if depsgraph is None:
@@ -687,14 +713,18 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
             for key in list(ob.keys()):
                 if key.startswith("maskfield_"):
                     del ob[key]
+            if part is not None:  # placed where the instance shows it, on its own
+                ob.parent = None
+                ob.constraints.clear()
+                ob.matrix_world = part.matrix_world
             _tag(ob, prompt, run)
-            ob["maskfield_source"] = src.name
+            ob["maskfield_source"] = entry["name"] if part is not None else src.name
             coll.objects.link(ob)
             made[prompt].append(ob)
     if in_place:
         taken = (labels >= 0) & (labels < len(prompts))
         for entry in faces.objects:
-            src = bpy.data.objects.get(entry["name"])
+            src = None if entry.get("instance") else bpy.data.objects.get(entry["name"])
             keep = ~taken[entry["start"]: entry["start"] + entry["count"]]
             if src is None or src.type != "MESH" or keep.all():
                 continue
@@ -713,6 +743,13 @@ def select_faces(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, faces:
     total = 0
     chosen: list[bpy.types.Object] = []
     for entry in faces.objects:
+        part = FacesMap.instance_part(entry)
+        if part is not None:  # an instance's faces are every copy's: the instance is selected
+            n = int(wanted[entry["start"]: entry["start"] + entry["count"]].sum())
+            total += n
+            if n and part.instancer not in chosen:
+                chosen.append(part.instancer)
+            continue
         ob = bpy.data.objects.get(entry["name"])
         if ob is None or ob.type != "MESH":
             continue

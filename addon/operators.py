@@ -72,35 +72,28 @@ def find_cameras(scene_dir: str) -> str | None:
     return None
 
 
-def source_objects(context) -> list[bpy.types.Object]:
-    """The selected objects to render and segment, by name. A selected instancer (a collection
-    instance, or an object that instances its children on its vertices or faces) is refused by
-    name rather than left out unseen: its objects would be missing from the render, and its
-    faces, shared by every instance, cannot be split."""
+def source_objects(context) -> list:
+    """The selected objects to render and segment, by name: the geometry objects, and the
+    objects each selected collection instance shows (``scene_render.InstancePart``, named
+    "<instance> / <object>"). An object that instances its children on its vertices or faces is
+    refused by name rather than left out unseen."""
     refuse_instancers(context.selected_objects)
-    objs = [ob for ob in context.selected_objects if ob.type in scene_render.GEOMETRY_TYPES]
+    objs: list = [ob for ob in context.selected_objects if ob.type in scene_render.GEOMETRY_TYPES]
+    instancers = [ob for ob in context.selected_objects if scene_render.is_collection_instance(ob)]
+    if instancers:
+        objs += scene_render.instance_parts(instancers, scene_render.scene_depsgraph(context.scene))
     return sorted(objs, key=lambda o: o.name)
 
 
-def instancer_kind(ob) -> str | None:
-    """What ``ob`` instances ("a collection instance", "an instancer of its children"), or None."""
-    kind = getattr(ob, "instance_type", "NONE")
-    if kind == "COLLECTION" and getattr(ob, "instance_collection", None) is not None:
-        return "a collection instance"
-    if kind in ("VERTS", "FACES") and any(True for _ in getattr(ob, "children", ())):
-        return "an instancer of its children"
-    return None
-
-
 def refuse_instancers(objects) -> None:
-    found = [(ob.name, instancer_kind(ob)) for ob in objects if instancer_kind(ob)]
+    found = [ob.name for ob in objects if getattr(ob, "instance_type", "NONE") in ("VERTS", "FACES")
+             and any(True for _ in getattr(ob, "children", ()))]
     if not found:
         return
-    names = ", ".join(f"'{name}' ({kind})" for name, kind in found[:3])
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    raise UserError(f"{names}{more}: MaskField renders and segments real objects only, and an instance's faces "
-                    "are shared by every copy. Make them real (Object > Apply > Make Instances Real), or "
-                    "deselect them, then try again.")
+    names = ", ".join(f"'{name}'" for name in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise UserError(f"{names}: an object that instances its children on its vertices or faces is not "
+                    "rendered by MaskField. Make the instances real (Object > Apply > Make Instances Real), or "
+                    "deselect it, then try again.")
 
 
 def render_settings(context) -> scene_render.RenderSettings:

@@ -95,6 +95,96 @@ def _renderable(objects: Iterable[bpy.types.Object]) -> list[bpy.types.Object]:
     return [ob for ob in objects if ob is not None and ob.type in GEOMETRY_TYPES]
 
 
+# ----------------------------------------------------------------------------------------
+# collection instances: the objects they show, as the render and the face table take them
+
+
+class _Placed:
+    """An evaluated object seen at another place: its data, but ``matrix_world`` given."""
+
+    def __init__(self, evaluated, matrix_world: Matrix):
+        self._evaluated = evaluated
+        self.matrix_world = matrix_world
+
+    def __getattr__(self, attr: str):
+        return getattr(self._evaluated, attr)
+
+
+class InstancePart:
+    """One object that a collection instance shows (an Empty instancing a collection, as the
+    asset browser makes them), standing in for an object of its own where the render, the
+    surface points and the face table read one: the member's data (mesh, materials,
+    modifiers) placed where the instance shows it. Its name is "<instance> / <member>".
+
+    ``relative``: the member's world matrix in the instancer's frame (from the depsgraph,
+    nested instances and the collection's instance offset included), so that a moved instance
+    carries its part along."""
+
+    def __init__(self, instancer: bpy.types.Object, member: bpy.types.Object, relative: Matrix, name: str):
+        self.instancer = instancer
+        self.member = member
+        self.relative = relative.copy()
+        self.name = name
+        self.type = member.type
+
+    @property
+    def matrix_world(self) -> Matrix:
+        return self.instancer.matrix_world @ self.relative
+
+    def evaluated_get(self, depsgraph):
+        return _Placed(self.member.evaluated_get(depsgraph), self.matrix_world)
+
+    def instance_info(self) -> dict:
+        """What the face table keeps to find the part again (``find_instance_part``)."""
+        return {"instancer": self.instancer.name, "member": self.member.name,
+                "relative": [[float(self.relative[r][c]) for c in range(4)] for r in range(4)]}
+
+    def __getattr__(self, attr: str):
+        return getattr(self.member, attr)
+
+
+def is_collection_instance(ob) -> bool:
+    return getattr(ob, "instance_type", "NONE") == "COLLECTION" and getattr(ob, "instance_collection", None) is not None
+
+
+def instance_parts(instancers: Sequence[bpy.types.Object], depsgraph=None) -> list[InstancePart]:
+    """The renderable objects the given collection instances show, one part per object shown
+    (an object shown twice by nested collections is two parts, "<instance> / <member> 2")."""
+    if not instancers:
+        return []
+    if depsgraph is None:
+        depsgraph = scene_depsgraph(bpy.context.scene)
+    wanted = {ob.name: ob for ob in instancers}
+    parts: list[InstancePart] = []
+    seen: dict[str, int] = {}
+    for inst in depsgraph.object_instances:
+        if not inst.is_instance or inst.parent is None or inst.object is None:
+            continue
+        instancer = wanted.get(inst.parent.original.name)
+        member = inst.object.original
+        if instancer is None or member.type not in GEOMETRY_TYPES:
+            continue
+        name = f"{instancer.name} / {member.name}"
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} {seen[name]}"
+        relative = instancer.matrix_world.inverted_safe() @ inst.matrix_world
+        parts.append(InstancePart(instancer, member, relative, name))
+    return parts
+
+
+def find_instance_part(info: dict) -> InstancePart | None:
+    """The part a face-table entry's ``instance`` names, or None when its instance or member is
+    gone from the file (or no longer instances that collection)."""
+    instancer = bpy.data.objects.get(info.get("instancer", ""))
+    member = bpy.data.objects.get(info.get("member", ""))
+    if instancer is None or member is None or not is_collection_instance(instancer):
+        return None
+    if member.name not in {ob.name for ob in instancer.instance_collection.all_objects}:
+        return None
+    return InstancePart(instancer, member, Matrix(info["relative"]), f"{instancer.name} / {member.name}")
+
+
 def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned world bounds (min, max) of the objects' (evaluated) bounding boxes."""
     corners = []
@@ -382,8 +472,11 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
         n = len(shown)
         mw = np.array(ob.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
         parts.append((shown.astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]).astype(np.float32))
-        table.append({"name": ob.name, "mesh": me.name, "start": start, "count": n, "faces": len(own),
-                      "evaluated": bool(evaluated)})
+        entry = {"name": ob.name, "mesh": me.name, "start": start, "count": n, "faces": len(own),
+                 "evaluated": bool(evaluated)}
+        if isinstance(ob, InstancePart):  # shown by a collection instance: found again by these
+            entry["instance"] = ob.instance_info()
+        table.append(entry)
         start += n
     arr = np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(npy_path)), exist_ok=True)

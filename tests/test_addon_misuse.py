@@ -36,8 +36,8 @@ def test_segment_before_training(misuse):
     _all(misuse, "segment_before_training")
 
 
-def test_collection_instances_are_refused_by_name(misuse):
-    _all(misuse, "instancers_refused")
+def test_collection_instances_are_rendered_placed_and_segmented(misuse):
+    _all(misuse, "collection_instances", "instances_", "verts_instancer_refused")
 
 
 def test_train_pressed_twice(misuse):

@@ -14,6 +14,7 @@ backend stops by itself and that the run resumes.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from common import check, expect_error, section  # noqa: E402
 import bpy  # noqa: E402  (first: bmesh needs it)
 import bmesh  # noqa: E402,I001
 import numpy as np  # noqa: E402
+from mathutils import Matrix, Vector  # noqa: E402
 
 
 def material(name, color):
@@ -84,6 +86,16 @@ def build_scene(work):
     theirs.objects.link(mine)
     bpy.context.view_layer.update()
     return red, ball, linked, theirs
+
+
+def label_ids(path):
+    """The object ids in an 8-bit label image (read with Blender: its Python has no PIL)."""
+    img = bpy.data.images.load(path, check_existing=False)
+    img.colorspace_settings.name = "Non-Color"
+    px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
+    img.pixels.foreach_get(px)
+    bpy.data.images.remove(img)
+    return set(np.unique(np.rint(px[0::4] * 255).astype(int)).tolist())
 
 
 def select(objs):
@@ -196,32 +208,6 @@ def main() -> None:
         check("segment_before_training_empty_folder", ok and os.listdir(s.run_dir) == [] and not calls("segment")
               and not calls("serve"), (msg, os.listdir(s.run_dir)))
 
-    # -- a collection instance in the selection: refused by name before anything starts -------
-    with section("instancers_refused"):
-        chairs = bpy.data.collections.new("Chairs")
-        chair = mesh_object("Chair", lambda bm: bmesh.ops.create_cube(bm, size=0.3), material("Wood", (0.4, 0.2, 0.1)),
-                            link=False)
-        chairs.objects.link(chair)
-        inst = bpy.data.objects.new("Chairs Instance", None)
-        inst.instance_type, inst.instance_collection = "COLLECTION", chairs
-        bpy.context.scene.collection.objects.link(inst)
-        s.run_dir = os.path.join(work, "run of instances")
-        folder = os.path.join(work, "render of instances")
-        n_objects, n_scenes = len(bpy.data.objects), len(bpy.data.scenes)
-        needles = ("'Chairs Instance'", "collection instance", "Make Instances Real")
-        select([red, inst])
-        ok, msg = expect_error(lambda: bpy.ops.maskfield.train(), *needles)
-        ok2, msg2 = expect_error(lambda: bpy.ops.maskfield.render_scene(directory=folder), *needles)
-        select([inst])
-        ok3, msg3 = expect_error(lambda: bpy.ops.maskfield.train(), *needles)
-        check("instancers_refused_train_and_render", ok and ok2 and ok3 and not calls("train") and not calls("serve")
-              and not os.path.exists(s.run_dir) and not os.path.exists(folder)
-              and (len(bpy.data.objects), len(bpy.data.scenes)) == (n_objects, n_scenes)
-              and inst.instance_collection == chairs and list(chairs.objects) == [chair], (msg, msg2, msg3))
-        bpy.data.objects.remove(inst)
-        bpy.data.objects.remove(chair)
-        bpy.data.collections.remove(chairs)
-
     # -- Train pressed twice ----------------------------------------------------------------
     run = os.path.join(work, "run")
     s.run_dir = run
@@ -328,6 +314,102 @@ def main() -> None:
               (STATUS.info, STATUS.error))
         client.stop_server()
         client.pump(5)
+
+    # -- collection instances (as the asset browser makes them) in the selection -------------
+    with section("collection_instances"):
+        chairs = bpy.data.collections.new("Chairs")  # not in the scene: shown only by its instances
+        chair = mesh_object("Chair", lambda bm: bmesh.ops.create_cube(bm, size=0.3), material("Wood", (0.4, 0.2, 0.1)),
+                            loc=(0.2, 0.0, 0.0), link=False)
+        chair.rotation_euler = (0.0, 0.0, 0.4)
+        chairs.objects.link(chair)
+        chairs.instance_offset = (0.1, 0.0, 0.0)
+        insts = []
+        for name, loc, turn in (("Chairs A", (0.0, 1.2, 0.2), 0.0), ("Chairs B", (1.1, -1.0, 0.2), 0.7)):
+            inst = bpy.data.objects.new(name, None)
+            inst.instance_type, inst.instance_collection = "COLLECTION", chairs
+            inst.location, inst.rotation_euler = loc, (0.0, 0.0, turn)
+            bpy.context.scene.collection.objects.link(inst)
+            insts.append(inst)
+        bpy.context.view_layer.update()
+
+        def shown(inst):  # the chair's world face centres as that instance shows them
+            m = np.array(inst.matrix_world) @ np.array(Matrix.Translation(-Vector(chairs.instance_offset))) \
+                @ np.array(chair.matrix_world)
+            local = np.array([tuple(p.center) for p in chair.data.polygons])
+            return local @ m[:3, :3].T + m[:3, 3]
+
+        saved_run = s.run_dir
+        s.run_dir = os.path.join(work, "run of instances")
+        select([red] + insts)
+        n_chair_faces = len(chair.data.polygons)
+        res = bpy.ops.maskfield.train()
+        client.pump(60)
+        job = client.last_finished("train")
+        check("instances_trained", res == {"FINISHED"} and job is not None and job.state == "finished",
+              (res, job and (job.state, job.error), STATUS.error))
+        faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
+        centres = np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
+        by_name = {e["name"]: e for e in faces["objects"]}
+        ok = sorted(by_name) == ["Chairs A / Chair", "Chairs B / Chair", "Red Cube Mod"]
+        for inst in insts:
+            e = by_name.get(f"{inst.name} / Chair")
+            ok = ok and e is not None and e["count"] == n_chair_faces and e["instance"]["member"] == "Chair" \
+                and np.allclose(centres[e["start"]: e["start"] + e["count"]], shown(inst), atol=1e-4)
+        check("instances_faces_placed", ok, sorted(by_name))
+        names = json.load(open(os.path.join(s.run_dir, "scene", "labels", "objects.json"), encoding="utf-8"))
+        ids = {v: int(k) for k, v in names.items()}
+        seen = set()
+        for lab in glob.glob(os.path.join(s.run_dir, "scene", "labels", "*.png")):
+            seen |= label_ids(lab)
+        check("instances_rendered_and_labelled", {ids.get("Chairs A / Chair"), ids.get("Chairs B / Chair")} <= seen,
+              (names, sorted(seen)))
+        # Faces: the chair's faces, once per instance, where each instance shows them
+        s.prompts.clear()
+        bpy.ops.maskfield.prompt_add(text="chair")
+        s.mode, s.split_in_place = "FACES", False
+        last = mf.operators._LAST_SEGMENT
+        last[0] = None
+        bpy.ops.maskfield.segment()
+        client.pump(60, until=lambda: last[0] is not None)
+        coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == "chair"]
+        made = sorted(coll[0].objects, key=lambda o: o.name) if coll else []
+        placed = [np.array([tuple(o.matrix_world @ p.center) for p in o.data.polygons]) for o in made]
+        check("instances_faces_made", len(made) == 2 and all(
+            np.allclose(np.sort(got, 0), np.sort(shown(inst), 0), atol=1e-4) for got, inst in zip(placed, insts))
+            and all(o.parent is None and o.data is not chair.data for o in made),
+            ([o.name for o in made], STATUS.error))
+        check("instances_originals_untouched", len(chair.data.polygons) == n_chair_faces and chair.users_collection
+              == (chairs,) and all(i.instance_collection == chairs for i in insts), chair.users_collection)
+        # Select: an instance's faces are every copy's, so the instances are selected
+        s.mode = "SELECT"
+        last[0] = None
+        bpy.ops.maskfield.segment()
+        client.pump(60, until=lambda: last[0] is not None)
+        check("instances_selected", all(i.select_get() for i in insts) and not red.select_get()
+              and "selected 12 faces" in STATUS.info, (STATUS.info, STATUS.error))
+        # Split originals cannot split faces every copy shares: refused before anything changes
+        s.mode, s.split_in_place = "FACES", True
+        n_objects = len(bpy.data.objects)
+        last[0] = None
+        bpy.ops.maskfield.segment()
+        client.pump(60, until=lambda: last[0] is not None)
+        check("instances_split_refused", "collection instance" in STATUS.error and len(bpy.data.objects) == n_objects
+              and len(chair.data.polygons) == n_chair_faces, STATUS.error)
+        s.split_in_place = False
+        # an object instancing its children on its vertices is refused by name
+        holder = mesh_object("Scatter", lambda bm: bmesh.ops.create_cube(bm, size=0.2), material("Grey", (0.5, 0.5, 0.5)))
+        pebble = mesh_object("Pebble", lambda bm: bmesh.ops.create_cube(bm, size=0.05), material("Grey", (0.5, 0.5, 0.5)))
+        pebble.parent = holder
+        holder.instance_type = "VERTS"
+        select([red, holder])
+        ok, msg = expect_error(lambda: bpy.ops.maskfield.train(), "'Scatter'", "Make Instances Real")
+        check("verts_instancer_refused", ok, msg)
+        client.stop_server()
+        client.pump(5)
+        for ob in (pebble, holder, *insts):
+            bpy.data.objects.remove(ob)
+        s.run_dir = saved_run
+        s.mode = "FACES"
 
     # -- a backend Python without torch ----------------------------------------------------
     with section("python_without_torch"):
