@@ -451,7 +451,9 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
     The faces are those the user sees and the render shows: after modifiers and shape keys
     (``evaluated`` is true where that differs from the mesh's own data; ``faces`` is the
     mesh's own face count), placed by the evaluated world matrix (parents, constraints,
-    unapplied scale and rotation).
+    unapplied scale and rotation). A part of a collection instance (``InstancePart``) also
+    has ``instance``: its instancer, the object it shows and that object's matrix in the
+    instancer's frame (``find_instance_part`` finds it again).
     """
     if depsgraph is None:
         depsgraph = scene_depsgraph(bpy.context.scene)
