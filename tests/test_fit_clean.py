@@ -344,3 +344,20 @@ def test_the_smallest_image_of_a_mixed_capture_decides_how_far_it_may_be_downsca
     check_image_size(scene, factor)  # the small camera keeps exactly the least short side
     with pytest.raises(MaskFieldError, match="makes the 320x240 images"):
         check_image_size(scene, factor * 1.5)  # fine for the large camera, too small for the other
+
+
+def test_training_images_kept_in_eight_bits_hand_out_the_same_image():
+    # on a GPU the fit keeps its targets in 8 bits (4x less memory); what a step reads differs
+    # from the float image by at most half a level
+    import torch
+
+    from maskfield.splats.fit import TrainingImages
+
+    image = torch.rand(30, 40, 3)
+    eight, full = TrainingImages(eight_bit=True), TrainingImages()
+    eight[3], full[3] = image, image
+    assert eight._store[3].dtype == torch.uint8 and full[3] is image
+    got = eight[3]
+    assert got.dtype == torch.float32 and got.shape == image.shape
+    assert float((got - image).abs().max()) <= 0.5 / 255 + 1e-7
+    assert len(eight) == 1 and torch.equal(next(iter(eight.values())), got)

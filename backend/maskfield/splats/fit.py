@@ -125,10 +125,10 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
-    images = {}
+    images = TrainingImages(eight_bit=torch.device(device).type != "cpu")
     for i in reporter.track(train, "load", desc="loading images"):
         images[i] = torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
-        if images[i].device.type != "cpu":  # copied to the GPU: a second copy in RAM would only take room
+        if torch.device(device).type != "cpu":  # copied to the GPU: a second copy in RAM would only take room
             scene.forget_image(i, settings.downscale)
     alphas = {i: torch.as_tensor(load_alpha(scene, i, settings.downscale), device=device) for i in train} \
         if mode == "random" else {}
@@ -330,6 +330,33 @@ def load_alpha(scene, index: int, downscale: float) -> np.ndarray:
     if full.has_distortion:
         alpha = undistort_image(alpha, target)
     return np.ascontiguousarray(alpha[..., 0])
+
+
+class TrainingImages:
+    """The training images on the fit's device, by view: float32 in [0, 1] as read, or kept in
+    8 bits (``eight_bit``, on a GPU) and handed out as float32. 300 photos at 1,600 px take
+    6.9 GB of GPU memory in float32 and 1.7 GB in 8 bits; the photos are 8-bit, and their
+    resized values lose under 1/510 (a PSNR ceiling of 54 dB). The CPU keeps float32: its
+    images are small (256 px) and its figures were measured so."""
+
+    def __init__(self, eight_bit: bool = False):
+        self.eight_bit = eight_bit
+        self._store: dict[int, torch.Tensor] = {}
+
+    def __setitem__(self, view: int, image: torch.Tensor) -> None:
+        if self.eight_bit:
+            image = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        self._store[view] = image
+
+    def __getitem__(self, view: int) -> torch.Tensor:
+        image = self._store[view]
+        return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def values(self):
+        return (self[view] for view in self._store)
 
 
 class Backdrop:
