@@ -77,7 +77,10 @@ class MASKFIELD_PT_main(bpy.types.Panel):
         col.prop(s, "source", text="")
         if s.source == "OBJECTS":
             n = sum(1 for ob in context.selected_objects if ob.type == "MESH")
-            col.label(text=f"{n} mesh object(s) selected", icon="RESTRICT_SELECT_OFF")
+            k = sum(1 for ob in context.selected_objects if getattr(ob, "instance_type", "") == "COLLECTION"
+                    and getattr(ob, "instance_collection", None) is not None)
+            col.label(text=f"{n} mesh object(s)" + (f", {k} collection instance(s)" if k else "") + " selected",
+                      icon="RESTRICT_SELECT_OFF")
         else:
             col.prop(s, "scene_dir", text="Photos")
             if s.source == "SPLAT":
