@@ -175,12 +175,11 @@ def instance_parts(instancers: Sequence[bpy.types.Object], depsgraph=None) -> li
 
 def find_instance_part(info: dict) -> InstancePart | None:
     """The part a face-table entry's ``instance`` names, or None when its instance or member is
-    gone from the file (or no longer instances that collection)."""
+    gone from the file, or the instance no longer instances a collection. (The member may sit in
+    a collection nested in the instanced one: the stored matrix places it either way.)"""
     instancer = bpy.data.objects.get(info.get("instancer", ""))
     member = bpy.data.objects.get(info.get("member", ""))
     if instancer is None or member is None or not is_collection_instance(instancer):
-        return None
-    if member.name not in {ob.name for ob in instancer.instance_collection.all_objects}:
         return None
     return InstancePart(instancer, member, Matrix(info["relative"]), f"{instancer.name} / {member.name}")
 

@@ -330,11 +330,24 @@ def main() -> None:
             inst.location, inst.rotation_euler = loc, (0.0, 0.0, turn)
             bpy.context.scene.collection.objects.link(inst)
             insts.append(inst)
+        # a set: a collection that itself holds an instance of the chairs, instanced once
+        room_set = bpy.data.collections.new("Set")
+        inner = bpy.data.objects.new("Set chairs", None)
+        inner.instance_type, inner.instance_collection = "COLLECTION", chairs
+        inner.location = (0.0, 0.3, 0.0)
+        room_set.objects.link(inner)
+        set_a = bpy.data.objects.new("Set A", None)
+        set_a.instance_type, set_a.instance_collection = "COLLECTION", room_set
+        set_a.location, set_a.rotation_euler = (-1.0, -0.4, 0.2), (0.0, 0.0, -0.5)
+        bpy.context.scene.collection.objects.link(set_a)
+        insts.append(set_a)
         bpy.context.view_layer.update()
 
         def shown(inst):  # the chair's world face centres as that instance shows them
-            m = np.array(inst.matrix_world) @ np.array(Matrix.Translation(-Vector(chairs.instance_offset))) \
-                @ np.array(chair.matrix_world)
+            offset = np.array(Matrix.Translation(-Vector(chairs.instance_offset)))
+            m = np.array(inst.matrix_world) @ offset @ np.array(chair.matrix_world)
+            if inst is set_a:  # through the set's own instance of the chairs
+                m = np.array(set_a.matrix_world) @ np.array(inner.matrix_world) @ offset @ np.array(chair.matrix_world)
             local = np.array([tuple(p.center) for p in chair.data.polygons])
             return local @ m[:3, :3].T + m[:3, 3]
 
@@ -350,7 +363,7 @@ def main() -> None:
         faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
         centres = np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
         by_name = {e["name"]: e for e in faces["objects"]}
-        ok = sorted(by_name) == ["Chairs A / Chair", "Chairs B / Chair", "Red Cube Mod"]
+        ok = sorted(by_name) == ["Chairs A / Chair", "Chairs B / Chair", "Red Cube Mod", "Set A / Chair"]
         for inst in insts:
             e = by_name.get(f"{inst.name} / Chair")
             ok = ok and e is not None and e["count"] == n_chair_faces and e["instance"]["member"] == "Chair" \
@@ -361,7 +374,7 @@ def main() -> None:
         seen = set()
         for lab in glob.glob(os.path.join(s.run_dir, "scene", "labels", "*.png")):
             seen |= label_ids(lab)
-        check("instances_rendered_and_labelled", {ids.get("Chairs A / Chair"), ids.get("Chairs B / Chair")} <= seen,
+        check("instances_rendered_and_labelled", {ids.get(f"{i.name} / Chair") for i in insts} <= seen,
               (names, sorted(seen)))
         # Faces: the chair's faces, once per instance, where each instance shows them
         s.prompts.clear()
@@ -374,19 +387,20 @@ def main() -> None:
         coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == "chair"]
         made = sorted(coll[0].objects, key=lambda o: o.name) if coll else []
         placed = [np.array([tuple(o.matrix_world @ p.center) for p in o.data.polygons]) for o in made]
-        check("instances_faces_made", len(made) == 2 and all(
+        check("instances_faces_made", len(made) == 3 and all(
             np.allclose(np.sort(got, 0), np.sort(shown(inst), 0), atol=1e-4) for got, inst in zip(placed, insts))
             and all(o.parent is None and o.data is not chair.data for o in made),
             ([o.name for o in made], STATUS.error))
         check("instances_originals_untouched", len(chair.data.polygons) == n_chair_faces and chair.users_collection
-              == (chairs,) and all(i.instance_collection == chairs for i in insts), chair.users_collection)
+              == (chairs,) and all(i.instance_collection == chairs for i in insts[:2])
+              and set_a.instance_collection == room_set, chair.users_collection)
         # Select: an instance's faces are every copy's, so the instances are selected
         s.mode = "SELECT"
         last[0] = None
         bpy.ops.maskfield.segment()
         client.pump(60, until=lambda: last[0] is not None)
         check("instances_selected", all(i.select_get() for i in insts) and not red.select_get()
-              and "selected 12 faces" in STATUS.info, (STATUS.info, STATUS.error))
+              and "selected 18 faces" in STATUS.info, (STATUS.info, STATUS.error))
         # Split originals cannot split faces every copy shares: refused before anything changes
         s.mode, s.split_in_place = "FACES", True
         n_objects = len(bpy.data.objects)
@@ -406,7 +420,7 @@ def main() -> None:
         check("verts_instancer_refused", ok, msg)
         client.stop_server()
         client.pump(5)
-        for ob in (pebble, holder, *insts):
+        for ob in (pebble, holder, *insts, inner):
             bpy.data.objects.remove(ob)
         s.run_dir = saved_run
         s.mode = "FACES"
