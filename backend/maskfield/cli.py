@@ -438,8 +438,9 @@ def _largest_camera(scene):
 def _auto_downscale(scene, device: str, max_size: int | None = None) -> float:
     """The smallest whole-number downscale that brings the largest image's long side to
     ``_long_side_cap`` (1 for images already that small)."""
-    cam = _largest_camera(scene)
-    return float(max(1, -(-max(cam.width, cam.height) // _long_side_cap(device, max_size))))
+    from .scene.cameras import whole_downscale
+
+    return whole_downscale(scene.cameras, _long_side_cap(device, max_size))
 
 
 def run_info(args, reporter: Reporter) -> dict:

@@ -226,10 +226,9 @@ def _count_view(summary: dict, cache: PriorsCache, name: str, priors: Priors, ba
 def prior_downscale(scene, views: Sequence[int]) -> float:
     """The smallest whole-number downscale that brings the views' long side to at most
     ``PRIOR_LONG_SIDE`` (1: smaller images are used as they are)."""
-    import math
+    from ..scene.cameras import whole_downscale
 
-    longest = max(max(scene.cameras[i].width, scene.cameras[i].height) for i in views)
-    return float(max(1, math.ceil(longest / PRIOR_LONG_SIDE)))
+    return whole_downscale([scene.cameras[i] for i in views], PRIOR_LONG_SIDE)
 
 
 def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:

@@ -118,6 +118,14 @@ class Camera:
         return np.stack([u, v], axis=1), z
 
 
+def whole_downscale(cameras, long_side: int) -> float:
+    """The smallest whole-number downscale that brings the longest image side of ``cameras``
+    to at most ``long_side`` (1 for images already that small). The largest camera decides,
+    where a capture mixes cameras."""
+    longest = max(max(cam.width, cam.height) for cam in cameras)
+    return float(max(1, -(-longest // int(long_side))))
+
+
 def distort_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV radial-tangential model (k1 k2 p1 p2) on normalised image coordinates."""
     k1, k2, p1, p2 = [float(c) for c in coeffs[:4]]

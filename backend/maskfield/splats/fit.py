@@ -125,10 +125,11 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
-    images = TrainingImages(eight_bit=torch.device(device).type != "cpu")
+    on_gpu = torch.device(device).type != "cpu"
+    images = TrainingImages(eight_bit=on_gpu)
     for i in reporter.track(train, "load", desc="loading images"):
         images[i] = torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
-        if torch.device(device).type != "cpu":  # copied to the GPU: a second copy in RAM would only take room
+        if on_gpu:  # copied to the GPU: a second copy in RAM would only take room
             scene.forget_image(i, settings.downscale)
     alphas = {i: torch.as_tensor(load_alpha(scene, i, settings.downscale), device=device) for i in train} \
         if mode == "random" else {}
