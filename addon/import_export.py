@@ -600,7 +600,7 @@ class FacesMap:
             return None
         from .scene_render import find_instance_part
 
-        return find_instance_part(entry["instance"])
+        return find_instance_part(entry["instance"], entry["name"])
 
     @staticmethod
     def own_faces(entry: dict) -> bool:
@@ -682,14 +682,14 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
             continue
         coll = prompt_collection(scene, prompt, run)
         for entry in faces.objects:
-            src = FacesMap.source_of(entry)
+            part = FacesMap.instance_part(entry)
+            src = part.member if part is not None else FacesMap.source_of(entry)
             if src is None or src.type != "MESH":
                 continue
             lab = labels[entry["start"]: entry["start"] + entry["count"]]
             keep = lab == k
             if not keep.any():
                 continue
-            part = FacesMap.instance_part(entry)
             name = f"{prompt} ({entry['name'] if part is not None else src.name})"
             shown = entry.get("evaluated")
             if shown:  # the faces as the user sees them: modifiers and shape keys applied

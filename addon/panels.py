@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import backend_client, preferences
+from . import backend_client, preferences, scene_render
 from .backend_client import BackendError
 from .operators import mf
 from .status import STATUS, wrap
@@ -77,8 +77,7 @@ class MASKFIELD_PT_main(bpy.types.Panel):
         col.prop(s, "source", text="")
         if s.source == "OBJECTS":
             n = sum(1 for ob in context.selected_objects if ob.type == "MESH")
-            k = sum(1 for ob in context.selected_objects if getattr(ob, "instance_type", "") == "COLLECTION"
-                    and getattr(ob, "instance_collection", None) is not None)
+            k = sum(1 for ob in context.selected_objects if scene_render.is_collection_instance(ob))
             col.label(text=f"{n} mesh object(s)" + (f", {k} collection instance(s)" if k else "") + " selected",
                       icon="RESTRICT_SELECT_OFF")
         else:

@@ -173,15 +173,16 @@ def instance_parts(instancers: Sequence[bpy.types.Object], depsgraph=None) -> li
     return parts
 
 
-def find_instance_part(info: dict) -> InstancePart | None:
-    """The part a face-table entry's ``instance`` names, or None when its instance or member is
-    gone from the file, or the instance no longer instances a collection. (The member may sit in
-    a collection nested in the instanced one: the stored matrix places it either way.)"""
+def find_instance_part(info: dict, name: str) -> InstancePart | None:
+    """The part named ``name`` that a face-table entry's ``instance`` describes, or None when
+    its instance or member is gone from the file, or the instance no longer instances a
+    collection. (The member may sit in a collection nested in the instanced one: the stored
+    matrix places it either way.)"""
     instancer = bpy.data.objects.get(info.get("instancer", ""))
     member = bpy.data.objects.get(info.get("member", ""))
     if instancer is None or member is None or not is_collection_instance(instancer):
         return None
-    return InstancePart(instancer, member, Matrix(info["relative"]), f"{instancer.name} / {member.name}")
+    return InstancePart(instancer, member, Matrix(info["relative"]), name)
 
 
 def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[np.ndarray, np.ndarray]:
