@@ -66,3 +66,34 @@ sys.path.insert(0, str(ROOT / "backend"))
 # subprocesses (`python -m maskfield.cli`, tools/, benchmarks/) test this checkout's backend too,
 # not whichever copy an editable install in the environment points at
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "backend"), os.environ.get("PYTHONPATH")) if p)
+
+
+def mix_image_sizes(folder: Path) -> None:
+    """Turn a transforms.json scene of one image size into a capture of several: every third
+    view (from the second) cropped to the middle three quarters of its width, every third (from
+    the third) turned a quarter (a landscape view becomes portrait, as a phone held upright
+    takes it); per-frame intrinsics and poses to match, label images alike. Exact pixel
+    operations, so every view still shows the same scene."""
+    from PIL import Image
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    width, height = int(meta["w"]), int(meta["h"])
+    fx, fy, cx, cy = (float(meta[k]) for k in ("fl_x", "fl_y", "cx", "cy"))
+    for i, frame in enumerate(meta["frames"]):
+        files = [folder / frame[key] for key in ("file_path", "label_path") if key in frame]
+        if i % 3 == 1:
+            kept = round(0.75 * width)
+            x0 = (width - kept) // 2
+            for f in files:
+                Image.fromarray(np.asarray(Image.open(f))[:, x0:x0 + kept]).save(f)
+            frame.update(w=kept, h=height, fl_x=fx, fl_y=fy, cx=cx - x0, cy=cy)
+        elif i % 3 == 2:
+            # np.rot90 turns counter-clockwise: pixel (u, v) goes to (v, W - u), so the camera
+            # turns about its axis: x' = y, y' = -x (OpenCV), and the same in OpenGL's axes here
+            for f in files:
+                Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(Image.open(f))))).save(f)
+            c2w = np.asarray(frame["transform_matrix"], dtype=float)
+            c2w[:3, :3] = c2w[:3, :3] @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+            frame["transform_matrix"] = c2w.tolist()
+            frame.update(w=height, h=width, fl_x=fy, fl_y=fx, cx=cy, cy=width - cx)
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=1))

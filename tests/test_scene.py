@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FOX, look_at_c2w_gl, write_png
+from conftest import FOX, look_at_c2w_gl, mix_image_sizes, write_png
 
 from maskfield.events import MaskFieldError
 from maskfield.scene import load_scene
-from maskfield.scene.cameras import Camera, distort_normalized, opengl_to_opencv, undistort_image
+from maskfield.scene.cameras import Camera, distort_normalized, opengl_to_opencv, sizes_text, undistort_image
 
 
 def test_opengl_camera_sees_the_point_it_looks_at(make_transforms_scene):
@@ -130,11 +130,29 @@ def test_nan_pose_singular_pose_and_missing_fields(make_transforms_scene):
         load_scene(folder)
 
 
-def test_mixed_image_sizes_are_refused(make_transforms_scene):
-    folder, _ = make_transforms_scene(extra={"w": None, "h": None}, name="mixed")
-    write_png(folder / "images" / "002.png", np.zeros((20, 20, 3), np.uint8))
-    with pytest.raises(MaskFieldError, match="different sizes"):
-        load_scene(folder)
+def test_images_of_several_sizes_keep_cameras_of_their_own(make_transforms_scene):
+    # a phone capture mixes landscape and portrait photos; a rig, cameras of two sensors
+    folder, _ = make_transforms_scene(n=6, w=40, h=30, name="mixed")
+    original = load_scene(folder)
+    old_images = [original.load_image(i) for i in range(len(original))]
+    mix_image_sizes(folder)
+    scene = load_scene(folder)
+    assert [(c.width, c.height) for c in scene.cameras] == [(40, 30), (30, 30), (30, 40)] * 2
+    assert sizes_text(scene.cameras) == "40x30 (2 views), 30x30 (2), 30x40 (2)"
+    assert sizes_text(original.cameras) == "40x30"
+    # a world point shows the same pixel in the cropped and the turned view as in the original
+    rng = np.random.default_rng(1)
+    points = rng.uniform(-0.6, 0.6, (400, 3))
+    for view, to_new in ((1, lambda u, v: (u - 5, v)), (2, lambda u, v: (v, 40 - u))):
+        old_uv, _ = original.cameras[view].project(points)
+        new_uv, _ = scene.cameras[view].project(points)
+        assert np.allclose(new_uv, np.stack(to_new(old_uv[:, 0], old_uv[:, 1]), 1), atol=1e-6)
+        old_img, new_img = old_images[view], scene.load_image(view)
+        inside = ((new_uv >= 0) & (new_uv < [new_img.shape[1], new_img.shape[0]])).all(1)
+        assert inside.sum() > 100
+        got = new_img[new_uv[inside, 1].astype(int), new_uv[inside, 0].astype(int)]
+        want = old_img[old_uv[inside, 1].astype(int), old_uv[inside, 0].astype(int)]
+        assert np.array_equal(got, want)
 
 
 def test_declared_size_must_match_the_image(make_transforms_scene):
@@ -163,10 +181,14 @@ def test_nerf_synthetic_rgba_over_background(tmp_path):
     assert scene.cameras[0].fx == pytest.approx(0.5 * 8 / np.tan(0.5 * 0.69))
 
 
-def _write_colmap_text(folder, c2ws, w=40, h=30, points=True, names=None):
+def _write_colmap_text(folder, c2ws, w=40, h=30, points=True, names=None, sizes=None):
+    """A COLMAP text model; ``sizes`` gives each image its own (w, h), one camera per size."""
     sparse = folder / "sparse" / "0"
     sparse.mkdir(parents=True)
-    (sparse / "cameras.txt").write_text(f"1 PINHOLE {w} {h} 35 36 {w / 2} {h / 2}\n")
+    sizes = sizes or [(w, h)] * len(c2ws)
+    camera_ids = {size: k + 1 for k, size in enumerate(dict.fromkeys(sizes))}
+    (sparse / "cameras.txt").write_text("".join(f"{k} PINHOLE {cw} {ch} 35 36 {cw / 2} {ch / 2}\n"
+                                                for (cw, ch), k in camera_ids.items()))
     lines = []
     for i, c2w in enumerate(c2ws):
         from scipy.spatial.transform import Rotation
@@ -175,8 +197,8 @@ def _write_colmap_text(folder, c2ws, w=40, h=30, points=True, names=None):
         qx, qy, qz, qw = Rotation.from_matrix(w2c[:3, :3]).as_quat()
         t = w2c[:3, 3]
         name = names[i] if names else f"{i:03d}.png"
-        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 {name}\n\n")
-        write_png(folder / "images" / name, np.full((h, w, 3), 100, np.uint8))
+        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} {camera_ids[sizes[i]]} {name}\n\n")
+        write_png(folder / "images" / name, np.full((sizes[i][1], sizes[i][0], 3), 100, np.uint8))
     (sparse / "images.txt").write_text("".join(lines))
     (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 0 0.5\n2 -0.1 0 0 0 255 0 0.5\n" if points else "")
     return sparse
@@ -201,6 +223,15 @@ def test_colmap_images_of_one_name_in_two_folders_get_names_of_their_own(tmp_pat
     assert [c.name for c in scene.cameras] == ["left__0001", "right__0001", "left__0002"]
     assert [p.relative_to(tmp_path / "rig" / "images").as_posix() for p in scene.image_paths] == \
         ["left/0001.png", "right/0001.png", "left/0002.png"]
+
+
+def test_colmap_model_of_two_cameras_of_other_sizes(tmp_path):
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    _write_colmap_text(tmp_path / "two", c2ws, sizes=[(40, 30), (30, 40), (40, 30)])
+    scene = load_scene(tmp_path / "two")
+    assert [(c.width, c.height, c.cx, c.cy) for c in scene.cameras] == \
+        [(40, 30, 20, 15), (30, 40, 15, 20), (40, 30, 20, 15)]
+    assert [scene.load_image(i).shape for i in range(3)] == [(30, 40, 3), (40, 30, 3), (30, 40, 3)]
 
 
 def test_folder_without_cameras_says_what_is_expected(tmp_path):

@@ -361,6 +361,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .checks import check_image_size
     from .run import RunFolder, resolve_device
     from .scene import load_scene
+    from .scene.cameras import sizes_text
     from .splats.fit import FitSettings, fit
     from .splats.render import choose_fit_device
 
@@ -397,8 +398,9 @@ def run_fit(args, reporter: Reporter) -> dict:
                                       surface_alpha_weight=getattr(args, "surface_alpha", None),
                                       surface_alpha_inset=getattr(args, "surface_alpha_inset", None))
     _prepare_compiled_renderer(device, renderer, reporter)
-    reporter.log(f"fitting {len(scene.train_indices)} views at {scene.camera(0, downscale).width}x"
-                 f"{scene.camera(0, downscale).height} on {device}, {settings.iterations} steps")
+    reporter.log(f"fitting {len(scene.train_indices)} views at "
+                 f"{sizes_text([scene.camera(i, downscale) for i in scene.train_indices])} on {device}, "
+                 f"{settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)
     summary = {k: result[k] for k in ("gaussians", "seconds", "test_psnr", "test_ssim", "test_views")}
     summary["ply"] = str(run.gaussians_ply)
@@ -488,6 +490,7 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     from .field.train import train_field
     from .checks import check_priors_fit_cameras, require_gaussians
     from .run import RunFolder, resolve_device, scene_of_run
+    from .scene.cameras import sizes_text
     from .splats.ply import read_ply
 
     device = resolve_device(args.device)
@@ -518,7 +521,7 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
                         memory_bytes=None if memory_gb is None else memory_gb * 2**30)
     object_names = sorted({n for p in priors.values() for n in p.meta.get("object_names", [])})
     reporter.log(f"mask field: {len(gaussians):,} Gaussians, {len(views)} views, {settings.num_queries} queries, "
-                 f"{settings.iterations} steps at {views[0].width}x{views[0].height} on {device}")
+                 f"{settings.iterations} steps at {sizes_text(views)} on {device}")
     _, result = train_field(views, len(gaussians), dims.pop(), run, settings, device, reporter,
                             extra={"embedding_model": embedding_model, "object_names": object_names,
                                    "num_gaussians": len(gaussians)})

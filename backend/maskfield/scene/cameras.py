@@ -126,6 +126,19 @@ def whole_downscale(cameras, long_side: int) -> float:
     return float(max(1, -(-longest // int(long_side))))
 
 
+def sizes_text(cameras) -> str:
+    """The image sizes of ``cameras`` for a log line: "200x150", or where a capture mixes them
+    (portrait and landscape photos, a rig of two cameras) each size with its count of views,
+    the commonest first: "200x150 (16 views), 150x200 (8)"."""
+    from collections import Counter
+
+    counts = Counter((cam.width, cam.height) for cam in cameras).most_common()
+    if len(counts) == 1:
+        return "{}x{}".format(*counts[0][0])
+    parts = [f"{w}x{h} ({n}{' views' if i == 0 else ''})" for i, ((w, h), n) in enumerate(counts)]
+    return ", ".join(parts)
+
+
 def distort_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV radial-tangential model (k1 k2 p1 p2) on normalised image coordinates."""
     k1, k2, p1, p2 = [float(c) for c in coeffs[:4]]

@@ -128,7 +128,6 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             )
     if not cameras:
         raise MaskFieldError(f"none of the images listed in {files[0]} exist; check the 'file_path' entries.")
-    _check_sizes(cameras, paths)
     if source == "nerf-synthetic":
         test = [i for i, s in enumerate(split_of) if s == "test"]
         train = [i for i, s in enumerate(split_of) if s == "train"]
@@ -301,17 +300,6 @@ def _check_pose(c2w: np.ndarray, where: str, file: Path) -> None:
                              f"{file.name}; re-run the pose estimation or drop this frame.")
 
 
-def _check_sizes(cameras: list[Camera], paths: list[Path]) -> None:
-    sizes = {(c.width, c.height) for c in cameras}
-    if len(sizes) > 1:
-        by_size: dict[tuple[int, int], list[str]] = {}
-        for cam, p in zip(cameras, paths):
-            by_size.setdefault((cam.width, cam.height), []).append(p.name)
-        detail = "; ".join(f"{w}x{h}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for (w, h), v in by_size.items())
-        raise MaskFieldError(f"the images have different sizes ({detail}). Use images of one size "
-                             "(resize them all, or remove the odd ones from the camera file).")
-
-
 def name_apart(cameras: list[Camera], paths: list[Path]) -> str | None:
     """Where image names collide (the same file name in two folders: a camera rig's
     ``cam0/0001.jpg`` and ``cam1/0001.jpg``), name every view by its image's path under the
@@ -412,7 +400,6 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
             "Restore them, or pass --skip-missing.", kind="missing_images")
     if not cameras:
         raise MaskFieldError(f"the COLMAP model in {sparse} has no posed images with files in {image_dir}.")
-    _check_sizes(cameras, paths)
     points = colors = None
     if rec.num_points3D() > 0:
         pts = [(rec.points3D[pid].xyz, rec.points3D[pid].color) for pid in sorted(rec.points3D)]
@@ -485,7 +472,6 @@ def _load_llff(root: Path, images: str | None, holdout_every: int, background) -
             raise MaskFieldError(f"{path} is {width}x{height}, which is not the {width_full:g}x{height_full:g} of "
                                  f"{file.name} scaled evenly; use the images the poses were made for.")
         cameras.append(Camera(path.stem, width, height, focal * sx, focal * sy, width / 2.0, height / 2.0, c2w))
-    _check_sizes(cameras, paths)
     train, test = _holdout(len(cameras), holdout_every)
     return Scene(root=root, cameras=cameras, image_paths=paths, train_indices=train, test_indices=test,
                  source="llff", background=background, depth_bounds=data[:, 15:17].astype(np.float64))
