@@ -97,3 +97,27 @@ def mix_image_sizes(folder: Path) -> None:
             frame["transform_matrix"] = c2w.tolist()
             frame.update(w=height, h=width, fl_x=fy, fl_y=fx, cx=cy, cy=width - cx)
     (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
+
+
+def move_scene(folder: Path, offset) -> None:
+    """Move a transforms.json scene (cameras and its seed points, kept in float64 as a
+    geo-referenced export keeps them) by ``offset``: the same capture in other coordinates."""
+    from plyfile import PlyData, PlyElement
+
+    offset = np.asarray(offset, dtype=np.float64)
+    meta = json.loads((folder / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        c2w[:3, 3] += offset
+        frame["transform_matrix"] = c2w.tolist()
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
+    if "ply_file_path" in meta:
+        ply = folder / meta["ply_file_path"]
+        vertex = PlyData.read(str(ply))["vertex"].data
+        moved = np.empty(len(vertex), dtype=[(n, "<f8" if n in ("x", "y", "z") else vertex.dtype[n].str)
+                                             for n in vertex.dtype.names])
+        for name in vertex.dtype.names:
+            moved[name] = vertex[name]
+        for axis, name in enumerate("xyz"):
+            moved[name] += offset[axis]
+        PlyData([PlyElement.describe(moved, "vertex")]).write(str(ply))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SPLAT_TRANSFORM, mix_image_sizes
+import torch
+from conftest import ROOT, SPLAT_TRANSFORM, mix_image_sizes, move_scene
 
 PY = sys.executable
 
@@ -395,3 +396,40 @@ def test_a_capture_of_several_image_sizes_trains_and_evaluates(trained, tmp_path
     # a turned view whose camera did not turn with it would score ~10 dB and mIoU near 0
     assert result["views"] == len(meta["frames"]) and result["miou"] > 0.6
     assert min(result["colour"]["psnr_per_view"]) > 20
+
+
+def test_a_geo_referenced_capture_is_fitted_near_its_origin(trained, tmp_path):
+    # the tabletop at UTM-like coordinates: in 32-bit floats its 1 m would move in 25 cm steps
+    scene, run, _ = trained
+    far = tmp_path / "far"
+    shutil.copytree(scene, far)
+    offset = np.array([500000.0, 4000000.0, 50.0])
+    move_scene(far, offset)
+    far_run = tmp_path / "run"
+    proc = run_cli("fit", far, "--out", far_run, "--iterations", "250", "--events", "jsonl")
+    warnings = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e.get("level") == "warning"]
+    assert any("geo-referenced" in m for m in warnings), warnings
+    info = json.loads((far_run / "run.json").read_text())
+    near_info = json.loads((run / "run.json").read_text())
+    assert np.allclose(info["origin"][:2], offset[:2], atol=1.0)
+    # the same fit as the tabletop where it stands (same steps, seed and views)
+    assert abs(info["stages"]["fit"]["test_psnr"] - near_info["stages"]["fit"]["test_psnr"]) < 1.0
+    from maskfield.splats.ply import read_ply
+
+    means = read_ply(far_run / "gaussians.ply").detached()["means"].numpy()
+    assert np.abs(np.median(means, axis=0)).max() < 5  # in the run's coordinates, not the file's
+    # Gaussians another tool made in the file's coordinates are moved into the run's; the run's
+    # own gaussians.ply is taken as it is
+    from maskfield.splats.ply import write_ply
+
+    params = read_ply(run / "gaussians.ply").detached()
+    params["means"] = (params["means"].double() + torch.as_tensor(offset)).float()
+    write_ply(tmp_path / "theirs.ply", params)
+    for given, moved in ((tmp_path / "theirs.ply", True), (far_run / "gaussians.ply", False)):
+        out = tmp_path / f"ply-{moved}"
+        proc = run_cli("train", far, "--out", out, "--ply", given, "--from-labels", "--label-noise", "0",
+                       "--field-iterations", "50", "--field-resolution", "64", "--events", "jsonl")
+        logs = " ".join(e["message"] for e in events(proc.stdout) if e["event"] == "log")
+        assert ("were moved into the run's" in logs) == moved
+        got = np.median(read_ply(out / "gaussians.ply").detached()["means"].numpy(), axis=0)
+        assert np.abs(got).max() < 5

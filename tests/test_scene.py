@@ -5,8 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FOX, look_at_c2w_gl, mix_image_sizes, write_png
+from conftest import FOX, look_at_c2w_gl, mix_image_sizes, move_scene, write_png
 
+from maskfield.checks import check_cameras
 from maskfield.events import MaskFieldError
 from maskfield.scene import load_scene
 from maskfield.scene.cameras import Camera, distort_normalized, opengl_to_opencv, sizes_text, undistort_image
@@ -232,6 +233,40 @@ def test_colmap_model_of_two_cameras_of_other_sizes(tmp_path):
     assert [(c.width, c.height, c.cx, c.cy) for c in scene.cameras] == \
         [(40, 30, 20, 15), (30, 40, 15, 20), (40, 30, 20, 15)]
     assert [scene.load_image(i).shape for i in range(3)] == [(30, 40, 3), (40, 30, 3), (30, 40, 3)]
+
+
+def test_a_capture_far_from_its_origin_is_recentred_in_float64(make_transforms_scene):
+    # geo-referenced coordinates (UTM easting, northing): 32-bit floats keep ~25 cm there
+    folder, _ = make_transforms_scene(n=6, name="near")
+    near = load_scene(folder)
+    far_folder, _ = make_transforms_scene(n=6, name="far")
+    offset = np.array([500000.25, 4000000.5, 100.0])
+    move_scene(far_folder, offset)
+    far = load_scene(far_folder)
+    assert near.origin is None and not near.notes
+    # the cameras' mean (offset + (0, 0, 1)) rounded to a power of ten under their spread (3)
+    assert np.allclose(far.origin, [500000.0, 4000000.0, 101.0])
+    residual = offset - far.origin
+    for a, b in zip(near.cameras, far.cameras):
+        assert np.allclose(b.center, a.center + residual, atol=1e-9)
+        assert np.allclose(b.camtoworld[:3, :3], a.camtoworld[:3, :3])
+    assert "geo-referenced" in far.notes[0] and "500000, 4000000, 101" in far.notes[0]
+    check_cameras(far, far.train_indices)  # before: "all cameras at one position"
+
+
+def test_colmap_points_far_from_the_origin_keep_their_digits(tmp_path):
+    offset = np.array([-2.5e6, 6.1e6, 3.3e3])  # ECEF-like
+    c2ws = []
+    for a in np.linspace(0, 2, 3):
+        c2w = look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1])
+        c2w[:3, 3] += offset
+        c2ws.append(c2w)
+    sparse = _write_colmap_text(tmp_path / "geo", c2ws, points=False)
+    (sparse / "points3D.txt").write_text(f"1 {offset[0] + 0.1:.4f} {offset[1] + 0.2:.4f} {offset[2] + 0.3:.4f} 255 0 0 0.5\n")
+    scene = load_scene(tmp_path / "geo")
+    assert scene.origin is not None
+    assert np.allclose(scene.points[0] + scene.origin, offset + [0.1, 0.2, 0.3], atol=1e-6)
+    assert np.abs(scene.points).max() < 10
 
 
 def test_folder_without_cameras_says_what_is_expected(tmp_path):

@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
     p.add_argument("--at", action="append", nargs=3, type=float, default=[], metavar=("X", "Y", "Z"),
-                   help="select what is at this 3D position (no text, no CLIP); repeat for several")
+                   help="select what is at this 3D position (no text, no CLIP; in the run's coordinates, "
+                        "see run.json's 'origin'); repeat for several")
     p.add_argument("--granularity", action="append", choices=("auto", "part", "object", "group", "any"), default=[],
                    help="part, object or group (SAM's small / medium / large masks), or any; once for all, or once "
                         "per --prompt in order; default: for a prompt what its best queries mostly matched, for "
@@ -539,6 +540,16 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
 CPU_PRIOR_VIEWS = 8  # SAM + CLIP views on a CPU unless --prior-views says otherwise
 
 
+def _in_file_coordinates(gaussians, scene) -> bool:
+    """Whether Gaussians handed to a recentred scene sit in the camera file's coordinates (made
+    by another tool from the same capture) rather than in the run's (a MaskField run's own)."""
+    import numpy as np
+
+    middle = np.median(gaussians.detached()["means"].double().numpy(), axis=0)
+    cameras = np.stack([cam.center for cam in scene.cameras]).mean(axis=0)
+    return bool(np.linalg.norm(middle - (cameras + scene.origin)) < np.linalg.norm(middle - cameras))
+
+
 def run_train(args, reporter: Reporter) -> dict:
     """fit -> priors -> field, skipping the stages a previous run finished."""
     from .priors import command as priors_command
@@ -556,9 +567,22 @@ def run_train(args, reporter: Reporter) -> dict:
 
         from .checks import require_gaussians
 
-        require_gaussians(read_ply(args.ply), args.ply)  # validates the file before anything is written
+        given = read_ply(args.ply)
+        require_gaussians(given, args.ply)  # validates the file before anything is written
+        for note in scene.notes:
+            reporter.log(note, level="warning")
         run.claim(scene, args.scene, overwrite=args.overwrite)
-        shutil.copyfile(args.ply, run.gaussians_ply)
+        if scene.origin is not None and _in_file_coordinates(given, scene):
+            import torch
+
+            from .splats.ply import write_ply
+
+            params = given.detached()
+            params["means"] = (params["means"].double() - torch.as_tensor(scene.origin)).float()
+            write_ply(run.gaussians_ply, params)
+            reporter.log(f"{args.ply} is in the camera file's coordinates: its Gaussians were moved into the run's")
+        else:
+            shutil.copyfile(args.ply, run.gaussians_ply)
         run.update_stage("fit", source=str(Path(args.ply).resolve()))
         reporter.log(f"using the Gaussians of {args.ply}; no colour fit")
     elif run.gaussians_ply.exists() and run.read().get("stages", {}).get("fit") and not args.overwrite:

@@ -229,6 +229,9 @@ class RunFolder:
         })
         if scene.source == "llff":  # which of images/, images_4/, ... the run was made from
             data["image_folder"] = scene.image_paths[0].parent.name
+        data.pop("origin", None)
+        if scene.origin is not None:  # the run's coordinates + origin = the camera file's
+            data["origin"] = [float(v) for v in scene.origin]
         data.setdefault("stages", {})
         data["versions"] = versions()
         write_json_atomic(self.json_path, data)

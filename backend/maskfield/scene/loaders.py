@@ -25,7 +25,12 @@ def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int 
     ``images`` names the image folder of an LLFF scene (``images``, ``images_4``, ...); by
     default the full-size ``images`` folder, or the least downscaled one present.
     """
-    path = Path(path)
+    scene = _load_any(Path(path), skip_missing, holdout_every, background, images)
+    recentre_far_scene(scene)
+    return scene
+
+
+def _load_any(path: Path, skip_missing: bool, holdout_every: int, background, images: str | None) -> Scene:
     if not path.exists():
         raise MaskFieldError(f"scene not found: {path}. Give a folder with transforms.json, "
                              "transforms_train.json or a COLMAP sparse/0 model.")
@@ -49,6 +54,41 @@ def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int 
         "transforms_train.json (NeRF-synthetic), a COLMAP model in sparse/0/ or LLFF's poses_bounds.npy. "
         "Run COLMAP or nerfstudio's ns-process-data on your photos first."
     )
+
+
+# Camera centres this many times their spread from the coordinates' 0 are recentred: 32-bit
+# floats (the renderers', gsplat's, a .ply's) keep 24 bits, so there a scene's own detail
+# falls below 1e-4 of its size (a 4 m kitchen at UTM northing 4e6 would move in 25 cm steps).
+FAR_FROM_ORIGIN = 1000.0
+
+
+def recentre_far_scene(scene: Scene) -> None:
+    """Move a scene whose cameras are far from their coordinates' 0 (geo-referenced: UTM, ECEF)
+    next to it, in float64, and say so in ``scene.notes``; ``scene.origin`` keeps the offset.
+
+    The origin is the cameras' mean rounded to a power of ten under their spread, so that it
+    reads plainly. Everything the run writes (gaussians.ply, segments) is then in these
+    coordinates, as 3DGS tools and Blender (both 32-bit) can use them."""
+    centers = np.stack([cam.center for cam in scene.cameras])
+    mean = centers.mean(axis=0)
+    spread = float(np.linalg.norm(centers - mean, axis=1).max())
+    far = float(np.abs(centers).max())
+    if not np.isfinite(far) or spread <= 0 or far <= FAR_FROM_ORIGIN * spread:
+        return
+    step = 10.0 ** np.floor(np.log10(spread))
+    origin = np.round(mean / step) * step
+    for cam in scene.cameras:
+        cam.camtoworld = np.array(cam.camtoworld, dtype=np.float64)
+        cam.camtoworld[:3, 3] -= origin
+    if scene.points is not None:
+        scene.points = np.asarray(scene.points, dtype=np.float64) - origin
+    scene.origin = origin
+    shown = ", ".join(f"{v:.10g}" for v in origin)
+    scene.notes.append(
+        f"the cameras are {far:.3g} from their coordinates' origin, {far / spread:,.0f} times their own spread "
+        f"(a geo-referenced capture?), where 32-bit numbers would blur the scene. The run works in coordinates "
+        f"that start at ({shown}) of the camera file's: gaussians.ply, the segments and --at / --points "
+        "positions are in them; add run.json's 'origin' to return to the file's.")
 
 
 # --- transforms.json -----------------------------------------------------------------------
@@ -346,7 +386,8 @@ def _read_point_ply(path: Path, referenced_by: Path):
         vertex = PlyData.read(str(path))["vertex"]
     except Exception as exc:  # plyfile raises several kinds
         raise MaskFieldError(f"cannot read point cloud {path}: {exc}") from None
-    pts = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float32)
+    # float64 until the scene is recentred (a geo-referenced cloud keeps its digits)
+    pts = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
     names = vertex.data.dtype.names
     if all(c in names for c in ("red", "green", "blue")):
         cols = np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.uint8)
@@ -403,7 +444,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
     points = colors = None
     if rec.num_points3D() > 0:
         pts = [(rec.points3D[pid].xyz, rec.points3D[pid].color) for pid in sorted(rec.points3D)]
-        points = np.array([p[0] for p in pts], dtype=np.float32)
+        points = np.array([p[0] for p in pts], dtype=np.float64)
         colors = np.array([p[1] for p in pts], dtype=np.uint8)
     train, test = _holdout(len(cameras), holdout_every)
     renamed = name_apart(cameras, paths)

@@ -24,6 +24,9 @@ class Scene:
     skipped: list[str] = field(default_factory=list)  # frames left out by --skip-missing
     depth_bounds: np.ndarray | None = None  # N x 2 near/far depth per camera (LLFF), if known
     notes: list[str] = field(default_factory=list)  # what the loader corrected, for the user to read
+    # Where the camera file's coordinates are far from their 0 (a geo-referenced capture), the
+    # point of them the scene's coordinates start from (float64); None: the file's own
+    origin: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
