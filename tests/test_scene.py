@@ -269,6 +269,30 @@ def test_colmap_points_far_from_the_origin_keep_their_digits(tmp_path):
     assert np.abs(scene.points).max() < 10
 
 
+def test_image_names_in_other_letter_case_are_found(make_transforms_scene, tmp_path):
+    # made on macOS or Windows, whose file systems ignore case: "Images/IMG_0001.JPG" there is
+    # "images/img_0001.jpg" here
+    folder, frames = make_transforms_scene(n=4, name="case")
+    meta = json.loads((folder / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame["file_path"] = frame["file_path"].replace("images/", "Images/").replace(".png", ".PNG")
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    scene = load_scene(folder)
+    assert [p.name for p in scene.image_paths] == [f"{i:03d}.png" for i in range(4)]
+    assert "other letter case" in scene.notes[0]
+    # two files that differ only in case: which one was meant cannot be told
+    write_png(folder / "images" / "000.Png", np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(MaskFieldError, match="missing"):
+        load_scene(folder)
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    _write_colmap_text(tmp_path / "colmap", c2ws, names=["A.PNG", "b.png", "C.png"])
+    for name in ("A.PNG", "C.png"):
+        (tmp_path / "colmap" / "images" / name).rename(tmp_path / "colmap" / "images" / name.lower())
+    scene = load_scene(tmp_path / "colmap")
+    assert [p.name for p in scene.image_paths] == ["a.png", "b.png", "c.png"]
+    assert "2 image name(s)" in scene.notes[0] and "'A.PNG'" in scene.notes[0]
+
+
 def test_folder_without_cameras_says_what_is_expected(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(MaskFieldError, match="transforms.json"):

@@ -196,8 +196,9 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             scene.notes.append(note)
     if relocated:
         scene.notes.append(f"{len(relocated)} image path(s) in {files[0].name} do not exist as written (e.g. "
-                           f"{relocated[0]!r}: written on Windows, or on another machine); each was found by its "
-                           "folder and name under the scene folder.")
+                           f"{relocated[0]!r}: written on Windows, or on another machine, or in other letter case on macOS "
+                           "or Windows, whose file systems ignore case); each was found by its folder and name under "
+                           "the scene folder.")
     if scaled:
         name, factor = scaled[0]
         scene.notes.append(f"{len(scaled)} camera matrix(es) in {files[0].name} carry a uniform scale (e.g. {factor:.4g} "
@@ -223,7 +224,38 @@ def _resolve_image(root: Path, base: Path, file_path: str) -> Path | None:
             for suffix in IMAGE_SUFFIXES:
                 if candidate.with_suffix(suffix).exists():
                     return candidate.with_suffix(suffix)
+    for written in _spellings(file_path):
+        for folder in (base, root):
+            found = find_ignoring_case(folder, written)
+            if found is not None:
+                return found
     return None
+
+
+def find_ignoring_case(folder: Path, relative: str) -> Path | None:
+    """The one file under ``folder`` whose path is ``relative`` in other letter case, or None:
+    a data set made on macOS or Windows (whose file systems ignore case) may name
+    ``IMG_0001.JPG`` or ``Images/`` for ``img_0001.jpg`` in ``images/``, which Linux does not
+    find. Two files that differ only in case make it ambiguous: None."""
+    here = folder
+    for part in PurePosixPath(relative.replace("\\", "/")).parts:
+        if part in (".", ""):
+            continue
+        if part == "..":
+            here = here.parent
+            continue
+        exact = here / part
+        if exact.exists():
+            here = exact
+            continue
+        try:
+            matches = [entry for entry in here.iterdir() if entry.name.casefold() == part.casefold()]
+        except OSError:  # not a folder, or not readable
+            return None
+        if len(matches) != 1:
+            return None
+        here = matches[0]
+    return here if here.is_file() else None
 
 
 def _spellings(file_path: str):
@@ -411,11 +443,16 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
     cameras: list[Camera] = []
     paths: list[Path] = []
     missing: list[str] = []
+    other_case: list[str] = []  # found only in other letter case (a data set made on macOS or Windows)
     for image_id in sorted(rec.images):
         image = rec.images[image_id]
         if not image.has_pose:
             continue
         path = image_dir / image.name
+        if not path.exists():
+            path = find_ignoring_case(image_dir, image.name) or path
+            if path.exists():
+                other_case.append(image.name)
         if not path.exists():
             missing.append(image.name)
             continue
@@ -453,6 +490,10 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
                   skipped=missing)
     if renamed:
         scene.notes.append(renamed)
+    if other_case:
+        scene.notes.append(f"{len(other_case)} image name(s) of the COLMAP model exist only in other letter case in "
+                           f"{image_dir} (e.g. {other_case[0]!r}: made on macOS or Windows, which ignore case); "
+                           "those files were used.")
     return scene
 
 
