@@ -574,9 +574,11 @@ class FacesMap:
                     from .scene_render import scene_depsgraph
 
                     depsgraph = scene_depsgraph(bpy.context.scene)
-                ob_eval = ob.evaluated_get(depsgraph)
-                n = len(ob_eval.to_mesh().polygons)
-                ob_eval.to_mesh_clear()
+                from .scene_render import shown_object
+
+                with shown_object(ob, depsgraph, bool(entry.get("realized"))) as ob_eval:
+                    n = len(ob_eval.to_mesh().polygons)
+                    ob_eval.to_mesh_clear()
                 if n != entry["count"]:
                     problems.append(f"'{entry['name']}' shows {n} faces (with its modifiers), the run has "
                                     f"{entry['count']}")
@@ -697,8 +699,12 @@ def separate_faces(scene: bpy.types.Scene, faces: FacesMap, labels: np.ndarray, 
                     from .scene_render import scene_depsgraph
 
                     depsgraph = scene_depsgraph(scene)
-                base = bpy.data.meshes.new_from_object(src.evaluated_get(depsgraph), preserve_all_data_layers=True,
-                                                       depsgraph=depsgraph)
+                from .scene_render import shown_object
+
+                # geometry-nodes instances realized as the face table made them
+                with shown_object(src, depsgraph, bool(entry.get("realized"))) as src_eval:
+                    base = bpy.data.meshes.new_from_object(src_eval, preserve_all_data_layers=True,
+                                                           depsgraph=depsgraph)
                 me = _mesh_keep_faces(base, keep, name)
                 bpy.data.meshes.remove(base)
             else:

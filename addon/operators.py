@@ -108,15 +108,18 @@ def _geometry_digest(ob) -> str:
     h.update(np.array(ob.matrix_world, dtype=np.float32).tobytes())
     h.update(repr([s.material.name if s.material else None for s in ob.material_slots]).encode("utf-8"))
     if ob.type == "MESH":  # the mesh as shown: a changed modifier changes the render too
-        ob_eval = ob.evaluated_get(scene_render.scene_depsgraph(bpy.context.scene))
-        me = ob_eval.to_mesh()
-        try:
-            co = np.empty(len(me.vertices) * 3, dtype=np.float32)
-            me.vertices.foreach_get("co", co)
-            h.update(co.tobytes())
-            h.update(np.array([len(me.polygons), len(me.loops)], dtype=np.int64).tobytes())
-        finally:
-            ob_eval.to_mesh_clear()
+        depsgraph = scene_render.scene_depsgraph(bpy.context.scene)
+        # with its geometry-nodes instances (a changed scatter changes the render)
+        realize = ob.name in scene_render.geometry_node_instancers([ob], depsgraph)
+        with scene_render.shown_object(ob, depsgraph, realize) as ob_eval:
+            me = ob_eval.to_mesh()
+            try:
+                co = np.empty(len(me.vertices) * 3, dtype=np.float32)
+                me.vertices.foreach_get("co", co)
+                h.update(co.tobytes())
+                h.update(np.array([len(me.polygons), len(me.loops)], dtype=np.int64).tobytes())
+            finally:
+                ob_eval.to_mesh_clear()
     else:
         h.update(np.array([tuple(c) for c in ob.bound_box], dtype=np.float32).tobytes())
     return h.hexdigest()[:16]

@@ -185,6 +185,64 @@ def find_instance_part(info: dict, name: str) -> InstancePart | None:
     return InstancePart(instancer, member, Matrix(info["relative"]), name)
 
 
+REALIZE_NAME = "MaskField realize instances (temporary)"
+
+
+def geometry_node_instancers(objects: Sequence[bpy.types.Object], depsgraph) -> set[str]:
+    """Names of the mesh objects among ``objects`` whose geometry nodes make instances (rocks
+    scattered on a ground): the render shows them, but they are not faces of the object's
+    evaluated mesh until realized (``shown_object``)."""
+    names = {ob.name for ob in objects if not isinstance(ob, InstancePart) and ob.type == "MESH"}
+    found: set[str] = set()
+    if not names:
+        return found
+    for inst in depsgraph.object_instances:
+        if not inst.is_instance or inst.parent is None or inst.object is None:
+            continue
+        parent = inst.parent.original.name
+        # a geometry-nodes instance is reported as its own object (a collection instance's is
+        # the member's)
+        if parent in names and inst.object.original.name == parent:
+            found.add(parent)
+    return found
+
+
+def _realize_group() -> bpy.types.NodeTree:
+    group = bpy.data.node_groups.new(REALIZE_NAME, "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    given, result = group.nodes.new("NodeGroupInput"), group.nodes.new("NodeGroupOutput")
+    realize = group.nodes.new("GeometryNodeRealizeInstances")
+    group.links.new(given.outputs[0], realize.inputs[0])
+    group.links.new(realize.outputs[0], result.inputs[0])
+    return group
+
+
+@contextlib.contextmanager
+def shown_object(ob: bpy.types.Object, depsgraph, realize: bool = False):
+    """The evaluated ``ob``, whose mesh is what the user sees (modifiers, shape keys). With
+    ``realize``, its geometry-nodes instances are faces of that mesh too: a temporary copy of
+    the object (sharing its data) with a Realize Instances modifier last is evaluated, and
+    removed with its node group afterwards."""
+    if not realize:
+        yield ob.evaluated_get(depsgraph) if depsgraph is not None else ob
+        return
+    scene = depsgraph.scene if depsgraph is not None else bpy.context.scene
+    scene = getattr(scene, "original", scene)
+    group = _realize_group()
+    tmp = ob.copy()
+    try:
+        tmp.name = REALIZE_NAME
+        tmp.modifiers.new(REALIZE_NAME, "NODES").node_group = group
+        scene.collection.objects.link(tmp)
+        tmp.hide_viewport = False
+        yield tmp.evaluated_get(scene_depsgraph(scene))
+    finally:
+        bpy.data.objects.remove(tmp, do_unlink=True)
+        bpy.data.node_groups.remove(group)
+        scene_depsgraph(scene)  # evaluated again without the copy
+
+
 def world_bounds(objects: Sequence[bpy.types.Object], depsgraph=None) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned world bounds (min, max) of the objects' (evaluated) bounding boxes."""
     corners = []
@@ -337,9 +395,16 @@ def material_base_color(mat: bpy.types.Material | None) -> tuple[float, float, f
     return (float(v[0]), float(v[1]), float(v[2]))
 
 
-def _triangles_world(ob: bpy.types.Object, depsgraph) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _triangles_world(ob: bpy.types.Object, depsgraph,
+                     realize: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """World-space triangle corners (T x 3 x 3), sRGB colours per triangle (T x 3)."""
-    ob_eval = ob.evaluated_get(depsgraph) if depsgraph is not None else ob
+    if realize:
+        with shown_object(ob, depsgraph, realize=True) as ob_eval:
+            return _triangles_of(ob_eval)
+    return _triangles_of(ob.evaluated_get(depsgraph) if depsgraph is not None else ob)
+
+
+def _triangles_of(ob_eval) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     try:
         me = ob_eval.to_mesh()
     except RuntimeError:
@@ -386,8 +451,9 @@ def sample_surface_points(objects: Sequence[bpy.types.Object], count: int, seed:
     if depsgraph is None:
         depsgraph = scene_depsgraph(bpy.context.scene)
     tris, cols = [], []
+    instancing = geometry_node_instancers(objects, depsgraph)
     for ob in objects:
-        got = _triangles_world(ob, depsgraph)
+        got = _triangles_world(ob, depsgraph, realize=ob.name in instancing and not isinstance(ob, InstancePart))
         if got is not None:
             tris.append(got[0])
             cols.append(got[1])
@@ -427,16 +493,16 @@ def write_points_ply(path: str, xyz: np.ndarray, rgb: np.ndarray) -> None:
         fh.write(data.tobytes())
 
 
-def evaluated_face_centres(ob: bpy.types.Object, depsgraph) -> np.ndarray:
+def evaluated_face_centres(ob: bpy.types.Object, depsgraph, realize: bool = False) -> np.ndarray:
     """Local-space centres of the faces the user sees: the mesh after its modifiers and shape
-    keys (what the render shows), F x 3."""
-    ob_eval = ob.evaluated_get(depsgraph) if depsgraph is not None else ob
-    me = ob_eval.to_mesh()
-    try:
-        centres = np.empty(len(me.polygons) * 3, dtype=np.float32)
-        me.polygons.foreach_get("center", centres)
-    finally:
-        ob_eval.to_mesh_clear()
+    keys (what the render shows), with ``realize`` its geometry-nodes instances too, F x 3."""
+    with shown_object(ob, depsgraph, realize) as ob_eval:
+        me = ob_eval.to_mesh()
+        try:
+            centres = np.empty(len(me.polygons) * 3, dtype=np.float32)
+            me.polygons.foreach_get("center", centres)
+        finally:
+            ob_eval.to_mesh_clear()
     return centres.reshape(-1, 3)
 
 
@@ -453,10 +519,13 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
     mesh's own face count), placed by the evaluated world matrix (parents, constraints,
     unapplied scale and rotation). A part of a collection instance (``InstancePart``) also
     has ``instance``: its instancer, the object it shows and that object's matrix in the
-    instancer's frame (``find_instance_part`` finds it again).
+    instancer's frame (``find_instance_part`` finds it again). An object whose geometry nodes
+    make instances has ``realized``: its rows are the faces of its mesh with the instances
+    realized (``shown_object``), the instances' after its own.
     """
     if depsgraph is None:
         depsgraph = scene_depsgraph(bpy.context.scene)
+    instancing = geometry_node_instancers(objects, depsgraph)
     table = []
     parts = []
     start = 0
@@ -469,7 +538,8 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
         own = np.empty(len(me.polygons) * 3, dtype=np.float32)
         me.polygons.foreach_get("center", own)
         own = own.reshape(-1, 3)
-        shown = evaluated_face_centres(ob, depsgraph)
+        realize = ob.name in instancing and not isinstance(ob, InstancePart)
+        shown = evaluated_face_centres(ob, depsgraph, realize)
         evaluated = shown.shape != own.shape or not np.allclose(shown, own, atol=1e-6)
         n = len(shown)
         mw = np.array(ob.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
@@ -478,6 +548,8 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
                  "evaluated": bool(evaluated)}
         if isinstance(ob, InstancePart):  # shown by a collection instance: found again by these
             entry["instance"] = ob.instance_info()
+        if realize:
+            entry["realized"] = True
         table.append(entry)
         start += n
     arr = np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)

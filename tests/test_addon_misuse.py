@@ -40,6 +40,12 @@ def test_collection_instances_are_rendered_placed_and_segmented(misuse):
     _all(misuse, "collection_instances", "instances_", "verts_instancer_refused")
 
 
+def test_geometry_nodes_instances_are_faces_of_their_object(misuse):
+    # rocks scattered on a field by geometry nodes: in the face table, in Faces mode, in the
+    # source signature; the temporary copy that realizes them is gone afterwards
+    _all(misuse, "geometry_nodes_instances", "gn_instances_")
+
+
 def test_train_pressed_twice(misuse):
     _all(misuse, "train_twice")
 

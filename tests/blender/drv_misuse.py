@@ -425,6 +425,80 @@ def main() -> None:
         s.run_dir = saved_run
         s.mode = "FACES"
 
+    # -- geometry-nodes instances (rocks scattered on a field) -------------------------------
+    with section("geometry_nodes_instances"):
+        rock = mesh_object("Pebble shape", lambda bm: bmesh.ops.create_icosphere(bm, subdivisions=1, radius=0.08),
+                           material("Stone", (0.3, 0.3, 0.32)), loc=(6.0, 0.0, 0.0))
+        field = mesh_object("Rock Field", lambda bm: bmesh.ops.create_grid(bm, x_segments=2, y_segments=2, size=0.6),
+                            material("Grass", (0.1, 0.5, 0.1)), loc=(0.0, -1.5, 0.1))
+        field.rotation_euler = (0.0, 0.0, 0.3)
+        tree = bpy.data.node_groups.new("Scatter rocks", "GeometryNodeTree")
+        tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        given, result = tree.nodes.new("NodeGroupInput"), tree.nodes.new("NodeGroupOutput")
+        info, scatter = tree.nodes.new("GeometryNodeObjectInfo"), tree.nodes.new("GeometryNodeInstanceOnPoints")
+        join = tree.nodes.new("GeometryNodeJoinGeometry")
+        info.inputs["Object"].default_value = rock
+        tree.links.new(given.outputs[0], scatter.inputs["Points"])
+        tree.links.new(info.outputs["Geometry"], scatter.inputs["Instance"])
+        tree.links.new(given.outputs[0], join.inputs[0])
+        tree.links.new(scatter.outputs[0], join.inputs[0])
+        tree.links.new(join.outputs[0], result.inputs[0])
+        field.modifiers.new("Scatter", "NODES").node_group = tree
+        bpy.context.view_layer.update()
+        n_field_faces, n_rock_faces = len(field.data.polygons), len(rock.data.polygons)
+        mw = np.array(field.matrix_world)
+        rock_local = np.array([tuple(p.center) for p in rock.data.polygons])
+        local = [np.array([tuple(p.center) for p in field.data.polygons])] + \
+            [rock_local + np.array(tuple(v.co)) for v in field.data.vertices]  # a rock on every vertex
+        expected = np.concatenate(local) @ mw[:3, :3].T + mw[:3, 3]
+        digest = mf.operators._geometry_digest(field)
+        saved_run = s.run_dir
+        s.run_dir = os.path.join(work, "run of a scatter")
+        select([red, field])
+        res = bpy.ops.maskfield.train()
+        client.pump(60)
+        job = client.last_finished("train")
+        check("gn_instances_trained", res == {"FINISHED"} and job is not None and job.state == "finished",
+              (res, job and (job.state, job.error), STATUS.error))
+        faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
+        centres = np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
+        e = next((e for e in faces["objects"] if e["name"] == "Rock Field"), {})
+        got = centres[e.get("start", 0): e.get("start", 0) + e.get("count", 0)]
+        check("gn_instances_in_face_table", e.get("realized") is True and e.get("count") == len(expected)
+              and e.get("faces") == n_field_faces and np.allclose(np.sort(got, 0), np.sort(expected, 0), atol=1e-4),
+              ({k: v for k, v in e.items()}, len(expected)))
+        leftovers = [x.name for x in (*bpy.data.objects, *bpy.data.node_groups) if "MaskField realize" in x.name]
+        check("gn_instances_no_temporaries_left", not leftovers and len(field.modifiers) == 1, leftovers)
+        # Faces: the field's faces and its rocks', as one new object where the field stands
+        s.prompts.clear()
+        bpy.ops.maskfield.prompt_add(text="rock field")
+        s.mode, s.split_in_place = "FACES", False
+        last = mf.operators._LAST_SEGMENT
+        last[0] = None
+        bpy.ops.maskfield.segment()
+        client.pump(60, until=lambda: last[0] is not None)
+        coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == "rock field"]
+        made = list(coll[0].objects) if coll else []
+        placed = np.array([tuple(made[0].matrix_world @ p.center) for p in made[0].data.polygons]) if made else None
+        check("gn_instances_faces_made", len(made) == 1 and placed is not None and len(placed) == len(expected)
+              and np.allclose(np.sort(placed, 0), np.sort(expected, 0), atol=1e-4) and not made[0].modifiers
+              and "Stone" in [m.name for m in made[0].data.materials if m],
+              ([o.name for o in made], STATUS.error, placed is not None and len(placed)))
+        check("gn_instances_original_untouched", len(field.data.polygons) == n_field_faces and len(field.modifiers) == 1
+              and field.modifiers[0].node_group == tree and not [x for x in bpy.data.objects if "MaskField realize"
+                                                                 in x.name], [m.name for m in field.modifiers])
+        # another rock is another render, though the field's own mesh is the same
+        rock.data.vertices[0].co.x += 0.02
+        rock.data.update()
+        bpy.context.view_layer.update()
+        check("gn_instances_in_signature", mf.operators._geometry_digest(field) != digest, digest)
+        client.stop_server()
+        client.pump(5)
+        for ob in made + [field, rock]:
+            bpy.data.objects.remove(ob)
+        s.run_dir = saved_run
+
     # -- a backend Python without torch ----------------------------------------------------
     with section("python_without_torch"):
         prefs.python_path = python_without_torch(work)
