@@ -102,15 +102,19 @@ def render_settings(context) -> scene_render.RenderSettings:
                                        engine=s.engine, layout=s.layout, points=s.seed_points, seed=0)
 
 
-def _geometry_digest(ob) -> str:
-    """A hash of what a render of ``ob`` depends on: mesh vertices and faces, transform, materials."""
+def _geometry_digest(ob, instancing: set[str] | None = None) -> str:
+    """A hash of what a render of ``ob`` depends on: mesh vertices and faces, transform, materials.
+    ``instancing``: the names of objects whose geometry nodes make instances (found for ``ob``
+    alone when not given; ``source_signature`` finds them once for all)."""
     h = hashlib.sha256()
     h.update(np.array(ob.matrix_world, dtype=np.float32).tobytes())
     h.update(repr([s.material.name if s.material else None for s in ob.material_slots]).encode("utf-8"))
     if ob.type == "MESH":  # the mesh as shown: a changed modifier changes the render too
         depsgraph = scene_render.scene_depsgraph(bpy.context.scene)
         # with its geometry-nodes instances (a changed scatter changes the render)
-        realize = ob.name in scene_render.geometry_node_instancers([ob], depsgraph)
+        if instancing is None:
+            instancing = scene_render.geometry_node_instancers([ob], depsgraph)
+        realize = ob.name in instancing
         with scene_render.shown_object(ob, depsgraph, realize) as ob_eval:
             me = ob_eval.to_mesh()
             try:
@@ -126,7 +130,9 @@ def _geometry_digest(ob) -> str:
 
 
 def source_signature(objects, settings: scene_render.RenderSettings) -> str:
-    key = json.dumps({"objects": [(o.name, _geometry_digest(o)) for o in objects], "views": settings.views,
+    instancing = scene_render.geometry_node_instancers(objects, scene_render.scene_depsgraph(bpy.context.scene))
+    key = json.dumps({"objects": [(o.name, _geometry_digest(o, instancing)) for o in objects],
+                      "views": settings.views,
                       "resolution": settings.size, "layout": settings.layout, "samples": settings.samples,
                       "points": settings.points, "seed": settings.seed}, sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]

@@ -233,7 +233,7 @@ def shown_object(ob: bpy.types.Object, depsgraph, realize: bool = False):
     tmp = ob.copy()
     try:
         tmp.name = REALIZE_NAME
-        tmp.modifiers.new(REALIZE_NAME, "NODES").node_group = group
+        cast(bpy.types.NodesModifier, tmp.modifiers.new(REALIZE_NAME, "NODES")).node_group = group
         scene.collection.objects.link(tmp)
         tmp.hide_viewport = False
         yield tmp.evaluated_get(scene_depsgraph(scene))
