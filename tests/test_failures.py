@@ -600,3 +600,46 @@ def test_camera_files_with_text_where_numbers_belong_are_named(tmp_path):
     good["frames"][3]["transform_matrix"] = good["frames"][3]["transform_matrix"][:3]  # 3x4 is accepted
     (folder / "transforms.json").write_text(json.dumps(good))
     assert load_scene(folder).cameras[3].camtoworld.shape == (4, 4)
+
+
+def _with_points(folder: Path, pose=lambda c2w: c2w) -> Path:
+    """The scene of ``make_scene`` with seed points around its centre and each matrix as ``pose`` writes it."""
+    from plyfile import PlyData, PlyElement
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame["transform_matrix"] = pose(np.asarray(frame["transform_matrix"])).tolist()
+    pts = np.random.default_rng(1).uniform(-0.5, 0.5, (500, 3))
+    vertex = np.array([tuple(p) + (128, 128, 128) for p in pts],
+                      dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(folder / "points.ply"))
+    meta["ply_file_path"] = "points.ply"
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_poses_in_opencv_axes_or_as_view_matrices_are_named_before_fitting(tmp_path, capsys):
+    from maskfield.checks import check_cameras_face_points
+    from maskfield.scene import load_scene
+    from maskfield.scene.cameras import GL_TO_CV
+
+    good = load_scene(_with_points(make_scene(tmp_path / "good", labels=False)))
+    assert check_cameras_face_points(good, good.train_indices) is None
+    slips = {"opencv": (lambda c2w: c2w @ GL_TO_CV, "OpenCV's camera axes"),
+             "view": (lambda c2w: np.linalg.inv(c2w), "world-to-camera"),
+             "view-opencv": (lambda c2w: np.linalg.inv(c2w @ GL_TO_CV), "world-to-camera")}
+    for name, (pose, says) in slips.items():
+        folder = _with_points(make_scene(tmp_path / name, labels=False), pose)
+        code, out, err = cli("fit", folder, "--out", tmp_path / f"run-{name}", "--iterations", "5",
+                             "--events", "none", capsys=capsys)
+        assert code == 2 and says in err and "face away from the seed points" in err, (name, err)
+        assert not (tmp_path / f"run-{name}" / "gaussians.ply").exists()
+    # points in another frame that no slip explains: a warning, and the fit goes on
+    def moved(c2w):
+        c2w = c2w.copy()
+        c2w[0, 3] += 40.0  # the cameras 40 units aside of the points
+        return c2w
+
+    far = load_scene(_with_points(make_scene(tmp_path / "elsewhere", labels=False), moved))
+    warning = check_cameras_face_points(far, far.train_indices)
+    assert warning is not None and "see little of the seed points" in warning

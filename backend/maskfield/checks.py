@@ -34,6 +34,65 @@ def check_cameras(scene, indices) -> None:
                              "check the camera poses and the seed point cloud.", kind="cameras")
 
 
+# A camera that has under this share of the seed points in its image does not look at them;
+# a convention mistake is named when the other reading shows at least FACING_SHARE of them
+SEEN_SHARE = 0.02
+FACING_SHARE = 0.2
+
+
+def _median_seen(points: np.ndarray, cameras, pose) -> float:
+    """The median over ``cameras`` of the share of ``points`` in front of the camera and inside
+    its image, each camera posed at ``pose(camtoworld)``."""
+    from dataclasses import replace
+
+    shares = []
+    for cam in cameras:
+        uv, z = replace(cam, camtoworld=pose(cam.camtoworld)).project(points)
+        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
+        shares.append(float(inside.mean()))
+    return float(np.median(shares))
+
+
+def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
+    """Refuse poses that face away from the scene's seed points where a known slip explains it
+    (transforms.json written in OpenCV's camera axes, or with world-to-camera matrices): the fit
+    would otherwise run for minutes on cameras that see nothing. Returns a warning where the
+    cameras see little of the points for no known reason; None where they see them."""
+    from .scene.cameras import GL_TO_CV
+
+    if scene.points is None or len(scene.points) < 10:
+        return None
+    points = np.asarray(scene.points, dtype=np.float64)
+    if len(points) > sample:
+        points = points[np.random.default_rng(0).choice(len(points), sample, replace=False)]
+    cameras = [scene.cameras[i] for i in indices]
+    seen = _median_seen(points, cameras, lambda m: m)
+    if seen >= SEEN_SHARE:
+        return None
+    if scene.source in ("transforms", "nerf-synthetic"):
+        as_opencv = _median_seen(points, cameras, lambda m: m @ GL_TO_CV)
+        if as_opencv >= FACING_SHARE:
+            raise MaskFieldError(
+                f"the cameras face away from the seed points (a median {seen:.0%} of them in view; "
+                f"{as_opencv:.0%} if the matrices were in OpenCV's camera axes). transform_matrix must be "
+                "camera-to-world in OpenGL's axes (x right, y up, the camera looking down -z), as Blender, "
+                "nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) multiply each "
+                "matrix's rotation columns y and z by -1.", kind="cameras")
+        if scene.origin is None:
+            # a view matrix in OpenGL's axes, or in OpenCV's
+            inverted = max(_median_seen(points, cameras, lambda m: np.linalg.inv(m @ GL_TO_CV) @ GL_TO_CV),
+                           _median_seen(points, cameras, lambda m: np.linalg.inv(m @ GL_TO_CV)))
+            if inverted >= FACING_SHARE:
+                raise MaskFieldError(
+                    f"the cameras face away from the seed points (a median {seen:.0%} of them in view; "
+                    f"{inverted:.0%} if each matrix were inverted): the transform_matrix entries look like "
+                    "world-to-camera (view) matrices, where transforms.json takes camera-to-world. Invert "
+                    "each one.", kind="cameras")
+    return (f"the cameras see little of the seed points (a median {seen:.1%} of them in view of a camera): the "
+            "poses and the point cloud may be in different coordinates (another scale, or another tool's "
+            "frame). The fit goes on; if it comes out empty, check where the points were made.")
+
+
 def check_image_size(scene, downscale: float) -> None:
     """--downscale must leave images a fit can learn from (the smallest, where a capture mixes cameras)."""
     i = min(range(len(scene.cameras)), key=lambda k: min(scene.cameras[k].width, scene.cameras[k].height))

@@ -73,7 +73,8 @@ def recentre_far_scene(scene: Scene) -> None:
     mean = centers.mean(axis=0)
     spread = float(np.linalg.norm(centers - mean, axis=1).max())
     far = float(np.abs(centers).max())
-    if not np.isfinite(far) or spread <= 0 or far <= FAR_FROM_ORIGIN * spread:
+    # cameras at one place (spread at rounding level) are no capture to move: the fit refuses them
+    if not np.isfinite(far) or spread <= 1e-9 * far or far <= FAR_FROM_ORIGIN * spread:
         return
     step = 10.0 ** np.floor(np.log10(spread))
     origin = np.round(mean / step) * step

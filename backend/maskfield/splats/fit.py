@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..adam import Adam
-from ..checks import check_cameras, check_fit_state
+from ..checks import check_cameras, check_cameras_face_points, check_fit_state
 from ..events import Cancelled, MaskFieldError, Reporter
 from ..run import RunFolder, load_torch_file, save_torch_atomic
 from .losses import backdrop_alpha_penalty, psnr, ssim, surface_alpha_penalty
@@ -124,6 +124,11 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     train = list(scene.train_indices) or list(range(len(scene)))
+    # OpenCV axes, view matrices: stop before minutes of nothing (first: view matrices also put
+    # every "camera centre" at one place, which check_cameras would blame)
+    away = check_cameras_face_points(scene, train)
+    if away:
+        reporter.log(away, level="warning")
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
     on_gpu = torch.device(device).type != "cpu"
     images = TrainingImages(eight_bit=on_gpu)
