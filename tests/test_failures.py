@@ -643,3 +643,37 @@ def test_poses_in_opencv_axes_or_as_view_matrices_are_named_before_fitting(tmp_p
     far = load_scene(_with_points(make_scene(tmp_path / "elsewhere", labels=False), moved))
     warning = check_cameras_face_points(far, far.train_indices)
     assert warning is not None and "see little of the seed points" in warning
+
+
+def test_seedless_cameras_in_opencv_axes_are_named_where_they_surround_a_place(tmp_path, capsys):
+    from conftest import FOX
+    from maskfield.checks import check_cameras_face_points
+    from maskfield.events import MaskFieldError
+    from maskfield.scene import load_scene
+    from maskfield.scene.cameras import GL_TO_CV
+
+    ring = load_scene(make_scene(tmp_path / "ring", labels=False))
+    assert ring.points is None and check_cameras_face_points(ring, ring.train_indices) is None
+    fox = load_scene(FOX)  # real photos on an arc around a fox, no seed points
+    assert check_cameras_face_points(fox, fox.train_indices) is None
+    for cam in fox.cameras:  # the same poses read in the wrong axes
+        cam.camtoworld = cam.camtoworld @ GL_TO_CV
+    with pytest.raises(MaskFieldError, match="meet behind"):
+        check_cameras_face_points(fox, fox.train_indices)
+    folder = make_scene(tmp_path / "flipped", labels=False)
+    meta = json.loads((folder / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame["transform_matrix"] = (np.asarray(frame["transform_matrix"]) @ GL_TO_CV).tolist()
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    code, out, err = cli("fit", folder, "--out", tmp_path / "run", "--iterations", "5", "--init-points", "300",
+                         "--events", "none", capsys=capsys)
+    assert code == 2 and "meet behind" in err and "OpenCV's camera axes" in err, err
+    # a forward-facing pan whose axes spread a little meets behind itself too, and is no slip
+    pan = make_scene(tmp_path / "pan", labels=False)
+    meta = json.loads((pan / "transforms.json").read_text())
+    for i, frame in enumerate(meta["frames"]):
+        x = i - 3.5
+        frame["transform_matrix"] = look_at_c2w_gl([x, -3.0, 1.0], target=(1.3 * x, 0.0, 1.0)).tolist()
+    (pan / "transforms.json").write_text(json.dumps(meta))
+    pan_scene = load_scene(pan)
+    assert check_cameras_face_points(pan_scene, pan_scene.train_indices) is None

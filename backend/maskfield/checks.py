@@ -61,7 +61,7 @@ def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
     from .scene.cameras import GL_TO_CV
 
     if scene.points is None or len(scene.points) < 10:
-        return None
+        return _check_axes_meet_in_front(scene, indices)
     points = np.asarray(scene.points, dtype=np.float64)
     if len(points) > sample:
         points = points[np.random.default_rng(0).choice(len(points), sample, replace=False)]
@@ -91,6 +91,42 @@ def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
     return (f"the cameras see little of the seed points (a median {seen:.1%} of them in view of a camera): the "
             "poses and the point cloud may be in different coordinates (another scale, or another tool's "
             "frame). The fit goes on; if it comes out empty, check where the points were made.")
+
+
+def _check_axes_meet_in_front(scene, indices) -> None:
+    """Without seed points: where the cameras surround one place (an orbit, a turntable), the
+    point nearest to their optical axes must lie in front of them. Behind nearly all of them,
+    and in front once the axes are read as OpenCV's, the file is in the wrong axes."""
+    from .scene.cameras import GL_TO_CV
+    from .scene.scene import _closest_point_to_rays
+
+    if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4:
+        return None
+    cameras = [scene.cameras[i] for i in indices]
+    centers = np.stack([cam.center for cam in cameras])
+    axes = np.stack([cam.camtoworld[:3, 2] for cam in cameras])
+    focus = _closest_point_to_rays(centers, axes)
+    towards = focus - centers
+    distance = np.linalg.norm(towards, axis=1)
+    if not np.isfinite(focus).all() or np.median(distance) <= 0:
+        return None
+    unit = towards / np.maximum(distance, 1e-12)[:, None]
+    # the axes cross near one place, seen from several sides (not a forward-facing pan, whose
+    # nearly parallel axes may also meet behind it)
+    off_axis = np.linalg.norm(np.cross(axes / np.linalg.norm(axes, axis=1, keepdims=True), towards), axis=1)
+    if np.median(off_axis) > 0.2 * np.median(distance) or np.linalg.norm(unit.mean(axis=0)) > 0.9:
+        return None
+    seen = _median_seen(focus[None], cameras, lambda m: m)
+    share_in_front = float(np.mean([_median_seen(focus[None], [cam], lambda m: m) for cam in cameras]))
+    as_opencv = float(np.mean([_median_seen(focus[None], [cam], lambda m: m @ GL_TO_CV) for cam in cameras]))
+    if seen == 0 and share_in_front <= 0.1 and as_opencv >= 0.8:
+        raise MaskFieldError(
+            f"the cameras surround a place behind them: their optical axes meet behind {1 - share_in_front:.0%} of "
+            f"them, in front of {as_opencv:.0%} if the matrices were in OpenCV's camera axes. transform_matrix "
+            "must be camera-to-world in OpenGL's axes (x right, y up, the camera looking down -z), as Blender, "
+            "nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) multiply each matrix's "
+            "rotation columns y and z by -1.", kind="cameras")
+    return None
 
 
 def check_image_size(scene, downscale: float) -> None:
