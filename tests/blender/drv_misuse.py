@@ -116,6 +116,30 @@ def world_face_centres(ob):
     return c.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
 
 
+def train_and_read_face_table(client, s, status, check_name):
+    """Train on the selected objects (checked as ``check_name``); the run's face table and face centres."""
+    res = bpy.ops.maskfield.train()
+    client.pump(60)
+    job = client.last_finished("train")
+    check(check_name, res == {"FINISHED"} and job is not None and job.state == "finished",
+          (res, job and (job.state, job.error), status.error))
+    faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
+    return faces, np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
+
+
+def segment_as_faces(mf, client, s, prompt):
+    """Segment one prompt in Faces mode (new objects, originals kept); the objects made, by name."""
+    s.prompts.clear()
+    bpy.ops.maskfield.prompt_add(text=prompt)
+    s.mode, s.split_in_place = "FACES", False
+    last = mf.operators._LAST_SEGMENT
+    last[0] = None
+    bpy.ops.maskfield.segment()
+    client.pump(60, until=lambda: last[0] is not None)
+    coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == prompt]
+    return sorted(coll[0].objects, key=lambda o: o.name) if coll else []
+
+
 def python_without_torch(folder):
     """A real Python that has the backend, numpy and Pillow, but not torch (nor the rest of the stack)."""
     import numpy
@@ -355,13 +379,7 @@ def main() -> None:
         s.run_dir = os.path.join(work, "run of instances")
         select([red] + insts)
         n_chair_faces = len(chair.data.polygons)
-        res = bpy.ops.maskfield.train()
-        client.pump(60)
-        job = client.last_finished("train")
-        check("instances_trained", res == {"FINISHED"} and job is not None and job.state == "finished",
-              (res, job and (job.state, job.error), STATUS.error))
-        faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
-        centres = np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
+        faces, centres = train_and_read_face_table(client, s, STATUS, "instances_trained")
         by_name = {e["name"]: e for e in faces["objects"]}
         ok = sorted(by_name) == ["Chairs A / Chair", "Chairs B / Chair", "Red Cube Mod", "Set A / Chair"]
         for inst in insts:
@@ -377,15 +395,8 @@ def main() -> None:
         check("instances_rendered_and_labelled", {ids.get(f"{i.name} / Chair") for i in insts} <= seen,
               (names, sorted(seen)))
         # Faces: the chair's faces, once per instance, where each instance shows them
-        s.prompts.clear()
-        bpy.ops.maskfield.prompt_add(text="chair")
-        s.mode, s.split_in_place = "FACES", False
+        made = segment_as_faces(mf, client, s, "chair")
         last = mf.operators._LAST_SEGMENT
-        last[0] = None
-        bpy.ops.maskfield.segment()
-        client.pump(60, until=lambda: last[0] is not None)
-        coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == "chair"]
-        made = sorted(coll[0].objects, key=lambda o: o.name) if coll else []
         placed = [np.array([tuple(o.matrix_world @ p.center) for p in o.data.polygons]) for o in made]
         check("instances_faces_made", len(made) == 3 and all(
             np.allclose(np.sort(got, 0), np.sort(shown(inst), 0), atol=1e-4) for got, inst in zip(placed, insts))
@@ -456,13 +467,7 @@ def main() -> None:
         saved_run = s.run_dir
         s.run_dir = os.path.join(work, "run of a scatter")
         select([red, field])
-        res = bpy.ops.maskfield.train()
-        client.pump(60)
-        job = client.last_finished("train")
-        check("gn_instances_trained", res == {"FINISHED"} and job is not None and job.state == "finished",
-              (res, job and (job.state, job.error), STATUS.error))
-        faces = json.load(open(os.path.join(s.run_dir, "blender", "faces.json"), encoding="utf-8"))
-        centres = np.load(os.path.join(s.run_dir, "blender", "faces.npy"))
+        faces, centres = train_and_read_face_table(client, s, STATUS, "gn_instances_trained")
         e = next((e for e in faces["objects"] if e["name"] == "Rock Field"), {})
         got = centres[e.get("start", 0): e.get("start", 0) + e.get("count", 0)]
         check("gn_instances_in_face_table", e.get("realized") is True and e.get("count") == len(expected)
@@ -471,15 +476,7 @@ def main() -> None:
         leftovers = [x.name for x in (*bpy.data.objects, *bpy.data.node_groups) if "MaskField realize" in x.name]
         check("gn_instances_no_temporaries_left", not leftovers and len(field.modifiers) == 1, leftovers)
         # Faces: the field's faces and its rocks', as one new object where the field stands
-        s.prompts.clear()
-        bpy.ops.maskfield.prompt_add(text="rock field")
-        s.mode, s.split_in_place = "FACES", False
-        last = mf.operators._LAST_SEGMENT
-        last[0] = None
-        bpy.ops.maskfield.segment()
-        client.pump(60, until=lambda: last[0] is not None)
-        coll = [c for c in bpy.data.collections if c.get("maskfield_prompt") == "rock field"]
-        made = list(coll[0].objects) if coll else []
+        made = segment_as_faces(mf, client, s, "rock field")
         placed = np.array([tuple(made[0].matrix_world @ p.center) for p in made[0].data.polygons]) if made else None
         check("gn_instances_faces_made", len(made) == 1 and placed is not None and len(placed) == len(expected)
               and np.allclose(np.sort(placed, 0), np.sort(expected, 0), atol=1e-4) and not made[0].modifiers
