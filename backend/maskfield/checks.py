@@ -40,9 +40,9 @@ SEEN_SHARE = 0.02
 FACING_SHARE = 0.2
 
 
-def _median_seen(points: np.ndarray, cameras, pose) -> float:
-    """The median over ``cameras`` of the share of ``points`` in front of the camera and inside
-    its image, each camera posed at ``pose(camtoworld)``."""
+def _shares_seen(points: np.ndarray, cameras, pose) -> np.ndarray:
+    """Per camera, the share of ``points`` in front of it and inside its image, each camera
+    posed at ``pose(camtoworld)``."""
     from dataclasses import replace
 
     shares = []
@@ -50,7 +50,14 @@ def _median_seen(points: np.ndarray, cameras, pose) -> float:
         uv, z = replace(cam, camtoworld=pose(cam.camtoworld)).project(points)
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
         shares.append(float(inside.mean()))
-    return float(np.median(shares))
+    return np.asarray(shares)
+
+
+def _opencv_axes_error(evidence: str) -> MaskFieldError:
+    return MaskFieldError(
+        f"{evidence}. transform_matrix must be camera-to-world in OpenGL's axes (x right, y up, the camera "
+        "looking down -z), as Blender, nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) "
+        "multiply each matrix's rotation columns y and z by -1.", kind="cameras")
 
 
 def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
@@ -61,27 +68,28 @@ def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
     from .scene.cameras import GL_TO_CV
 
     if scene.points is None or len(scene.points) < 10:
-        return _check_axes_meet_in_front(scene, indices)
+        _check_axes_meet_in_front(scene, indices)
+        return None
     points = np.asarray(scene.points, dtype=np.float64)
     if len(points) > sample:
         points = points[np.random.default_rng(0).choice(len(points), sample, replace=False)]
     cameras = [scene.cameras[i] for i in indices]
-    seen = _median_seen(points, cameras, lambda m: m)
+
+    def median_seen(pose) -> float:
+        return float(np.median(_shares_seen(points, cameras, pose)))
+
+    seen = median_seen(lambda m: m)
     if seen >= SEEN_SHARE:
         return None
     if scene.source in ("transforms", "nerf-synthetic"):
-        as_opencv = _median_seen(points, cameras, lambda m: m @ GL_TO_CV)
+        as_opencv = median_seen(lambda m: m @ GL_TO_CV)
         if as_opencv >= FACING_SHARE:
-            raise MaskFieldError(
-                f"the cameras face away from the seed points (a median {seen:.0%} of them in view; "
-                f"{as_opencv:.0%} if the matrices were in OpenCV's camera axes). transform_matrix must be "
-                "camera-to-world in OpenGL's axes (x right, y up, the camera looking down -z), as Blender, "
-                "nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) multiply each "
-                "matrix's rotation columns y and z by -1.", kind="cameras")
+            raise _opencv_axes_error(f"the cameras face away from the seed points (a median {seen:.0%} of them in "
+                                     f"view; {as_opencv:.0%} if the matrices were in OpenCV's camera axes)")
         if scene.origin is None:
             # a view matrix in OpenGL's axes, or in OpenCV's
-            inverted = max(_median_seen(points, cameras, lambda m: np.linalg.inv(m @ GL_TO_CV) @ GL_TO_CV),
-                           _median_seen(points, cameras, lambda m: np.linalg.inv(m @ GL_TO_CV)))
+            inverted = max(median_seen(lambda m: np.linalg.inv(m @ GL_TO_CV) @ GL_TO_CV),
+                           median_seen(lambda m: np.linalg.inv(m @ GL_TO_CV)))
             if inverted >= FACING_SHARE:
                 raise MaskFieldError(
                     f"the cameras face away from the seed points (a median {seen:.0%} of them in view; "
@@ -101,32 +109,28 @@ def _check_axes_meet_in_front(scene, indices) -> None:
     from .scene.scene import _closest_point_to_rays
 
     if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4:
-        return None
+        return
     cameras = [scene.cameras[i] for i in indices]
     centers = np.stack([cam.center for cam in cameras])
     axes = np.stack([cam.camtoworld[:3, 2] for cam in cameras])
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
     focus = _closest_point_to_rays(centers, axes)
     towards = focus - centers
     distance = np.linalg.norm(towards, axis=1)
     if not np.isfinite(focus).all() or np.median(distance) <= 0:
-        return None
-    unit = towards / np.maximum(distance, 1e-12)[:, None]
+        return
     # the axes cross near one place, seen from several sides (not a forward-facing pan, whose
     # nearly parallel axes may also meet behind it)
-    off_axis = np.linalg.norm(np.cross(axes / np.linalg.norm(axes, axis=1, keepdims=True), towards), axis=1)
-    if np.median(off_axis) > 0.2 * np.median(distance) or np.linalg.norm(unit.mean(axis=0)) > 0.9:
-        return None
-    seen = _median_seen(focus[None], cameras, lambda m: m)
-    share_in_front = float(np.mean([_median_seen(focus[None], [cam], lambda m: m) for cam in cameras]))
-    as_opencv = float(np.mean([_median_seen(focus[None], [cam], lambda m: m @ GL_TO_CV) for cam in cameras]))
-    if seen == 0 and share_in_front <= 0.1 and as_opencv >= 0.8:
-        raise MaskFieldError(
-            f"the cameras surround a place behind them: their optical axes meet behind {1 - share_in_front:.0%} of "
-            f"them, in front of {as_opencv:.0%} if the matrices were in OpenCV's camera axes. transform_matrix "
-            "must be camera-to-world in OpenGL's axes (x right, y up, the camera looking down -z), as Blender, "
-            "nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) multiply each matrix's "
-            "rotation columns y and z by -1.", kind="cameras")
-    return None
+    off_axis = np.linalg.norm(np.cross(axes, towards), axis=1)
+    sides = np.linalg.norm((towards / np.maximum(distance, 1e-12)[:, None]).mean(axis=0))
+    if np.median(off_axis) > 0.2 * np.median(distance) or sides > 0.9:
+        return
+    in_front = float(_shares_seen(focus[None], cameras, lambda m: m).mean())
+    as_opencv = float(_shares_seen(focus[None], cameras, lambda m: m @ GL_TO_CV).mean())
+    if in_front <= 0.1 and as_opencv >= 0.8:
+        raise _opencv_axes_error(f"the cameras surround a place behind them: their optical axes meet behind "
+                                 f"{1 - in_front:.0%} of them, in front of {as_opencv:.0%} if the matrices were in "
+                                 "OpenCV's camera axes")
 
 
 def check_image_size(scene, downscale: float) -> None:
