@@ -114,8 +114,7 @@ def _geometry_digest(ob, instancing: set[str] | None = None) -> str:
         # with its geometry-nodes instances (a changed scatter changes the render)
         if instancing is None:
             instancing = scene_render.geometry_node_instancers([ob], depsgraph)
-        realize = ob.name in instancing
-        with scene_render.shown_object(ob, depsgraph, realize) as ob_eval:
+        with scene_render.shown_object(ob, depsgraph, scene_render.realizes(ob, instancing)) as ob_eval:
             me = ob_eval.to_mesh()
             try:
                 co = np.empty(len(me.vertices) * 3, dtype=np.float32)

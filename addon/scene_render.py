@@ -207,6 +207,12 @@ def geometry_node_instancers(objects: Sequence[bpy.types.Object], depsgraph) -> 
     return found
 
 
+def realizes(ob, instancing: set[str]) -> bool:
+    """Whether ``ob`` is one of ``instancing`` (``geometry_node_instancers``): its faces are
+    taken with its geometry-nodes instances realized."""
+    return not isinstance(ob, InstancePart) and ob.name in instancing
+
+
 def _realize_group() -> bpy.types.NodeTree:
     group = bpy.data.node_groups.new(REALIZE_NAME, "GeometryNodeTree")
     group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
@@ -453,7 +459,7 @@ def sample_surface_points(objects: Sequence[bpy.types.Object], count: int, seed:
     tris, cols = [], []
     instancing = geometry_node_instancers(objects, depsgraph)
     for ob in objects:
-        got = _triangles_world(ob, depsgraph, realize=ob.name in instancing and not isinstance(ob, InstancePart))
+        got = _triangles_world(ob, depsgraph, realize=realizes(ob, instancing))
         if got is not None:
             tris.append(got[0])
             cols.append(got[1])
@@ -538,7 +544,7 @@ def export_face_centres(objects: Sequence[bpy.types.Object], npy_path: str,
         own = np.empty(len(me.polygons) * 3, dtype=np.float32)
         me.polygons.foreach_get("center", own)
         own = own.reshape(-1, 3)
-        realize = ob.name in instancing and not isinstance(ob, InstancePart)
+        realize = realizes(ob, instancing)
         shown = evaluated_face_centres(ob, depsgraph, realize)
         evaluated = shown.shape != own.shape or not np.allclose(shown, own, atol=1e-6)
         n = len(shown)
