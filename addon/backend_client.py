@@ -116,6 +116,9 @@ class Job(_Outcome):
         self.error_kind: str | None = None
         self.results: list[dict] = []
         self.logs: collections.deque[str] = collections.deque(maxlen=400)
+        # what the backend warned of (a corrected path, a recentred capture, views left out for
+        # memory): kept apart from the log so that the panel can show them when the job ends
+        self.warnings: list[str] = []
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.stdout_text: list[str] = []
         self.returncode: int | None = None
@@ -250,6 +253,8 @@ class Job(_Outcome):
             level = str(event.get("level", "info"))
             self.logs.append(msg if level == "info" else f"{level}: {msg}")
             self.message = msg[:200]
+            if level == "warning" and msg not in self.warnings and len(self.warnings) < 20:
+                self.warnings.append(msg)
         elif kind == "result":
             self.results.append(event)
         elif kind == "cancelled":

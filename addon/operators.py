@@ -263,7 +263,7 @@ def start_training(context, python: str, scene_dir: str, run: str, **kwargs) -> 
             fit = job.result("fit")
             if fit and fit.get("test_psnr") is not None:
                 msg += f" (test PSNR {float(fit['test_psnr']):.1f} dB)"
-            STATUS.set_info(msg)
+            STATUS.set_info(msg, job.warnings)
             scene = bpy.data.scenes.get(scene_name)
             if import_after and scene is not None:
                 try:

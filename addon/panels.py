@@ -71,6 +71,8 @@ class MASKFIELD_PT_main(bpy.types.Panel):
             _draw_lines(layout.box(), STATUS.info, icon="INFO", limit=6)
             for w in STATUS.warnings[:3]:
                 _draw_lines(layout, w, icon="ERROR", limit=3)
+            if len(STATUS.warnings) > 3:
+                layout.label(text=f"and {len(STATUS.warnings) - 3} more warning(s) in the system console")
 
         # source
         col = layout.column()

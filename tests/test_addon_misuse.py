@@ -46,6 +46,10 @@ def test_geometry_nodes_instances_are_faces_of_their_object(misuse):
     _all(misuse, "geometry_nodes_instances", "gn_instances_")
 
 
+def test_backend_warnings_are_shown_when_training_ends(misuse):
+    _all(misuse, "backend_warnings", "warnings_")
+
+
 def test_train_pressed_twice(misuse):
     _all(misuse, "train_twice")
 

@@ -496,6 +496,21 @@ def main() -> None:
             bpy.data.objects.remove(ob)
         s.run_dir = saved_run
 
+    # -- what the backend warned of is shown when training ends -----------------------------
+    with section("backend_warnings"):
+        said = "6 image path(s) in transforms.json do not exist as written; each was found by its folder and name"
+        os.environ["FAKE_BACKEND_WARN"] = said
+        saved_run = s.run_dir
+        s.run_dir = os.path.join(work, "run with warnings")
+        select([red])
+        try:
+            train_and_read_face_table(client, s, STATUS, "warnings_trained")
+        finally:
+            os.environ.pop("FAKE_BACKEND_WARN")
+        check("warnings_shown_once", STATUS.warnings == [said] and "Training finished" in STATUS.info,
+              (STATUS.warnings, STATUS.info))
+        s.run_dir = saved_run
+
     # -- a backend Python without torch ----------------------------------------------------
     with section("python_without_torch"):
         prefs.python_path = python_without_torch(work)

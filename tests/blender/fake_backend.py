@@ -204,6 +204,9 @@ def main() -> int:
         for stage in ("fit", "priors", "field"):
             for i in range(0, 4):
                 emit("progress", stage=stage, done=i, total=3)
+        if os.environ.get("FAKE_BACKEND_WARN"):  # what the backend corrected, for the user to read
+            for _ in range(2):  # said twice (two stages load the scene): shown once
+                emit("log", level="warning", message=os.environ["FAKE_BACKEND_WARN"])
         emit("log", level="info", message="fake training done")
         ply = os.path.join(scene, "points.ply")
         if os.path.isfile(ply):
