@@ -121,3 +121,22 @@ def move_scene(folder: Path, offset) -> None:
         for axis, name in enumerate("xyz"):
             moved[name] += offset[axis]
         PlyData([PlyElement.describe(moved, "vertex")]).write(str(ply))
+
+
+def halve_some_views(folder: Path, every: int = 2) -> None:
+    """Every ``every``-th view of a transforms.json scene (from the first) at half its size,
+    with per-frame intrinsics to match, label images alike: a capture that mixes cameras of
+    two resolutions (12 MP photos and 1080p video frames)."""
+    from PIL import Image
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    for i, frame in enumerate(meta["frames"]):
+        if i % every:
+            continue
+        for key, resample in (("file_path", Image.Resampling.BOX), ("label_path", Image.Resampling.NEAREST)):
+            if key in frame:
+                img = Image.open(folder / frame[key])
+                img.resize((img.width // 2, img.height // 2), resample).save(folder / frame[key])
+        frame.update(w=int(meta["w"]) // 2, h=int(meta["h"]) // 2,
+                     **{k: float(meta[k]) / 2 for k in ("fl_x", "fl_y", "cx", "cy")})
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=1))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SPLAT_TRANSFORM, mix_image_sizes, move_scene
+from conftest import ROOT, SPLAT_TRANSFORM, halve_some_views, mix_image_sizes, move_scene
 
 PY = sys.executable
 
@@ -433,3 +433,29 @@ def test_a_geo_referenced_capture_is_fitted_near_its_origin(trained, tmp_path):
         assert ("were moved into the run's" in logs) == moved
         got = np.median(read_ply(out / "gaussians.ply").detached()["means"].numpy(), axis=0)
         assert np.abs(got).max() < 5
+
+
+def test_views_of_two_resolutions_are_each_fitted_near_the_long_side(trained, tmp_path):
+    # half the views at half the size: one factor for all would fit those at a quarter
+    scene, run, _ = trained
+    mixed = tmp_path / "two resolutions"
+    shutil.copytree(scene, mixed)
+    halve_some_views(mixed)
+    out = tmp_path / "run"
+    proc = run_cli("train", mixed, "--out", out, "--iterations", "250", "--max-size", "48", "--from-labels",
+                   "--label-noise", "0", "--field-iterations", "50", "--field-resolution", "48", "--events", "jsonl")
+    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    assert any("96x96 fitted at 1/2 (the largest; each size by its own whole number)" in m for m in logs), logs
+    fitting = [m for m in logs if m.startswith("fitting")]
+    assert fitting and " at 48x48 on " in fitting[0], fitting  # every view at 48 px, none at 24
+    info = json.loads((out / "run.json").read_text())
+    assert info["stages"]["fit"]["settings"]["max_side"] == 48
+    assert info["stages"]["fit"]["test_psnr"] > 20
+    proc = run_cli("evaluate", out, "--labels", mixed / "labels", "--views", "all", "--events", "jsonl")
+    result = [e for e in events(proc.stdout) if e["event"] == "result"][0]
+    assert min(result["colour"]["psnr_per_view"]) > 20  # each view scored at the size it was fitted at
+    # --downscale is one factor for every view, as asked
+    proc = run_cli("fit", mixed, "--out", tmp_path / "run2", "--iterations", "5", "--downscale", "2",
+                   "--events", "jsonl")
+    fitting = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e["message"].startswith("fitting")]
+    assert "48x48 (" in fitting[0] and "24x24" in fitting[0], fitting

@@ -133,11 +133,19 @@ def _check_axes_meet_in_front(scene, indices) -> None:
                                  "OpenCV's camera axes")
 
 
-def check_image_size(scene, downscale: float) -> None:
-    """--downscale must leave images a fit can learn from (the smallest, where a capture mixes cameras)."""
-    i = min(range(len(scene.cameras)), key=lambda k: min(scene.cameras[k].width, scene.cameras[k].height))
+def check_image_size(scene, downscale: float, max_side: int = 0) -> None:
+    """--downscale must leave images a fit can learn from (the smallest, where a capture mixes
+    cameras); with ``max_side`` each view has its own downscale (``view_downscale``)."""
+    from .scene.cameras import view_downscale
+
+    def short_side(k: int) -> int:
+        cam = scene.camera(k, view_downscale(scene.cameras[k], downscale, max_side))
+        return min(cam.width, cam.height)
+
+    i = min(range(len(scene.cameras)), key=short_side)
     cam = scene.cameras[i]
-    w, h = scene.camera(i, downscale).width, scene.camera(i, downscale).height
+    scaled = scene.camera(i, view_downscale(cam, downscale, max_side))
+    w, h = scaled.width, scaled.height
     if min(w, h) < MIN_IMAGE_SIDE:
         largest = min(cam.width, cam.height) / MIN_IMAGE_SIDE
         raise MaskFieldError(f"--downscale {downscale:g} makes the {cam.width}x{cam.height} images {w}x{h} pixels; "

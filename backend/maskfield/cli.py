@@ -46,7 +46,7 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="divide the image size by this (default: 1, or a whole number that brings the long side "
                         "to at most 1600 px on CUDA, 256 px on a CPU or MPS)")
     p.add_argument("--max-size", type=_number(int, 32, 100_000), default=None, metavar="PX",
-                   help="instead of --downscale: the smallest whole-number downscale that brings the images' long "
+                   help="instead of --downscale: the smallest whole-number downscale that brings each image's long "
                         "side to at most PX (default 1600 on CUDA, 256 on a CPU or MPS)")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
     p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
@@ -378,12 +378,16 @@ def run_fit(args, reporter: Reporter) -> dict:
     if args.downscale and max_size:
         raise MaskFieldError("give --downscale or --max-size, not both.", kind="input")
     downscale = args.downscale if args.downscale else _auto_downscale(scene, device, max_size)
+    # without --downscale each view is brought to the long side by its own whole number
+    max_side = 0 if args.downscale else _long_side_cap(device, max_size)
     if not args.downscale and downscale > 1:
-        cam, side = _largest_camera(scene), _long_side_cap(device, max_size)
+        cam = _largest_camera(scene)
         why = "--max-size" if max_size else f"the default on {device}; --max-size or --downscale to choose"
-        reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}, long side at most {side} px "
-                     f"({why})")
-    check_image_size(scene, downscale)
+        each = "" if len({(c.width, c.height) for c in scene.cameras}) == 1 else \
+            " (the largest; each size by its own whole number)"
+        reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}{each}, long side at most "
+                     f"{max_side} px ({why})")
+    check_image_size(scene, downscale, max_side)
     seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
         raise MaskFieldError(f"--max-gaussians {args.max_gaussians} is below the {seeds:,} Gaussians the fit starts "
@@ -392,7 +396,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     run = RunFolder(args.out)
     run.claim(scene, args.scene, overwrite=args.overwrite)
     device, renderer = choose_fit_device(device, args.renderer, log=reporter.log)
-    settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale,
+    settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale, max_side=max_side,
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None),
                                       backdrop_alpha_weight=getattr(args, "backdrop_alpha", None),
@@ -400,7 +404,8 @@ def run_fit(args, reporter: Reporter) -> dict:
                                       surface_alpha_inset=getattr(args, "surface_alpha_inset", None))
     _prepare_compiled_renderer(device, renderer, reporter)
     reporter.log(f"fitting {len(scene.train_indices)} views at "
-                 f"{sizes_text([scene.camera(i, downscale) for i in scene.train_indices])} on {device}, "
+                 f"{sizes_text([scene.camera(i, settings.view_downscale(scene.cameras[i])) for i in scene.train_indices])}"
+                 f" on {device}, "
                  f"{settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)
     summary = {k: result[k] for k in ("gaussians", "seconds", "test_psnr", "test_ssim", "test_views")}

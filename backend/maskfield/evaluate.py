@@ -479,14 +479,17 @@ def floater_share(render: np.ndarray, target: np.ndarray, threshold: float = FLO
 
 
 def colour_metrics(gaussians, scene, indices, downscale: float = 1.0, background=(0.0, 0.0, 0.0),
-                   sh_degree: int | None = None, renderer: str = "auto", device: str = "cpu") -> dict:
-    """Colour PSNR of the given views and their floater shares (see ``floater_share``).
+                   sh_degree: int | None = None, renderer: str = "auto", device: str = "cpu",
+                   max_side: int = 0) -> dict:
+    """Colour PSNR of the given views and their floater shares (see ``floater_share``), each
+    view at the fit's size for it (``scene.cameras.view_downscale``).
 
     Returns ``psnr`` (mean over views), ``psnr_min``, ``floater_share_max`` (the worst view's
     largest wrong region), ``floater_share_mean`` and per-view lists; Nones without views.
     """
     import torch
 
+    from .scene.cameras import view_downscale
     from .splats.losses import psnr
     from .splats.render import RenderCamera, render
 
@@ -499,8 +502,9 @@ def colour_metrics(gaussians, scene, indices, downscale: float = 1.0, background
     with torch.no_grad():
         g = {k: v.detach().to(device) for k, v in gaussians.activated().items()}
         for i in indices:
-            cam = RenderCamera.from_camera(scene.camera(i, downscale), device)
-            target = torch.as_tensor(scene.load_image(i, downscale), device=device)
+            scale = view_downscale(scene.cameras[i], downscale, max_side)
+            cam = RenderCamera.from_camera(scene.camera(i, scale), device)
+            target = torch.as_tensor(scene.load_image(i, scale), device=device)
             color = render(g, cam, sh_degree=sh_degree, background=bg, backend=renderer)["color"].clamp(0, 1)
             values.append(psnr(color, target))
             shares.append(floater_share(color.cpu().numpy(), target.cpu().numpy()))
@@ -618,8 +622,9 @@ def evaluate_run(seg, labels_dir, prompts=None, views: str = "test", reporter=No
     result = metrics.compute(class_names={k + 1: p for k, p in enumerate(prompts)})
     if colour:
         fit = (info.get("stages") or {}).get("fit") or {}
-        downscale = float((fit.get("settings") or {}).get("downscale") or 1.0)
-        result["colour"] = colour_metrics(seg.gaussians, scene, indices, downscale, fit_background(info))
+        fitted = fit.get("settings") or {}
+        result["colour"] = colour_metrics(seg.gaussians, scene, indices, float(fitted.get("downscale") or 1.0),
+                                          fit_background(info), max_side=int(fitted.get("max_side") or 0))
         result["psnr"] = result["colour"]["psnr"]
         result["floater_share_max"] = result["colour"]["floater_share_max"]
     accuracy, considered = gaussian_accuracy(label_g, votes, matches_gt)

@@ -126,6 +126,12 @@ def whole_downscale(cameras, long_side: int) -> float:
     return float(max(1, -(-longest // int(long_side))))
 
 
+def view_downscale(camera, downscale: float, max_side: int = 0) -> float:
+    """One view's downscale: with ``max_side``, the smallest whole number that brings this
+    camera's own long side to at most that; else ``downscale``, the same for every view."""
+    return whole_downscale([camera], max_side) if max_side else float(downscale)
+
+
 def sizes_text(cameras) -> str:
     """The image sizes of ``cameras`` for a log line: "200x150", or where a capture mixes them
     (portrait and landscape photos, a rig of two cameras) each size with its count of views,

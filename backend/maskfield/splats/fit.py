@@ -29,6 +29,11 @@ BACKGROUND_MODES = ("auto", "learn", "random", "fixed")
 class FitSettings:
     iterations: int = 3000
     downscale: float = 1.0
+    # With max_side (the automatic size), each view is brought by its own whole-number
+    # downscale to at most this many pixels on its long side, so that a capture mixing 12 MP
+    # photos and 1080p video frames keeps the frames at twice the size that one factor for all
+    # (the photos') would leave them; 0: ``downscale`` for every view (--downscale)
+    max_side: int = 0
     sh_degree: int = 3
     sh_degree_every: int = 500  # raise the SH degree by one every this many steps
     ssim_weight: float = 0.2
@@ -89,6 +94,12 @@ class FitSettings:
     lr: dict = field(default_factory=lambda: {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3,
                                               "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20})
 
+    def view_downscale(self, camera) -> float:
+        """The downscale of the view whose full-size camera is ``camera``."""
+        from ..scene.cameras import view_downscale
+
+        return view_downscale(camera, self.downscale, self.max_side)
+
     @classmethod
     def for_device(cls, device: str, **overrides) -> "FitSettings":
         """Smaller defaults on the CPU (stated in run.json); the 3DGS schedule on a GPU."""
@@ -132,14 +143,15 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
     on_gpu = torch.device(device).type != "cpu"
     images = TrainingImages(eight_bit=on_gpu)
+    scale = {i: settings.view_downscale(scene.cameras[i]) for i in train}
     for i in reporter.track(train, "load", desc="loading images"):
-        images[i] = torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
+        images[i] = torch.as_tensor(scene.load_image(i, scale[i]), device=device)
         if on_gpu:  # copied to the GPU: a second copy in RAM would only take room
-            scene.forget_image(i, settings.downscale)
-    alphas = {i: torch.as_tensor(load_alpha(scene, i, settings.downscale), device=device) for i in train} \
+            scene.forget_image(i, scale[i])
+    alphas = {i: torch.as_tensor(load_alpha(scene, i, scale[i]), device=device) for i in train} \
         if mode == "random" else {}
     backdrop = Backdrop(mode, settings, images, alphas, device)
-    cameras = {i: RenderCamera.from_camera(scene.camera(i, settings.downscale), device) for i in train}
+    cameras = {i: RenderCamera.from_camera(scene.camera(i, scale[i]), device) for i in train}
     center, radius = scene.bounds()
     cam_centers = np.stack([scene.cameras[i].center for i in train])
     scene_scale = float(np.linalg.norm(cam_centers - cam_centers.mean(0), axis=1).max()) * 1.1 or 1.0
@@ -310,8 +322,9 @@ def evaluate_views(scene, gaussians: Gaussians, indices, settings: FitSettings, 
     with torch.no_grad():
         g = gaussians.activated()
         for i in indices:
-            cam = RenderCamera.from_camera(scene.camera(i, settings.downscale), device)
-            target = torch.as_tensor(scene.load_image(i, settings.downscale), device=device)
+            scale = settings.view_downscale(scene.cameras[i])
+            cam = RenderCamera.from_camera(scene.camera(i, scale), device)
+            target = torch.as_tensor(scene.load_image(i, scale), device=device)
             color = render(g, cam, sh_degree=settings.sh_degree, background=background,
                            backend=settings.renderer)["color"].clamp(0, 1)
             values_psnr.append(psnr(color, target))
