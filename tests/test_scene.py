@@ -252,6 +252,14 @@ def test_a_capture_far_from_its_origin_is_recentred_in_float64(make_transforms_s
         assert np.allclose(b.camtoworld[:3, :3], a.camtoworld[:3, :3])
     assert "geo-referenced" in far.notes[0] and "500000, 4000000, 101" in far.notes[0]
     check_cameras(far, far.train_indices)  # before: "all cameras at one position"
+    # the add-on's renders keep Blender's coordinates, in which it hands over face centres,
+    # the 3D cursor and the Gaussians it imports
+    meta = json.loads((far_folder / "transforms.json").read_text())
+    meta["blender"] = {"scene": "Scene"}
+    (far_folder / "transforms.json").write_text(json.dumps(meta))
+    rendered = load_scene(far_folder)
+    assert rendered.origin is None and not rendered.notes
+    assert np.allclose(rendered.cameras[0].center, near.cameras[0].center + offset)
 
 
 def test_colmap_points_far_from_the_origin_keep_their_digits(tmp_path):

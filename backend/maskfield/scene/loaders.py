@@ -68,7 +68,10 @@ def recentre_far_scene(scene: Scene) -> None:
 
     The origin is the cameras' mean rounded to a power of ten under their spread, so that it
     reads plainly. Everything the run writes (gaussians.ply, segments) is then in these
-    coordinates, as 3DGS tools and Blender (both 32-bit) can use them."""
+    coordinates, as 3DGS tools and Blender (both 32-bit) can use them. The add-on's renders
+    (``Scene.keep_coordinates``) stay where they are."""
+    if scene.keep_coordinates:
+        return
     centers = np.stack([cam.center for cam in scene.cameras])
     mean = centers.mean(axis=0)
     spread = float(np.linalg.norm(centers - mean, axis=1).max())
@@ -106,6 +109,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     listed: list[str] = []  # the frame's file_path as written, for nerfstudio's split keys
     test_files: set[str] | None = None
     ply_points = None
+    from_blender = False  # rendered by the add-on: positions stay Blender's (Scene.keep_coordinates)
     for file in files:
         try:
             meta = json.loads(file.read_text())
@@ -117,6 +121,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
         frames = meta.get("frames")
         if not isinstance(frames, list) or not frames:
             raise MaskFieldError(f"{file} has no 'frames' list; each frame needs 'file_path' and 'transform_matrix'.")
+        from_blender = from_blender or isinstance(meta.get("blender"), dict)
         split = file.stem.replace("transforms_", "") if source == "nerf-synthetic" else "all"
         for index, frame in enumerate(frames):
             where = f"{file.name}, frame {index}"
@@ -191,7 +196,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     renamed = name_apart(cameras, paths)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
-                  skipped=missing)
+                  skipped=missing, keep_coordinates=from_blender)
     for note in (renamed, unsplit):
         if note:
             scene.notes.append(note)

@@ -27,6 +27,10 @@ class Scene:
     # Where the camera file's coordinates are far from their 0 (a geo-referenced capture), the
     # point of them the scene's coordinates start from (float64); None: the file's own
     origin: np.ndarray | None = None
+    # True for the add-on's renders (transforms.json with a "blender" block): the add-on hands
+    # positions over in the Blender scene's own coordinates (face centres, the 3D cursor, the
+    # Gaussians it imports), so they are never recentred; Blender is 32-bit there itself
+    keep_coordinates: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
