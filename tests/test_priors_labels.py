@@ -83,6 +83,9 @@ def test_object_names_file(tmp_path):
     assert load_object_names(tmp_path) == {}
     (tmp_path / "objects.json").write_text(json.dumps({"1": "red mug", "0": "background", "12": "table"}))
     assert load_object_names(tmp_path) == {1: "red mug", 12: "table"}
+    # saved by a Windows editor, with a byte order mark
+    (tmp_path / "objects.json").write_bytes("\ufeff{\"1\": \"tasse\"}".encode("utf-8"))
+    assert load_object_names(tmp_path) == {1: "tasse"}
     (tmp_path / "objects.json").write_text("{not json")
     with pytest.raises(MaskFieldError, match="objects.json"):
         load_object_names(tmp_path)

@@ -301,6 +301,14 @@ def test_image_names_in_other_letter_case_are_found(make_transforms_scene, tmp_p
     assert "2 image name(s)" in scene.notes[0] and "'A.PNG'" in scene.notes[0]
 
 
+def test_a_camera_file_saved_with_a_byte_order_mark_loads(make_transforms_scene):
+    # Windows editors (Notepad) save UTF-8 with a BOM, which json.loads refuses as such
+    folder, _ = make_transforms_scene(n=3, name="bom")
+    path = folder / "transforms.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(load_scene(folder)) == 3
+
+
 def test_folder_without_cameras_says_what_is_expected(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(MaskFieldError, match="transforms.json"):

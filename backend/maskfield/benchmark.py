@@ -92,7 +92,7 @@ def read_3dovs_scene(folder: Path) -> BenchmarkScene:
     classes_file = seg_dir / "classes.txt"
     if not classes_file.exists():
         raise MaskFieldError(f"{classes_file} is missing; 3D-OVS lists a scene's class names there.")
-    classes = sorted(line.strip() for line in classes_file.read_text().splitlines() if line.strip())
+    classes = sorted(line.strip() for line in classes_file.read_text(encoding="utf-8-sig").splitlines() if line.strip())
     if not classes:
         raise MaskFieldError(f"{classes_file} names no class.")
     images = _sorted_images(folder / "images")

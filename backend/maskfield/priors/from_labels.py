@@ -72,7 +72,7 @@ def load_object_names(labels_dir: str | Path) -> dict[int, str]:
     if not path.exists():
         return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # with or without a BOM
     except (OSError, ValueError) as exc:
         raise MaskFieldError(f"cannot read {path}: {exc}. It must be a JSON object like "
                              '{"1": "red mug", "2": "table"}.') from None

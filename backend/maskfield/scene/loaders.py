@@ -112,7 +112,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     from_blender = False  # rendered by the add-on: positions stay Blender's (Scene.keep_coordinates)
     for file in files:
         try:
-            meta = json.loads(file.read_text())
+            meta = json.loads(file.read_text(encoding="utf-8-sig"))  # a BOM: saved by a Windows editor
         except json.JSONDecodeError as exc:
             raise MaskFieldError(f"{file} is not valid JSON ({exc}). Fix or re-export the camera file.") from None
         if not isinstance(meta, dict):
