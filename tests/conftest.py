@@ -106,6 +106,7 @@ def move_scene(folder: Path, offset) -> None:
 
     offset = np.asarray(offset, dtype=np.float64)
     meta = json.loads((folder / "transforms.json").read_text())
+    meta.pop("blender", None)  # no longer the add-on's render, whose coordinates are Blender's
     for frame in meta["frames"]:
         c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
         c2w[:3, 3] += offset
