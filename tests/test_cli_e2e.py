@@ -177,6 +177,7 @@ def test_train_on_an_existing_splat_file_trains_only_the_mask_field(trained, tmp
     info = json.loads((run2 / "run.json").read_text())
     assert info["stages"]["fit"]["source"] == str(outside.resolve())
     assert (run2 / "field.pt").exists()
+    assert not [e for e in evs if e["event"] == "log" and "see little" in e["message"]]
     run_cli("segment", run2, "--prompt", "red mug", "--out", run2 / "seg", "--events", "none")
     summary = json.loads((run2 / "seg" / "segments.json").read_text())
     assert summary["prompts"][0]["found"] and summary["prompts"][0]["count"] > 20
@@ -459,3 +460,18 @@ def test_views_of_two_resolutions_are_each_fitted_near_the_long_side(trained, tm
                    "--events", "jsonl")
     fitting = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e["message"].startswith("fitting")]
     assert "48x48 (" in fitting[0] and "24x24" in fitting[0], fitting
+
+
+def test_a_splat_file_in_another_frame_is_named_before_the_field_trains_on_it(trained, tmp_path):
+    # nerfstudio and others may export in a normalised frame of their own: the cameras then
+    # look past the Gaussians, and the mask field would learn from nothing
+    from maskfield.splats.ply import read_ply, write_ply
+
+    scene, run, _ = trained
+    params = read_ply(run / "gaussians.ply").detached()
+    params["means"] = params["means"] * 0.1 + torch.tensor([3.0, 0.0, 0.0])
+    write_ply(tmp_path / "elsewhere.ply", params)
+    proc = run_cli("train", scene, "--out", tmp_path / "run", "--ply", tmp_path / "elsewhere.ply", "--from-labels",
+                   "--label-noise", "0", "--field-iterations", "20", "--field-resolution", "48", "--events", "jsonl")
+    warned = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e.get("level") == "warning"]
+    assert any("see little of the Gaussians of elsewhere.ply" in m for m in warned), warned

@@ -60,17 +60,21 @@ def _opencv_axes_error(evidence: str) -> MaskFieldError:
         "multiply each matrix's rotation columns y and z by -1.", kind="cameras")
 
 
-def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
-    """Refuse poses that face away from the scene's seed points where a known slip explains it
-    (transforms.json written in OpenCV's camera axes, or with world-to-camera matrices): the fit
-    would otherwise run for minutes on cameras that see nothing. Returns a warning where the
-    cameras see little of the points for no known reason; None where they see them."""
+def check_cameras_face_points(scene, indices, sample: int = 4000, points=None,
+                              what: str = "the seed points") -> str | None:
+    """Refuse poses that face away from the scene's seed points (or ``points``: the Gaussians
+    of a given .ply, ``what`` naming them) where a known slip explains it (transforms.json
+    written in OpenCV's camera axes, or with world-to-camera matrices): the fit would otherwise
+    run for minutes on cameras that see nothing. Returns a warning where the cameras see little
+    of the points for no known reason; None where they see them."""
     from .scene.cameras import GL_TO_CV
 
-    if scene.points is None or len(scene.points) < 10:
+    if points is None:
+        points = scene.points
+    if points is None or len(points) < 10:
         _check_axes_meet_in_front(scene, indices)
         return None
-    points = np.asarray(scene.points, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
     if len(points) > sample:
         points = points[np.random.default_rng(0).choice(len(points), sample, replace=False)]
     cameras = [scene.cameras[i] for i in indices]
@@ -84,7 +88,7 @@ def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
     if scene.source in ("transforms", "nerf-synthetic"):
         as_opencv = median_seen(lambda m: m @ GL_TO_CV)
         if as_opencv >= FACING_SHARE:
-            raise _opencv_axes_error(f"the cameras face away from the seed points (a median {seen:.0%} of them in "
+            raise _opencv_axes_error(f"the cameras face away from {what} (a median {seen:.0%} of them in "
                                      f"view; {as_opencv:.0%} if the matrices were in OpenCV's camera axes)")
         if scene.origin is None:
             # a view matrix in OpenGL's axes, or in OpenCV's
@@ -92,13 +96,13 @@ def check_cameras_face_points(scene, indices, sample: int = 4000) -> str | None:
                            median_seen(lambda m: np.linalg.inv(m @ GL_TO_CV)))
             if inverted >= FACING_SHARE:
                 raise MaskFieldError(
-                    f"the cameras face away from the seed points (a median {seen:.0%} of them in view; "
+                    f"the cameras face away from {what} (a median {seen:.0%} of them in view; "
                     f"{inverted:.0%} if each matrix were inverted): the transform_matrix entries look like "
                     "world-to-camera (view) matrices, where transforms.json takes camera-to-world. Invert "
                     "each one.", kind="cameras")
-    return (f"the cameras see little of the seed points (a median {seen:.1%} of them in view of a camera): the "
-            "poses and the point cloud may be in different coordinates (another scale, or another tool's "
-            "frame). The fit goes on; if it comes out empty, check where the points were made.")
+    return (f"the cameras see little of {what} (a median {seen:.1%} of them in view of a camera): the poses "
+            "and the points may be in different coordinates (another scale, or another tool's frame). The run "
+            "goes on; if it comes out empty, check where the points were made.")
 
 
 def _check_axes_meet_in_front(scene, indices) -> None:

@@ -570,20 +570,30 @@ def run_train(args, reporter: Reporter) -> dict:
 
         from .splats.ply import read_ply
 
-        from .checks import require_gaussians
+        from .checks import check_cameras_face_points, require_gaussians
 
         given = read_ply(args.ply)
         require_gaussians(given, args.ply)  # validates the file before anything is written
         for note in scene.notes:
             reporter.log(note, level="warning")
+        means = given.detached()["means"].double().numpy()
+        moved = scene.origin is not None and _in_file_coordinates(given, scene)
+        if moved:
+            means = means - scene.origin
+        # Gaussians in another tool's frame (another scale, a normalised one) that the cameras do
+        # not see; a slip in the camera file stops here, before the run folder is written
+        away = check_cameras_face_points(scene, scene.train_indices or range(len(scene)), points=means,
+                                         what=f"the Gaussians of {Path(args.ply).name}")
+        if away:
+            reporter.log(away, level="warning")
         run.claim(scene, args.scene, overwrite=args.overwrite)
-        if scene.origin is not None and _in_file_coordinates(given, scene):
+        if moved:
             import torch
 
             from .splats.ply import write_ply
 
             params = given.detached()
-            params["means"] = (params["means"].double() - torch.as_tensor(scene.origin)).float()
+            params["means"] = torch.as_tensor(means, dtype=torch.float32)
             write_ply(run.gaussians_ply, params)
             reporter.log(f"{args.ply} is in the camera file's coordinates: its Gaussians were moved into the run's")
         else:
