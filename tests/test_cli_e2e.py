@@ -475,3 +475,32 @@ def test_a_splat_file_in_another_frame_is_named_before_the_field_trains_on_it(tr
                    "--label-noise", "0", "--field-iterations", "20", "--field-resolution", "48", "--events", "jsonl")
     warned = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e.get("level") == "warning"]
     assert any("see little of the Gaussians of elsewhere.ply" in m for m in warned), warned
+
+
+def test_train_skips_missing_and_damaged_images_in_every_stage(trained, tmp_path):
+    # one photo deleted, one cut short (a copy interrupted), one empty: --skip-missing leaves
+    # them out of the fit, the priors and the mask field alike; the priors follow the fit's
+    # own held-out split
+    scene, _, _ = trained
+    damaged = tmp_path / "damaged"
+    shutil.copytree(scene, damaged)
+    meta = json.loads((damaged / "transforms.json").read_text())
+    files = [damaged / f["file_path"] for f in meta["frames"]]
+    files[3].unlink()
+    files[5].write_bytes(files[5].read_bytes()[:200])
+    files[6].write_bytes(b"")
+    proc = run_cli("train", damaged, "--out", tmp_path / "stops", "--iterations", "20", "--from-labels", check=False)
+    assert proc.returncode == 2 and "--skip-missing" in proc.stderr
+    out = tmp_path / "run"
+    proc = run_cli("train", damaged, "--out", out, "--skip-missing", "--holdout-every", "4", "--iterations", "50",
+                   "--from-labels", "--label-noise", "0", "--field-iterations", "20", "--field-resolution", "48",
+                   "--events", "jsonl")
+    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    assert any("left out 3 frame(s) whose images are missing or unreadable" in m for m in logs), logs
+    info = json.loads((out / "run.json").read_text())
+    kept = [Path(f["file_path"]).stem for k, f in enumerate(meta["frames"]) if k not in (3, 5, 6)]
+    assert info["images"] == kept
+    held_out = {kept[i] for i in info["test_indices"]}
+    priors = {p.stem for p in (out / "priors").glob("*.npz")}
+    assert priors == set(kept) - held_out and len(held_out) == len(kept[::4])
+    assert (out / "field.pt").exists()

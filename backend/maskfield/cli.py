@@ -49,7 +49,8 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="instead of --downscale: the smallest whole-number downscale that brings each image's long "
                         "side to at most PX (default 1600 on CUDA, 256 on a CPU or MPS)")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None, help="colour-fit steps (default: 3000 on CPU, 15000 on CUDA)")
-    p.add_argument("--skip-missing", action="store_true", help="leave out frames whose images are missing")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out frames whose images are missing or cannot be read (checked up front)")
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="LLFF scenes: the image folder to use (images, images_4, images_8; default images)")
     p.add_argument("--holdout-every", type=_number(int, 0), default=8, help="every Nth image is held out for PSNR (0: none)")
@@ -370,7 +371,8 @@ def run_fit(args, reporter: Reporter) -> dict:
     scene = load_scene(args.scene, skip_missing=args.skip_missing, holdout_every=args.holdout_every,
                        images=args.images)
     if scene.skipped:
-        reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing: {', '.join(scene.skipped[:5])}"
+        reporter.log(f"left out {len(scene.skipped)} frame(s) whose images are missing or unreadable: "
+                     f"{', '.join(scene.skipped[:5])}"
                      + (" ..." if len(scene.skipped) > 5 else ""), level="warning")
     for note in scene.notes:
         reporter.log(note, level="warning")
@@ -628,7 +630,7 @@ def run_train(args, reporter: Reporter) -> dict:
         points_per_side=points_per_side, points_per_batch=64,
         weights_dir=args.weights_dir, offline=args.offline, embedding=args.embedding, downscale=None,
         force=False, device=device, events=args.events, images=args.images)
-    out["priors"] = priors_command.run(priors_args, reporter)
+    out["priors"] = priors_command.run(priors_args, reporter, scene=scene)
     out["field"] = run_train_field(_train_field_args(args, device), reporter, scene=scene)
     reporter.result("train", run=str(run.path))
     return out

@@ -205,6 +205,10 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> arg
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="LLFF scenes: the image folder to use (images, images_4, ...)")
     p.add_argument("--force", action="store_true", help="recompute every view, ignoring files already there")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out frames whose images are missing or cannot be read (as the fit did)")
+    p.add_argument("--holdout-every", type=int, default=8, metavar="N",
+                   help="every Nth image is held out, as in the fit (default 8); held-out views get no priors")
     if not parents:
         p.add_argument("--events", choices=("tqdm", "jsonl", "none"), default=argparse.SUPPRESS,
                        help="progress as tqdm bars (default) or JSON lines on stdout")
@@ -258,11 +262,15 @@ def _name_other_missing_weights(exc: MaskFieldError, weights_dir) -> None:
                              + missing_weights_message(others, weights_dir), kind="weights") from exc
 
 
-def run(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
-    """The ``priors`` command. Returns (and reports as a ``result`` event) the summary."""
+def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, Any]:
+    """The ``priors`` command. Returns (and reports as a ``result`` event) the summary.
+    ``train`` hands its ``scene`` over, loaded once with its --skip-missing and --holdout-every,
+    so that the priors are made for exactly the views the fit trained on."""
     from ..scene import load_scene
 
-    scene = load_scene(args.scene, skip_missing=False, images=getattr(args, "images", None))
+    if scene is None:
+        scene = load_scene(args.scene, skip_missing=getattr(args, "skip_missing", False),
+                           holdout_every=getattr(args, "holdout_every", 8), images=getattr(args, "images", None))
     views = spread_subset(scene.train_indices or list(range(len(scene.cameras))), getattr(args, "prior_views", None))
     if not views:
         raise MaskFieldError(f"the scene {args.scene} has no training views")

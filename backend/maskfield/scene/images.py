@@ -23,7 +23,8 @@ def read_image(path: Path, background: tuple[float, float, float] | None = None)
     except FileNotFoundError:
         raise MaskFieldError(f"image not found: {path}. Put the file there or remove its frame from the camera file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise MaskFieldError(f"cannot read image {path}: {exc}. Re-export it as PNG or JPEG.") from None
+        raise MaskFieldError(f"cannot read image {path}: {exc}. Re-export it as PNG or JPEG, or pass "
+                             "--skip-missing to leave out every image that cannot be read.") from None
     if array.shape[2] == 4:
         bg = np.asarray(background if background is not None else (1.0, 1.0, 1.0), dtype=np.float32)
         alpha = array[..., 3:4]
@@ -94,7 +95,22 @@ def image_size(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         raise MaskFieldError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise MaskFieldError(f"cannot read image {path}: {exc}. Re-export it as PNG or JPEG.") from None
+        raise MaskFieldError(f"cannot read image {path}: {exc}. Re-export it as PNG or JPEG, or pass "
+                             "--skip-missing to leave out every image that cannot be read.") from None
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the image at ``path`` cannot be decoded whole (empty, truncated, not an image), or
+    None. Decodes every pixel: for ``--skip-missing``, which leaves such images out up front
+    instead of stopping the fit at the first."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..events import MaskFieldError
 from .cameras import Camera, llff_to_opencv, opengl_to_opencv, world_to_camera_to_c2w
-from .images import image_size
+from .images import image_size, unreadable
 from .scene import Scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".exr", ".tif", ".tiff")
@@ -132,6 +132,9 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             image_path = _resolve_image(root, file.parent, frame["file_path"])
             if image_path is None:
                 missing.append(frame["file_path"])
+                continue
+            if skip_missing and (why := unreadable(image_path)):
+                missing.append(f"{frame['file_path']} (unreadable: {why})")
                 continue
             if _relocated(frame["file_path"], image_path, root, file.parent):
                 relocated.append(frame["file_path"])
@@ -461,6 +464,9 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
                 other_case.append(image.name)
         if not path.exists():
             missing.append(image.name)
+            continue
+        if skip_missing and (why := unreadable(path)):
+            missing.append(f"{image.name} (unreadable: {why})")
             continue
         cam = rec.cameras[image.camera_id]
         pose = image.cam_from_world()
