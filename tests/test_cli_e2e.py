@@ -504,3 +504,9 @@ def test_train_skips_missing_and_damaged_images_in_every_stage(trained, tmp_path
     priors = {p.stem for p in (out / "priors").glob("*.npz")}
     assert priors == set(kept) - held_out and len(held_out) == len(kept[::4])
     assert (out / "field.pt").exists()
+    # the run's own commands reload its scene as the fit had it: the same views and split,
+    # without decoding every image again
+    run_cli("train-field", out, "--field-iterations", "20", "--field-resolution", "48", "--events", "none")
+    proc = run_cli("evaluate", out, "--labels", damaged / "labels", "--events", "jsonl")
+    result = [e for e in events(proc.stdout) if e["event"] == "result"][0]
+    assert result["views"] == len(held_out) == 4

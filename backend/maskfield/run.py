@@ -404,7 +404,8 @@ def scene_of_run(run: "RunFolder", override: str | Path | None, command: str, re
     info = run.read()
     recorded = info.get("scene")
     if override is not None:
-        scene = load_scene(override, skip_missing=True, images=info.get("image_folder"))
+        scene = _as_recorded(load_scene(override, skip_missing=True, images=info.get("image_folder"),
+                                        check_readable=False), info)
         expected = info.get("scene_fingerprint")
         if expected and scene_fingerprint(scene) != expected:
             raise MaskFieldError(f"--scene {override} is not the scene this run was trained on (other images or "
@@ -422,4 +423,27 @@ def scene_of_run(run: "RunFolder", override: str | Path | None, command: str, re
             f"the scene folder of this run, {recorded}, no longer exists. If you moved it, point the run at its "
             f"new place: maskfield {command} {run.path} --scene NEW_FOLDER (it is checked to be the same capture, "
             "and run.json is updated).", kind="missing_scene")
-    return load_scene(recorded, skip_missing=True, images=info.get("image_folder"))
+    return _as_recorded(load_scene(recorded, skip_missing=True, images=info.get("image_folder"), check_readable=False),
+                        info)
+
+
+def _as_recorded(scene, info: dict):
+    """The scene with the views and the held-out split the run was made with (run.json's
+    ``images``, ``train_indices``, ``test_indices``): frames the fit left out (--skip-missing)
+    are left out again without decoding every image, and a --holdout-every other than the
+    default holds. A scene that does not hold the recorded views is returned as loaded."""
+    names = info.get("images")
+    if not names or "train_indices" not in info or "test_indices" not in info:
+        return scene
+    wanted = set(names)
+    keep = [i for i, cam in enumerate(scene.cameras) if cam.name in wanted]
+    if [scene.cameras[i].name for i in keep] != list(names):
+        return scene
+    if len(keep) != len(scene.cameras):
+        scene.cameras = [scene.cameras[i] for i in keep]
+        scene.image_paths = [scene.image_paths[i] for i in keep]
+        if scene.depth_bounds is not None:
+            scene.depth_bounds = scene.depth_bounds[keep]
+    scene.train_indices = [int(i) for i in info["train_indices"]]
+    scene.test_indices = [int(i) for i in info["test_indices"]]
+    return scene

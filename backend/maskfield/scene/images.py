@@ -99,15 +99,16 @@ def image_size(path: Path) -> tuple[int, int]:
                              "--skip-missing to leave out every image that cannot be read.") from None
 
 
-def unreadable(path: Path) -> str | None:
-    """Why the image at ``path`` cannot be decoded whole (empty, truncated, not an image), or
-    None. Decodes every pixel: for ``--skip-missing``, which leaves such images out up front
-    instead of stopping the fit at the first."""
+def unreadable(path: Path, decode: bool = True) -> str | None:
+    """Why the image at ``path`` cannot be used (empty, truncated, not an image), or None.
+    ``decode`` reads every pixel, as ``--skip-missing`` does to leave such images out up front
+    instead of stopping the fit at the first; without it only the header is read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img.load()
+            if decode:
+                img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return str(exc) or type(exc).__name__
     return None

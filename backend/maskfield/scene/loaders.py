@@ -19,34 +19,42 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".exr", ".ti
 
 
 def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int = 8,
-               background: tuple[float, float, float] = (1.0, 1.0, 1.0), images: str | None = None) -> Scene:
+               background: tuple[float, float, float] = (1.0, 1.0, 1.0), images: str | None = None,
+               check_readable: bool | None = None) -> Scene:
     """Load a scene folder (or a transforms .json file) in any supported form.
 
     ``images`` names the image folder of an LLFF scene (``images``, ``images_4``, ...); by
     default the full-size ``images`` folder, or the least downscaled one present.
+    ``skip_missing`` leaves out frames whose image files are missing or unreadable: with
+    ``check_readable`` (by default as ``skip_missing``) every image is decoded once to find
+    them, which a run reloading its own scene does not need (its header is read either way).
     """
-    scene = _load_any(Path(path), skip_missing, holdout_every, background, images)
+    check = skip_missing if check_readable is None else check_readable
+    scene = _load_any(Path(path), skip_missing, holdout_every, background, images, check)
     recentre_far_scene(scene)
     return scene
 
 
-def _load_any(path: Path, skip_missing: bool, holdout_every: int, background, images: str | None) -> Scene:
+def _load_any(path: Path, skip_missing: bool, holdout_every: int, background, images: str | None,
+              check_readable: bool) -> Scene:
     if not path.exists():
         raise MaskFieldError(f"scene not found: {path}. Give a folder with transforms.json, "
                              "transforms_train.json or a COLMAP sparse/0 model.")
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise MaskFieldError(f"{path} is not a camera file; give a scene folder or a transforms .json file.")
-        return _load_transforms([path], path.parent, skip_missing, holdout_every, background, "transforms")
+        return _load_transforms([path], path.parent, skip_missing, holdout_every, background, "transforms",
+                                check_readable)
     if (path / "transforms.json").exists():
-        return _load_transforms([path / "transforms.json"], path, skip_missing, holdout_every, background, "transforms")
+        return _load_transforms([path / "transforms.json"], path, skip_missing, holdout_every, background,
+                                "transforms", check_readable)
     synthetic = [path / f"transforms_{split}.json" for split in ("train", "val", "test")]
     if synthetic[0].exists():
         return _load_transforms([p for p in synthetic if p.exists()], path, skip_missing, holdout_every,
-                                background, "nerf-synthetic")
+                                background, "nerf-synthetic", check_readable)
     for sparse in (path / "sparse" / "0", path / "sparse", path / "colmap" / "sparse" / "0"):
         if (sparse / "cameras.bin").exists() or (sparse / "cameras.txt").exists():
-            return _load_colmap(sparse, path, skip_missing, holdout_every, background)
+            return _load_colmap(sparse, path, skip_missing, holdout_every, background, check_readable)
     if (path / "poses_bounds.npy").exists():
         return _load_llff(path, images, holdout_every, background)
     raise MaskFieldError(
@@ -98,7 +106,7 @@ def recentre_far_scene(scene: Scene) -> None:
 # --- transforms.json -----------------------------------------------------------------------
 
 def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_every: int,
-                     background, source: str) -> Scene:
+                     background, source: str, check_readable: bool = False) -> Scene:
     cameras: list[Camera] = []
     paths: list[Path] = []
     missing: list[str] = []
@@ -133,7 +141,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             if image_path is None:
                 missing.append(frame["file_path"])
                 continue
-            if skip_missing and (why := unreadable(image_path)):
+            if skip_missing and (why := unreadable(image_path, decode=check_readable)):
                 missing.append(f"{frame['file_path']} (unreadable: {why})")
                 continue
             if _relocated(frame["file_path"], image_path, root, file.parent):
@@ -439,7 +447,8 @@ def _read_point_ply(path: Path, referenced_by: Path):
 
 # --- COLMAP ------------------------------------------------------------------------------
 
-def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: int, background) -> Scene:
+def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: int, background,
+                 check_readable: bool = False) -> Scene:
     import pycolmap
 
     try:
@@ -465,7 +474,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
         if not path.exists():
             missing.append(image.name)
             continue
-        if skip_missing and (why := unreadable(path)):
+        if skip_missing and (why := unreadable(path, decode=check_readable)):
             missing.append(f"{image.name} (unreadable: {why})")
             continue
         cam = rec.cameras[image.camera_id]
