@@ -28,6 +28,18 @@ def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def log_messages(stdout: str) -> list[str]:
+    return [e["message"] for e in events(stdout) if e["event"] == "log"]
+
+
+def changed_copy(scene: Path, folder: Path, change, *args) -> Path:
+    """A copy of ``scene`` at ``folder``, changed by ``change(folder, *args)``: the same capture
+    as a user's data would differ from it."""
+    shutil.copytree(scene, folder)
+    change(folder, *args)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
@@ -197,7 +209,7 @@ def test_train_with_real_priors_states_cpu_settings_and_names_missing_weights(tr
                            str(run / "gaussians.ply"), "--offline", "--weights-dir", str(env_weights),
                            "--events", "jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2
-    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    logs = log_messages(proc.stdout)
     n_train = len(json.loads((run / "run.json").read_text())["train_indices"])
     stated = [m for m in logs if m.startswith("priors: SAM vit_b")]
     assert stated and f"on 8 of {n_train} training views (CPU defaults" in stated[0] and "16x16" in stated[0]
@@ -374,14 +386,12 @@ def test_a_capture_of_several_image_sizes_trains_and_evaluates(trained, tmp_path
     # landscape, square and portrait photos of one tabletop (per-frame intrinsics), as a phone
     # capture held both ways gives: each view is fitted, masked and scored at its own size
     scene, _, _ = trained
-    mixed = tmp_path / "mixed"
-    shutil.copytree(scene, mixed)
-    mix_image_sizes(mixed)
+    mixed = changed_copy(scene, tmp_path / "mixed", mix_image_sizes)
     run = tmp_path / "run"
     proc = run_cli("train", mixed, "--out", run, "--iterations", "250", "--from-labels", "--label-noise", "0",
                    "--field-iterations", "500", "--field-resolution", "64", "--field-sample-pixels", "768",
                    "--events", "jsonl")
-    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    logs = log_messages(proc.stdout)
     fitting = [m for m in logs if m.startswith("fitting")]
     assert fitting and "96x96 (" in fitting[0] and "72x96" in fitting[0], fitting
     meta = json.loads((mixed / "transforms.json").read_text())
@@ -402,10 +412,8 @@ def test_a_capture_of_several_image_sizes_trains_and_evaluates(trained, tmp_path
 def test_a_geo_referenced_capture_is_fitted_near_its_origin(trained, tmp_path):
     # the tabletop at UTM-like coordinates: in 32-bit floats its 1 m would move in 25 cm steps
     scene, run, _ = trained
-    far = tmp_path / "far"
-    shutil.copytree(scene, far)
     offset = np.array([500000.0, 4000000.0, 50.0])
-    move_scene(far, offset)
+    far = changed_copy(scene, tmp_path / "far", move_scene, offset)
     far_run = tmp_path / "run"
     proc = run_cli("fit", far, "--out", far_run, "--iterations", "250", "--events", "jsonl")
     warnings = [e["message"] for e in events(proc.stdout) if e["event"] == "log" and e.get("level") == "warning"]
@@ -439,13 +447,11 @@ def test_a_geo_referenced_capture_is_fitted_near_its_origin(trained, tmp_path):
 def test_views_of_two_resolutions_are_each_fitted_near_the_long_side(trained, tmp_path):
     # half the views at half the size: one factor for all would fit those at a quarter
     scene, run, _ = trained
-    mixed = tmp_path / "two resolutions"
-    shutil.copytree(scene, mixed)
-    halve_some_views(mixed)
+    mixed = changed_copy(scene, tmp_path / "two resolutions", halve_some_views)
     out = tmp_path / "run"
     proc = run_cli("train", mixed, "--out", out, "--iterations", "250", "--max-size", "48", "--from-labels",
                    "--label-noise", "0", "--field-iterations", "50", "--field-resolution", "48", "--events", "jsonl")
-    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    logs = log_messages(proc.stdout)
     assert any("96x96 fitted at 1/2 (the largest; each size by its own whole number)" in m for m in logs), logs
     fitting = [m for m in logs if m.startswith("fitting")]
     assert fitting and " at 48x48 on " in fitting[0], fitting  # every view at 48 px, none at 24
@@ -495,7 +501,7 @@ def test_train_skips_missing_and_damaged_images_in_every_stage(trained, tmp_path
     proc = run_cli("train", damaged, "--out", out, "--skip-missing", "--holdout-every", "4", "--iterations", "50",
                    "--from-labels", "--label-noise", "0", "--field-iterations", "20", "--field-resolution", "48",
                    "--events", "jsonl")
-    logs = [e["message"] for e in events(proc.stdout) if e["event"] == "log"]
+    logs = log_messages(proc.stdout)
     assert any("left out 3 frame(s) whose images are missing or unreadable" in m for m in logs), logs
     info = json.loads((out / "run.json").read_text())
     kept = [Path(f["file_path"]).stem for k, f in enumerate(meta["frames"]) if k not in (3, 5, 6)]
