@@ -405,10 +405,8 @@ def run_fit(args, reporter: Reporter) -> dict:
                                       surface_alpha_weight=getattr(args, "surface_alpha", None),
                                       surface_alpha_inset=getattr(args, "surface_alpha_inset", None))
     _prepare_compiled_renderer(device, renderer, reporter)
-    reporter.log(f"fitting {len(scene.train_indices)} views at "
-                 f"{sizes_text([scene.camera(i, settings.view_downscale(scene.cameras[i])) for i in scene.train_indices])}"
-                 f" on {device}, "
-                 f"{settings.iterations} steps")
+    fitted = [scene.camera(i, settings.view_downscale(scene.cameras[i])) for i in scene.train_indices]
+    reporter.log(f"fitting {len(fitted)} views at {sizes_text(fitted)} on {device}, {settings.iterations} steps")
     result = fit(scene, run, settings, device=device, reporter=reporter, resume=not args.no_resume)
     summary = {k: result[k] for k in ("gaussians", "seconds", "test_psnr", "test_ssim", "test_views")}
     summary["ply"] = str(run.gaussians_ply)
@@ -547,12 +545,13 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
 CPU_PRIOR_VIEWS = 8  # SAM + CLIP views on a CPU unless --prior-views says otherwise
 
 
-def _in_file_coordinates(gaussians, scene) -> bool:
-    """Whether Gaussians handed to a recentred scene sit in the camera file's coordinates (made
-    by another tool from the same capture) rather than in the run's (a MaskField run's own)."""
+def _in_file_coordinates(means, scene) -> bool:
+    """Whether Gaussians (their ``means``) handed to a recentred scene sit in the camera file's
+    coordinates (made by another tool from the same capture) rather than in the run's (a
+    MaskField run's own)."""
     import numpy as np
 
-    middle = np.median(gaussians.detached()["means"].double().numpy(), axis=0)
+    middle = np.median(means, axis=0)
     cameras = np.stack([cam.center for cam in scene.cameras]).mean(axis=0)
     return bool(np.linalg.norm(middle - (cameras + scene.origin)) < np.linalg.norm(middle - cameras))
 
@@ -579,7 +578,7 @@ def run_train(args, reporter: Reporter) -> dict:
         for note in scene.notes:
             reporter.log(note, level="warning")
         means = given.detached()["means"].double().numpy()
-        moved = scene.origin is not None and _in_file_coordinates(given, scene)
+        moved = scene.origin is not None and _in_file_coordinates(means, scene)
         if moved:
             means = means - scene.origin
         # Gaussians in another tool's frame (another scale, a normalised one) that the cameras do

@@ -277,8 +277,8 @@ def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, A
     downscale = getattr(args, "downscale", None)
     if downscale is None:
         downscale = prior_downscale(scene, views)
-        if downscale > 1:
-            cam = scene.camera(views[0])
+        if downscale > 1:  # the largest view decides
+            cam = max((scene.cameras[i] for i in views), key=lambda c: max(c.width, c.height))
             reporter.log(f"priors on images of {cam.width}x{cam.height} at 1/{downscale:g}: SAM sees at most "
                          f"{PRIOR_LONG_SIDE} px a side anyway, and full-size masks would fill the memory "
                          "(--downscale to choose)")
