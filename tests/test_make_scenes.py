@@ -130,3 +130,26 @@ def test_the_kitchen_scene_shows_each_of_its_objects(tmp_path):
         assert (labels == 0).any()  # the world shows around the scene
     assert seen == {0, *objects}
     assert 16 <= area["apple"] <= 200 and 16 <= area["bottle"] <= 200  # small things, as the desk's mug
+
+
+def test_the_workshop_scene_shows_each_of_its_objects(tmp_path):
+    """The fifth scene (made after every mask-field default was chosen): every object labelled
+    in some view, the ladder's rungs with the floor seen between them, the hammer a few pixels."""
+    out, objects, tj = _make_scene(tmp_path, "workshop", "--views", "8", "--resolution", "200x150")
+    assert set(objects.values()) == {"floor", "workbench", "toolbox", "hammer", "ladder", "tyre", "traffic cone",
+                                     "bucket", "ball"}
+    ladder = next(k for k, v in objects.items() if v == "ladder")
+    seen, area, gaps = set(), {}, 0
+    for frame in tj["frames"]:
+        labels = np.asarray(Image.open(out / frame["label_path"]))
+        seen |= set(np.unique(labels).tolist())
+        for k in objects:
+            area[objects[k]] = max(area.get(objects[k], 0), int((labels == k).sum()))
+        # down a column through the ladder: its pixels broken by others (rungs, then what is behind)
+        cols = np.nonzero((labels == ladder).any(0))[0]
+        if len(cols):
+            column = labels[:, cols[len(cols) // 2]] == ladder
+            gaps = max(gaps, int(np.count_nonzero(np.diff(column.astype(np.int8)) == 1)))
+    assert seen == {0, *objects}
+    assert gaps >= 3  # rungs seen apart
+    assert 4 <= area["hammer"] <= 120 and area["hammer"] < area["ball"] < area["tyre"]

@@ -15,6 +15,10 @@ those. Scenes:
   cone, a torus, a teapot, a small lamp);
 - ``room``: a floor and two walls with furniture (table, chair, sofa, a standing lamp, a
   teapot on the table, a plant).
+- ``workshop``: a concrete floor with a workbench on thin legs, a ladder of thin rungs, a tyre
+  lying flat, a traffic cone, a bucket, a ball, a toolbox and a hammer on the bench (made after
+  every default of the mask field was chosen on the other four, to judge them on shapes they
+  never saw: rungs a few pixels thick with the floor seen between them, a dark ring).
 - ``desk``: a desk on a rug, no walls (made after the defaults were tuned on the other two,
   to judge them on a scene they were not tuned on): a thin dark monitor, a flat keyboard and a
   bin both close to the world's grey, a mug, a desk lamp, an office chair.
@@ -43,7 +47,7 @@ import numpy as np  # noqa: E402
 from addon import scene_render  # noqa: E402
 from make_tabletop import _material, _mesh, render_folder  # noqa: E402  (the tabletop's parts)
 
-SCENES = ("bookshelf", "room", "desk", "kitchen")
+SCENES = ("bookshelf", "room", "desk", "kitchen", "workshop")
 
 
 def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
@@ -226,6 +230,34 @@ def build_kitchen(scene, seed: int = 0) -> list:
     return objs
 
 
+def build_workshop(scene, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    coll = scene.collection
+    a = float(rng.uniform(-0.15, 0.15))
+    objs = [_box("floor", (2.6, 2.0, 0.02), (0, 0, -0.02), (0.38, 0.37, 0.35), coll)]
+    bench = [((0.05, 0.05, 0.8), (sx * 0.55, sy * 0.22, 0)) for sx in (-1, 1) for sy in (-1, 1)]
+    bench += [((1.2, 0.5, 0.05), (0, 0, 0.8)), ((1.1, 0.03, 0.03), (0, 0.22, 0.2))]
+    objs.append(_link("workbench", _join("workbench", [(_box_mesh(s), o) for s, o in bench]), (-0.3, 0.45, 0),
+                      (0.6, 0.45, 0.3), coll, a))
+    top = 0.85
+    objs.append(_box("toolbox", (0.34, 0.18, 0.16), (-0.55, 0.45, top), (0.75, 0.08, 0.06), coll, a))
+    hammer = [((0.025, 0.25, 0.025), (0, 0, 0)), ((0.1, 0.035, 0.035), (0, 0.12, -0.005))]
+    objs.append(_link("hammer", _join("hammer", [(_box_mesh(s), o) for s, o in hammer]),
+                      (0.05, 0.35, top), (0.2, 0.2, 0.25), coll, a + float(rng.uniform(-0.5, 0.5))))
+    # two rails and seven rungs, 3 cm thick: the floor shows between them
+    ladder = [((0.04, 0.04, 1.5), (sx * 0.2, 0, 0)) for sx in (-1, 1)]
+    ladder += [((0.4, 0.03, 0.03), (0, 0, 0.2 * (k + 1))) for k in range(7)]
+    objs.append(_link("ladder", _join("ladder", [(_box_mesh(s), o) for s, o in ladder]), (0.95, 0.6, 0),
+                      (0.75, 0.7, 0.65), coll, -0.4 + a))
+    objs.append(_link("tyre", _mesh("torus", "tyre", 0.55), (0.75, -0.45, 0), (0.06, 0.06, 0.07), coll))
+    objs.append(_link("traffic cone", _mesh("cone", "traffic cone", 0.28), (-0.9, -0.5, 0), (0.95, 0.4, 0.05), coll))
+    objs.append(_link("bucket", _mesh("cylinder", "bucket", 0.26), (-0.2, -0.6, 0), (0.15, 0.35, 0.75), coll))
+    objs.append(_link("ball", _mesh("sphere", "ball", 0.16), (0.2 + float(rng.uniform(-0.1, 0.1)), -0.25, 0),
+                      (0.85, 0.75, 0.1), coll))
+    _lights(scene, coll, (1.8, -2.4, 3.3))
+    return objs
+
+
 def _box_mesh(size):
     """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
@@ -254,7 +286,7 @@ def _lights(scene, coll, key_location) -> None:
     scene.world = scene_render.grey_world("grey world", 0.45, 0.9)
 
 
-BUILDERS = {"bookshelf": build_bookshelf, "room": build_room, "desk": build_desk, "kitchen": build_kitchen}
+BUILDERS = {"bookshelf": build_bookshelf, "room": build_room, "desk": build_desk, "kitchen": build_kitchen, "workshop": build_workshop}
 
 
 def _resolution(text: str) -> tuple[int, int]:
