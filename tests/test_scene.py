@@ -10,7 +10,8 @@ from conftest import FOX, look_at_c2w_gl, mix_image_sizes, move_scene, write_png
 from maskfield.checks import check_cameras
 from maskfield.events import MaskFieldError
 from maskfield.scene import load_scene
-from maskfield.scene.cameras import Camera, distort_normalized, opengl_to_opencv, sizes_text, undistort_image
+from maskfield.scene.cameras import (Camera, distort, distort_normalized, opengl_to_opencv, sizes_text,
+                                    undistort_image)
 
 
 def test_opengl_camera_sees_the_point_it_looks_at(make_transforms_scene):
@@ -325,3 +326,158 @@ def test_an_image_forgotten_by_the_cache_loads_again_the_same(make_transforms_sc
     again = scene.load_image(1, 2)
     assert again is not first and np.array_equal(again, first)
     scene.forget_image(2, 2)  # never loaded: nothing to do
+
+
+# --- lenses: fisheye and OpenCV's full model --------------------------------------------------
+
+def _ray_colour(dirs: np.ndarray) -> np.ndarray:
+    """A smooth colour of each unit ray direction (OpenCV camera axes): what an environment
+    seen from the camera's centre would give, the same through any lens."""
+    return np.stack([0.5 + 0.45 * dirs[..., 0], 0.5 + 0.45 * dirs[..., 1], 0.2 + 0.7 * dirs[..., 2]], -1)
+
+
+def _lens_photo(w, h, fx, fy, cx, cy, rays_of_distorted) -> np.ndarray:
+    """The 8-bit photo a lens takes of ``_ray_colour``: each pixel's distorted normalised
+    coordinates to its ray by ``rays_of_distorted`` (the test's own inversion of the model)."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    dirs = rays_of_distorted((u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy)
+    return np.clip(np.round(_ray_colour(dirs) * 255), 0, 255).astype(np.uint8)
+
+
+def _fisheye_rays(k):
+    """Rays of OpenCV's equidistant fisheye: radius theta_d = theta (1 + k1 theta^2 + ...),
+    inverted by bisection (independent of the loader's forward formula)."""
+    def rays(xd, yd):
+        rd = np.hypot(xd, yd)
+        lo, hi = np.zeros_like(rd), np.full_like(rd, np.pi / 2)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            t2 = mid * mid
+            big = mid * (1 + k[0] * t2 + k[1] * t2 ** 2 + k[2] * t2 ** 3 + k[3] * t2 ** 4) > rd
+            hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)
+        theta, phi = (lo + hi) / 2, np.arctan2(yd, xd)
+        return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
+    return rays
+
+
+def _rational_rays(k1, k2, p1, p2, k3, k4, k5, k6):
+    """Rays of OpenCV's full pinhole model, inverted by fixed-point iteration."""
+    def rays(xd, yd):
+        x, y = xd.copy(), yd.copy()
+        for _ in range(200):
+            r2 = x * x + y * y
+            radial = (1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3) / (1 + k4 * r2 + k5 * r2 ** 2 + k6 * r2 ** 3)
+            dx, dy = 2 * p1 * x * y + p2 * (r2 + 2 * x * x), p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+            x, y = (xd - dx) / radial, (yd - dy) / radial
+        d = np.stack([x, y, np.ones_like(x)], -1)
+        return d / np.linalg.norm(d, axis=-1, keepdims=True)
+    return rays
+
+
+def coeffs_of(cam) -> list:
+    return list(np.pad(cam.distortion, (0, 8 - len(cam.distortion))))
+
+
+def _expected_pinhole(cam) -> np.ndarray:
+    v, u = np.mgrid[0:cam.height, 0:cam.width].astype(np.float64)
+    d = np.stack([(u + 0.5 - cam.cx) / cam.fx, (v + 0.5 - cam.cy) / cam.fy, np.ones_like(u)], -1)
+    return _ray_colour(d / np.linalg.norm(d, axis=-1, keepdims=True))
+
+
+FISHEYE_K = [0.05, -0.02, 0.004, -0.001]
+
+
+@pytest.mark.parametrize("how", ["nerfstudio", "instant-ngp"])
+def test_fisheye_photos_in_transforms_json_become_the_pinhole_views_of_their_rays(make_transforms_scene, how):
+    # a wide lens (f 30 px on an 80 px image: about 150 degrees across), as nerfstudio's
+    # ns-process-data --camera-type fisheye or Instant-NGP's "is_fisheye" write it
+    w, h, f = 80, 60, 30.0
+    lens = {"camera_model": "OPENCV_FISHEYE"} if how == "nerfstudio" else {"is_fisheye": True}
+    folder, frames = make_transforms_scene(n=4, w=w, h=h, fl=f, name=how,
+                                           extra={**lens, **dict(zip(("k1", "k2", "k3", "k4"), FISHEYE_K))})
+    photo = _lens_photo(w, h, f, f, w / 2, h / 2, _fisheye_rays(FISHEYE_K))
+    for frame in frames:
+        write_png(folder / frame["file_path"], photo)
+    scene = load_scene(folder)
+    assert all(cam.lens == "fisheye" and cam.has_distortion for cam in scene.cameras)
+    assert np.allclose(scene.cameras[0].distortion, FISHEYE_K)
+    got = scene.load_image(1)
+    cam = scene.camera(1)
+    assert cam.lens == "pinhole" and not cam.has_distortion
+    # every pinhole pixel shows its own ray (8-bit photo, bilinear resampling of a smooth field)
+    assert np.abs(got - _expected_pinhole(cam)).max() < 0.02
+    # against the lens taken for a plain pinhole (the photo as it is), the error is large
+    assert np.abs(photo / 255.0 - _expected_pinhole(cam)).max() > 0.1
+    note = " ".join(scene.notes)
+    side = _fisheye_rays(FISHEYE_K)(np.array(w / 2 / f), np.array(0.0))  # the ray at the image's side
+    seen = 2 * np.degrees(np.arccos(side[2]))
+    assert "4 fisheye view(s)" in note and f"about {seen:.0f} degrees" in note
+    assert f"the central {2 * np.degrees(np.arctan(w / 2 / f)):.0f} are used" in note
+
+
+def test_fisheye_with_all_coefficients_zero_is_still_not_a_pinhole():
+    cam = Camera("c", 64, 48, 30.0, 30.0, 32.0, 24.0, np.eye(4), np.zeros(4), lens="fisheye")
+    assert cam.has_distortion
+    assert not cam.undistorted().has_distortion and cam.scaled(2).lens == "fisheye"
+    with pytest.raises(ValueError, match="lens"):
+        Camera("c", 64, 48, 30.0, 30.0, 32.0, 24.0, np.eye(4), lens="equirectangular")
+
+
+def test_opencv_full_model_k3_to_k6_in_transforms_json(make_transforms_scene):
+    # k3 (and the rational k4-k6) used to be dropped without a word
+    w, h, f = 80, 60, 60.0
+    coeffs = dict(k1=0.12, k2=-0.03, p1=0.002, p2=-0.001, k3=0.01, k4=0.05, k5=-0.01, k6=0.002)
+    folder, frames = make_transforms_scene(n=4, w=w, h=h, fl=f, name="full", extra=coeffs)
+    photo = _lens_photo(w, h, f, f, w / 2, h / 2, _rational_rays(*coeffs.values()))
+    for frame in frames:
+        write_png(folder / frame["file_path"], photo)
+    scene = load_scene(folder)
+    assert np.allclose(scene.cameras[0].distortion, list(coeffs.values()))
+    got, cam = scene.load_image(2), scene.camera(2)
+    assert np.abs(got - _expected_pinhole(cam)).max() < 0.02
+    # where the model sends the image's corner, against the test's own inversion: exact with
+    # every coefficient, a pixel off at the corner without k3-k6 (as before)
+    full = scene.cameras[2]
+    corner = np.array([(w - 0.5 - full.cx) / full.fx, (h - 0.5 - full.cy) / full.fy])
+    for coeffs, close in ((full.distortion, True), (full.distortion[:4], False)):
+        xd, yd = distort(Camera("c", w, h, f, f, w / 2, h / 2, np.eye(4), coeffs), *corner)
+        ray = _rational_rays(*coeffs_of(full))(np.array(xd), np.array(yd))
+        miss = np.abs(ray[:2] / ray[2] - corner).max() * f  # in pixels
+        assert (miss < 1e-6) if close else (miss > 0.5), (close, miss)
+
+
+def test_colmap_fisheye_and_full_opencv_models(tmp_path):
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    w, h = 80, 60
+    cases = {
+        "OPENCV_FISHEYE": (f"30 30 {w / 2} {h / 2} " + " ".join(map(str, FISHEYE_K)), _fisheye_rays(FISHEYE_K)),
+        "SIMPLE_RADIAL_FISHEYE": (f"30 {w / 2} {h / 2} 0.05", _fisheye_rays([0.05, 0, 0, 0])),
+        "RADIAL_FISHEYE": (f"30 {w / 2} {h / 2} 0.05 -0.02", _fisheye_rays([0.05, -0.02, 0, 0])),
+        "FULL_OPENCV": (f"60 60 {w / 2} {h / 2} 0.12 -0.03 0.002 -0.001 0.01 0.05 -0.01 0.002",
+                        _rational_rays(0.12, -0.03, 0.002, -0.001, 0.01, 0.05, -0.01, 0.002)),
+    }
+    for model, (params, rays) in cases.items():
+        folder = tmp_path / model
+        sparse = _write_colmap_text(folder, c2ws, w=w, h=h)
+        (sparse / "cameras.txt").write_text(f"1 {model} {w} {h} {params}\n")
+        f = float(params.split()[0])
+        for i in range(3):
+            write_png(folder / "images" / f"{i:03d}.png", _lens_photo(w, h, f, f, w / 2, h / 2, rays))
+        scene = load_scene(folder)
+        assert scene.cameras[0].lens == ("pinhole" if model == "FULL_OPENCV" else "fisheye"), model
+        got, cam = scene.load_image(0), scene.camera(0)
+        assert np.abs(got - _expected_pinhole(cam)).max() < 0.02, model
+
+
+def test_lenses_the_loader_cannot_take_are_named(make_transforms_scene, tmp_path):
+    folder, _ = make_transforms_scene(n=4, name="equirect", extra={"camera_model": "EQUIRECTANGULAR"})
+    with pytest.raises(MaskFieldError, match="EQUIRECTANGULAR is not supported.*OPENCV_FISHEYE"):
+        load_scene(folder)
+    folder, _ = make_transforms_scene(n=4, name="fisheye_p", extra={"camera_model": "OPENCV_FISHEYE", "p1": 0.01})
+    with pytest.raises(MaskFieldError, match="fisheye.*p1/p2"):
+        load_scene(folder)
+    c2ws = [look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1]) for a in np.linspace(0, 2, 3)]
+    sparse = _write_colmap_text(tmp_path / "fov", c2ws)
+    (sparse / "cameras.txt").write_text("1 FOV 40 30 35 35 20 15 0.9\n")
+    with pytest.raises(MaskFieldError, match="FOV .*not supported.*OPENCV_FISHEYE"):
+        load_scene(tmp_path / "fov")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+LENSES = ("pinhole", "fisheye")
+
 # Flips y and z: OpenGL camera axes <-> OpenCV camera axes (its own inverse).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -52,9 +54,12 @@ def world_to_camera_to_c2w(rotation: np.ndarray, translation: np.ndarray) -> np.
 
 @dataclass
 class Camera:
-    """A pinhole camera (with optional OPENCV radial-tangential distortion).
+    """A camera: a pinhole with OpenCV's lens distortion, or a fisheye lens.
 
     ``camtoworld`` is 4x4 in OpenCV axes. Intrinsics are in pixels of the full-size image.
+    ``lens`` "pinhole": ``distortion`` holds OpenCV's coefficients in its order (k1 k2 p1 p2,
+    then optionally k3, and k4 k5 k6 of its rational model); "fisheye": OpenCV's (and
+    COLMAP's OPENCV_FISHEYE) equidistant model, ``distortion`` k1 k2 k3 k4.
     """
 
     name: str
@@ -65,11 +70,17 @@ class Camera:
     cx: float
     cy: float
     camtoworld: np.ndarray
-    distortion: np.ndarray = field(default_factory=lambda: np.zeros(4))  # k1 k2 p1 p2
+    distortion: np.ndarray = field(default_factory=lambda: np.zeros(4))  # see the class's note
+    lens: str = "pinhole"
+
+    def __post_init__(self):
+        if self.lens not in LENSES:
+            raise ValueError(f"lens must be one of {LENSES}, got {self.lens!r}")
 
     @property
     def has_distortion(self) -> bool:
-        return bool(np.any(np.abs(self.distortion) > 0))
+        # a fisheye is never a pinhole, even with all its coefficients 0 (the plain equidistant lens)
+        return self.lens == "fisheye" or bool(np.any(np.abs(self.distortion) > 0))
 
     @property
     def K(self) -> np.ndarray:
@@ -101,6 +112,7 @@ class Camera:
             cy=self.cy * sy,
             camtoworld=self.camtoworld.copy(),
             distortion=self.distortion.copy(),
+            lens=self.lens,
         )
 
     def undistorted(self) -> "Camera":
@@ -146,13 +158,40 @@ def sizes_text(cameras) -> str:
 
 
 def distort_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV radial-tangential model (k1 k2 p1 p2) on normalised image coordinates."""
-    k1, k2, p1, p2 = [float(c) for c in coeffs[:4]]
+    """OpenCV's radial-tangential model on normalised image coordinates: coefficients in its
+    order k1 k2 p1 p2 [k3 [k4 k5 k6]], missing ones 0 (k4-k6 divide, its rational model)."""
+    k1, k2, p1, p2, k3, k4, k5, k6 = [float(c) for c in np.pad(np.asarray(coeffs, np.float64)[:8],
+                                                               (0, max(0, 8 - len(coeffs))))]
     r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 * r2
+    radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
     yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     return xd, yd
+
+
+def distort_fisheye_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's fisheye (equidistant) model, as COLMAP's OPENCV_FISHEYE: a ray at angle theta
+    from the axis lands at radius theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8)."""
+    r = np.sqrt(x * x + y * y)
+    theta_d = fisheye_radius(np.arctan(r), coeffs)
+    # theta_d / r -> 1 at the centre (both are r to first order)
+    scale = np.where(r > 1e-12, theta_d / np.maximum(r, 1e-12), 1.0)
+    return x * scale, y * scale
+
+
+def fisheye_radius(theta: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """The fisheye model's normalised image radius of a ray at ``theta`` from the axis."""
+    k1, k2, k3, k4 = [float(c) for c in np.pad(np.asarray(coeffs, np.float64)[:4], (0, max(0, 4 - len(coeffs))))]
+    t2 = theta * theta
+    return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+
+
+def distort(camera: Camera, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the ideal pinhole's normalised coordinates (x, y) land in ``camera``'s photo, in
+    normalised coordinates of its own K."""
+    if camera.lens == "fisheye":
+        return distort_fisheye_normalized(x, y, camera.distortion)
+    return distort_normalized(x, y, camera.distortion)
 
 
 def undistort_image(image: np.ndarray, camera: Camera, order: int = 1) -> np.ndarray:
@@ -169,7 +208,7 @@ def undistort_image(image: np.ndarray, camera: Camera, order: int = 1) -> np.nda
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
     x = (u + 0.5 - camera.cx) / camera.fx
     y = (v + 0.5 - camera.cy) / camera.fy
-    xd, yd = distort_normalized(x, y, camera.distortion)
+    xd, yd = distort(camera, x, y)
     src_u = xd * camera.fx + camera.cx - 0.5
     src_v = yd * camera.fy + camera.cy - 0.5
     coords = np.stack([src_v, src_u])

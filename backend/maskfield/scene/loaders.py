@@ -32,7 +32,28 @@ def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int 
     check = skip_missing if check_readable is None else check_readable
     scene = _load_any(Path(path), skip_missing, holdout_every, background, images, check)
     recentre_far_scene(scene)
+    note_fisheye_views(scene)
     return scene
+
+
+def note_fisheye_views(scene: Scene) -> None:
+    """Say what resampling a fisheye photo to a pinhole of its own focal length keeps: the
+    renderers are pinholes, and a pinhole cannot hold the rim of a wide lens (at 90 degrees
+    from the axis it would need an infinite image)."""
+    fisheye = [cam for cam in scene.cameras if cam.lens == "fisheye"]
+    if not fisheye:
+        return
+    from .cameras import fisheye_radius
+
+    cam = fisheye[0]
+    half_w = max(cam.cx, cam.width - cam.cx) / cam.fx
+    kept = 2 * math.degrees(math.atan(half_w))
+    theta = np.linspace(0.0, math.pi, 3601)  # the lens's angle at the image's side, where its radius gets there
+    reached = np.nonzero(fisheye_radius(theta, cam.distortion) >= half_w)[0]
+    seen = 2 * math.degrees(theta[reached[0]] if len(reached) else math.pi)
+    scene.notes.append(
+        f"{len(fisheye)} fisheye view(s) (e.g. {cam.name}) are resampled to pinhole views of the same focal "
+        f"length: of the about {seen:.0f} degrees across that the lens sees, the central {kept:.0f} are used.")
 
 
 def _load_any(path: Path, skip_missing: bool, holdout_every: int, background, images: str | None,
@@ -159,14 +180,13 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
             try:
                 intr = _intrinsics(meta, frame, width, height, where, file)
             except (TypeError, ValueError) as exc:  # text where a number belongs
-                raise MaskFieldError(f"{where}: the intrinsics (fl_x, fl_y, cx, cy, w, h, camera_angle_x, k1 k2 p1 p2) "
+                raise MaskFieldError(f"{where}: the intrinsics (fl_x, fl_y, cx, cy, w, h, camera_angle_x, k1-k6, p1, p2) "
                                      f"must be numbers in {file.name} ({exc}).") from None
             cameras.append(Camera(
                 name=image_path.stem if source != "nerf-synthetic" else f"{split}_{image_path.stem}",
                 width=width, height=height,
                 fx=intr["fx"], fy=intr["fy"], cx=intr["cx"], cy=intr["cy"],
-                camtoworld=opengl_to_opencv(c2w_gl),
-                distortion=np.array([intr["k1"], intr["k2"], intr["p1"], intr["p2"]], dtype=np.float64),
+                camtoworld=opengl_to_opencv(c2w_gl), distortion=intr["distortion"], lens=intr["lens"],
             ))
             paths.append(image_path)
             split_of.append(split)
@@ -325,21 +345,35 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, where: str, fi
     fy = fx if fy is None else fy
     cx = get("cx")
     cy = get("cy")
-    model = str(get("camera_model") or "OPENCV").upper()
-    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise MaskFieldError(f"{where}: camera model {model} is not supported; use OPENCV or PINHOLE "
-                             "(undistort fisheye captures first, e.g. with COLMAP's image_undistorter).")
+    model = str(get("camera_model") or ("OPENCV_FISHEYE" if get("is_fisheye") else "OPENCV")).upper()
+    if model not in PINHOLE_MODELS + FISHEYE_MODELS:
+        raise MaskFieldError(f"{where}: camera model {model} is not supported; use {', '.join(PINHOLE_MODELS)} or "
+                             f"{', '.join(FISHEYE_MODELS)} (resample other lenses to a pinhole first, e.g. with "
+                             "COLMAP's image_undistorter).")
     values = dict(fx=float(fx), fy=float(fy),
                   cx=float(cx) if cx is not None else width / 2.0,
-                  cy=float(cy) if cy is not None else height / 2.0,
-                  k1=float(get("k1") or 0.0), k2=float(get("k2") or 0.0),
-                  p1=float(get("p1") or 0.0), p2=float(get("p2") or 0.0))
-    for key, value in values.items():
+                  cy=float(cy) if cy is not None else height / 2.0)
+    # the coefficients under OpenCV's names, in the order of its model for this lens
+    names = FISHEYE_COEFFICIENTS if model in FISHEYE_MODELS else PINHOLE_COEFFICIENTS
+    coeffs = {name: float(get(name) or 0.0) for name in names}
+    for key, value in {**values, **coeffs}.items():
         if not math.isfinite(value):
             raise MaskFieldError(f"{where}: intrinsic '{key}' is not a finite number in {file.name}.")
     if values["fx"] <= 0 or values["fy"] <= 0:
         raise MaskFieldError(f"{where}: focal length must be positive in {file.name}.")
+    if model in FISHEYE_MODELS and any(float(get(k) or 0.0) for k in ("p1", "p2")):
+        raise MaskFieldError(f"{where}: {file.name} gives a fisheye lens tangential terms p1/p2, which OpenCV's "
+                             "fisheye model does not have; export the camera again with k1-k4 only.")
+    values["lens"] = "fisheye" if model in FISHEYE_MODELS else "pinhole"
+    values["distortion"] = np.array([coeffs[n] for n in names], dtype=np.float64)
     return values
+
+
+# transforms.json's camera models (nerfstudio's names; Instant-NGP says "is_fisheye": true)
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+FISHEYE_MODELS = ("OPENCV_FISHEYE",)
+PINHOLE_COEFFICIENTS = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")  # OpenCV's order
+FISHEYE_COEFFICIENTS = ("k1", "k2", "k3", "k4")
 
 
 def normalise_pose(c2w: np.ndarray, where: str, file: Path) -> tuple[np.ndarray, float | None]:
@@ -481,7 +515,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
         pose = image.cam_from_world()
         c2w = world_to_camera_to_c2w(np.asarray(pose.rotation.matrix()), np.asarray(pose.translation))
         _check_pose(c2w, f"COLMAP image {image.name}", sparse / "images")
-        fx, fy, cx, cy, dist = _colmap_intrinsics(cam, image.name)
+        fx, fy, cx, cy, dist, lens = _colmap_intrinsics(cam, image.name)
         width, height = image_size(path)
         if (width, height) == (cam.height, cam.width) and width != height:
             _orientation_contradiction(f"COLMAP image {image.name}", sparse / "cameras.bin", width, height)
@@ -491,7 +525,7 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
                                      f"{cam.width}x{cam.height}, another aspect ratio; use the images COLMAP saw.")
             sx, sy = width / cam.width, height / cam.height
             fx, fy, cx, cy = fx * sx, fy * sy, cx * sx, cy * sy
-        cameras.append(Camera(Path(image.name).stem, width, height, fx, fy, cx, cy, c2w, dist))
+        cameras.append(Camera(Path(image.name).stem, width, height, fx, fy, cx, cy, c2w, dist, lens))
         paths.append(path)
     if missing and not skip_missing:
         raise MaskFieldError(
@@ -519,22 +553,31 @@ def _load_colmap(sparse: Path, root: Path, skip_missing: bool, holdout_every: in
 
 
 def _colmap_intrinsics(cam, image_name: str):
+    """(fx, fy, cx, cy, distortion, lens) of a COLMAP camera; distortion in OpenCV's order
+    (``Camera``'s note). COLMAP's parameter lists: colmap/src/colmap/sensor/models.h."""
     model = cam.model.name if hasattr(cam.model, "name") else str(cam.model)
     p = [float(v) for v in cam.params]
     zero = np.zeros(4)
     if model == "SIMPLE_PINHOLE":
-        return p[0], p[0], p[1], p[2], zero
+        return p[0], p[0], p[1], p[2], zero, "pinhole"
     if model == "PINHOLE":
-        return p[0], p[1], p[2], p[3], zero
+        return p[0], p[1], p[2], p[3], zero, "pinhole"
     if model == "SIMPLE_RADIAL":
-        return p[0], p[0], p[1], p[2], np.array([p[3], 0, 0, 0])
+        return p[0], p[0], p[1], p[2], np.array([p[3], 0, 0, 0]), "pinhole"
     if model == "RADIAL":
-        return p[0], p[0], p[1], p[2], np.array([p[3], p[4], 0, 0])
-    if model == "OPENCV":
-        return p[0], p[1], p[2], p[3], np.array(p[4:8])
+        return p[0], p[0], p[1], p[2], np.array([p[3], p[4], 0, 0]), "pinhole"
+    if model in ("OPENCV", "FULL_OPENCV"):  # k1 k2 p1 p2, and k3 k4 k5 k6 for the full one
+        return p[0], p[1], p[2], p[3], np.array(p[4:]), "pinhole"
+    if model == "SIMPLE_RADIAL_FISHEYE":
+        return p[0], p[0], p[1], p[2], np.array([p[3], 0, 0, 0]), "fisheye"
+    if model == "RADIAL_FISHEYE":
+        return p[0], p[0], p[1], p[2], np.array([p[3], p[4], 0, 0]), "fisheye"
+    if model == "OPENCV_FISHEYE":
+        return p[0], p[1], p[2], p[3], np.array(p[4:8]), "fisheye"
     raise MaskFieldError(
         f"COLMAP camera model {model} (image {image_name}) is not supported; run COLMAP's image_undistorter "
-        "and use its PINHOLE model, or use SIMPLE_RADIAL / RADIAL / OPENCV.")
+        "and use its PINHOLE model, or use SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV or the fisheye models "
+        "SIMPLE_RADIAL_FISHEYE, RADIAL_FISHEYE, OPENCV_FISHEYE.")
 
 
 # --- LLFF --------------------------------------------------------------------------------
