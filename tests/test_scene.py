@@ -427,7 +427,8 @@ def test_opencv_full_model_k3_to_k6_in_transforms_json(make_transforms_scene):
     # k3 (and the rational k4-k6) used to be dropped without a word
     w, h, f = 80, 60, 60.0
     coeffs = dict(k1=0.12, k2=-0.03, p1=0.002, p2=-0.001, k3=0.01, k4=0.05, k5=-0.01, k6=0.002)
-    folder, frames = make_transforms_scene(n=4, w=w, h=h, fl=f, name="full", extra=coeffs)
+    folder, frames = make_transforms_scene(n=4, w=w, h=h, fl=f, name="full",
+                                           extra={**coeffs, "camera_model": "FULL_OPENCV"})
     photo = _lens_photo(w, h, f, f, w / 2, h / 2, _rational_rays(*coeffs.values()))
     for frame in frames:
         write_png(folder / frame["file_path"], photo)

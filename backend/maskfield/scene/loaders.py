@@ -370,7 +370,7 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, where: str, fi
 
 
 # transforms.json's camera models (nerfstudio's names; Instant-NGP says "is_fisheye": true)
-PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "FULL_OPENCV", "SIMPLE_RADIAL", "RADIAL")
 FISHEYE_MODELS = ("OPENCV_FISHEYE",)
 PINHOLE_COEFFICIENTS = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")  # OpenCV's order
 FISHEYE_COEFFICIENTS = ("k1", "k2", "k3", "k4")
