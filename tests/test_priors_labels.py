@@ -193,7 +193,7 @@ def test_large_photos_get_priors_at_sam_size_not_their_own(tmp_path):
     # a phone's photos: masks kept at 4032x3024 would be 12 MB each, a hundred a view, all views
     # loaded for the mask field; SAM sees 1,024 px anyway. Without --downscale the priors are
     # made at the smallest whole-number downscale that brings the long side to 1,024 or less
-    from maskfield.priors.command import PRIOR_LONG_SIDE, prior_downscale
+    from maskfield.priors.command import PRIOR_LONG_SIDE, prior_downscales
     from maskfield.scene import load_scene
 
     write_scene(tmp_path / "big", n=3, h=1500, w=2100)
@@ -201,18 +201,46 @@ def test_large_photos_get_priors_at_sam_size_not_their_own(tmp_path):
     args = parse(["priors", str(tmp_path / "big"), "--out", str(tmp_path / "run"), "--from-labels"])
     run(args, Reporter("jsonl", stream=stream))
     scene = load_scene(tmp_path / "big")
-    assert prior_downscale(scene, scene.train_indices) == 3.0
+    assert set(prior_downscales(scene, scene.train_indices).values()) == {3.0}
     p = load_priors(tmp_path / "run" / "priors" / f"{scene.cameras[scene.train_indices[0]].name}.npz")
     assert p.masks.shape[1:] == (500, 700) and max(p.masks.shape[1:]) <= PRIOR_LONG_SIDE
     assert int(p.masks.sum()) > 0
     logs = [json.loads(line).get("message", "") for line in stream.getvalue().splitlines()]
-    assert any("at 1/3" in m and "--downscale" in m for m in logs)
+    assert any("1/3 for 2100x1500" in m and "--downscale" in m for m in logs)
     # --downscale still decides where given; small images are used as they are
     full = parse(["priors", str(tmp_path / "big"), "--out", str(tmp_path / "run1"), "--from-labels", "--downscale", "1"])
     run(full, Reporter("none"))
     assert load_priors(next((tmp_path / "run1" / "priors").glob("*.npz"))).masks.shape[1:] == (1500, 2100)
     write_scene(tmp_path / "small", n=3)
-    assert prior_downscale(load_scene(tmp_path / "small"), [0, 1, 2]) == 1.0
+    assert set(prior_downscales(load_scene(tmp_path / "small"), [0, 1, 2]).values()) == {1.0}
+
+
+def test_priors_of_a_capture_of_two_sizes_are_made_at_each_views_own_size(tmp_path):
+    # 12 MP photos beside video frames at half their size: each view is brought to SAM's 1,024 px
+    # by its own factor (3 and 2), not the frames by the photos' 3 (350x250, a third of SAM's size)
+    from conftest import halve_some_views
+
+    from maskfield.scene import load_scene
+
+    write_scene(tmp_path / "mixed", n=4, h=1500, w=2100)
+    halve_some_views(tmp_path / "mixed")  # views 0 and 2
+    for name in ("f0", "f2"):
+        path = tmp_path / "mixed" / "labels" / f"{name}.png"
+        img = Image.open(path)
+        img.resize((img.width // 2, img.height // 2), Image.Resampling.NEAREST).save(path)
+    stream = io.StringIO()
+    run(parse(["priors", str(tmp_path / "mixed"), "--out", str(tmp_path / "run"), "--from-labels",
+               "--holdout-every", "0"]), Reporter("jsonl", stream=stream))
+    scene = load_scene(tmp_path / "mixed", holdout_every=0)
+    shapes = {cam.name: load_priors(tmp_path / "run" / "priors" / f"{cam.name}.npz").masks.shape[1:]
+              for cam in scene.cameras}
+    assert shapes == {"f0": (375, 525), "f1": (500, 700), "f2": (375, 525), "f3": (500, 700)}
+    logs = [json.loads(line).get("message", "") for line in stream.getvalue().splitlines()]
+    assert any("1/3 for 2100x1500 (2 views), 1/2 for 1050x750 (2)" in m for m in logs), logs
+    # the masks are the labels' own objects at that size, not an empty or shifted map
+    for cam in scene.cameras:
+        p = load_priors(tmp_path / "run" / "priors" / f"{cam.name}.npz")
+        assert p.masks.any(axis=(1, 2)).all()
 
 
 def test_command_errors(tmp_path):

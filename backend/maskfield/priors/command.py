@@ -227,12 +227,26 @@ def _count_view(summary: dict, cache: PriorsCache, name: str, priors: Priors, ba
     bar.update(1, masks=priors.count)
 
 
-def prior_downscale(scene, views: Sequence[int]) -> float:
-    """The smallest whole-number downscale that brings the views' long side to at most
-    ``PRIOR_LONG_SIDE`` (1: smaller images are used as they are)."""
+def prior_downscales(scene, views: Sequence[int]) -> dict[int, float]:
+    """Each view's smallest whole-number downscale that brings its own long side to at most
+    ``PRIOR_LONG_SIDE`` (1: smaller images are used as they are). By view, as the fit's: where a
+    capture mixes 12 MP photos and 1080p video frames, the frames are not brought to a quarter
+    of SAM's size by the photos' factor."""
     from ..scene.cameras import whole_downscale
 
-    return whole_downscale([scene.cameras[i] for i in views], PRIOR_LONG_SIDE)
+    return {i: whole_downscale([scene.cameras[i]], PRIOR_LONG_SIDE) for i in views}
+
+
+def _downscales_text(scene, factors: dict[int, float]) -> str:
+    """"1/3 for 2100x1500", or by size where views differ: "1/4 for 4032x3024 (30 views), 1/2 for 1920x1080 (10)"."""
+    from collections import Counter
+
+    counts = sorted(Counter((scene.cameras[i].width, scene.cameras[i].height, factors[i]) for i in factors).items(),
+                    key=lambda item: (-item[1], -item[0][2]))  # commonest first, then the largest factor
+    if len(counts) == 1:
+        (w, h, f), _ = counts[0]
+        return f"1/{f:g} for {w}x{h}"
+    return ", ".join(f"1/{f:g} for {w}x{h} ({n}{' views' if k == 0 else ''})" for k, ((w, h, f), n) in enumerate(counts))
 
 
 def spread_subset(indices: Sequence[int], count: int | None) -> list[int]:
@@ -274,17 +288,16 @@ def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, A
     views = spread_subset(scene.train_indices or list(range(len(scene.cameras))), getattr(args, "prior_views", None))
     if not views:
         raise MaskFieldError(f"the scene {args.scene} has no training views")
-    downscale = getattr(args, "downscale", None)
-    if downscale is None:
-        downscale = prior_downscale(scene, views)
-        if downscale > 1:  # the largest view decides
-            cam = max((scene.cameras[i] for i in views), key=lambda c: max(c.width, c.height))
-            reporter.log(f"priors on images of {cam.width}x{cam.height} at 1/{downscale:g}: SAM sees at most "
-                         f"{PRIOR_LONG_SIDE} px a side anyway, and full-size masks would fill the memory "
-                         "(--downscale to choose)")
-    downscale = float(downscale)
-    if downscale <= 0:
+    given = getattr(args, "downscale", None)
+    if given is not None and float(given) <= 0:
         raise MaskFieldError("--downscale must be positive")
+    factors = ({i: float(given) for i in views} if given is not None else prior_downscales(scene, views))
+    if given is None and max(factors.values()) > 1:
+        reporter.log(f"priors on images downscaled ({_downscales_text(scene, factors)}): SAM sees at most "
+                     f"{PRIOR_LONG_SIDE} px a side anyway, and full-size masks would fill the memory "
+                     "(--downscale to choose one factor for all)")
+    # recorded with the priors: one number where every view has it (as before), else the rule
+    recorded = factors[views[0]] if len(set(factors.values())) == 1 else f"each view to {PRIOR_LONG_SIDE} px"
     out_dir = Path(args.out) / "priors"
     use_cache = not getattr(args, "force", False)
     reporter.log(f"priors for {len(views)} of {len(scene.cameras)} views -> {out_dir}")
@@ -302,7 +315,7 @@ def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, A
         noise = LabelNoise(seed=noise_seed) if noise_seed is not None else None
         items, missing = [], []
         for i in views:
-            cam = scene.camera(i, downscale)
+            cam = scene.camera(i, factors[i])
             path = find_label_file(labels_dir, cam.name)
             if path is None:
                 missing.append(cam.name)
@@ -312,7 +325,7 @@ def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, A
             raise MaskFieldError(f"no label image in {labels_dir} for {len(missing)} view(s): {shown}. "
                                  "Render the labels for every view, or run without --from-labels.")
         # Label maps follow the photos: resized, and undistorted where the photos are.
-        distorted = {scene.cameras[i].name: scene.cameras[i].scaled(downscale)
+        distorted = {scene.cameras[i].name: scene.cameras[i].scaled(factors[i])
                      for i in views if scene.cameras[i].has_distortion}
 
         def undistort(name: str, labels: np.ndarray) -> np.ndarray:
@@ -347,14 +360,14 @@ def run(args: argparse.Namespace, reporter: Reporter, scene=None) -> dict[str, A
         embedder = ClipEmbedder(clip, mode=args.embedding, name="open_clip:ViT-B-16:openai")
         def loader(i: int) -> Callable[[], np.ndarray]:
             def load() -> np.ndarray:
-                image = scene.load_image(i, downscale)
-                scene.forget_image(i, downscale)  # the scene keeps images; priors need each once
+                image = scene.load_image(i, factors[i])
+                scene.forget_image(i, factors[i])  # the scene keeps images; priors need each once
                 return image
             return load
 
         images = [(scene.cameras[i].name, loader(i)) for i in views]
         summary = compute_priors(images, out_dir, generator, embedder, reporter=reporter, use_cache=use_cache,
-                                 extra_settings={"downscale": downscale})
+                                 extra_settings={"downscale": recorded})
     summary["dir"] = str(out_dir)
     files = summary.pop("files")
     reporter.log(f"priors: {summary['views']} views, {summary['computed']} computed, {summary['cached']} kept, "
