@@ -19,6 +19,8 @@ OWNED = "maskfield_owned"
 PROMPT_KEY = "maskfield_prompt"
 COLLECTION_PREFIX = "MaskField: "
 RUN_COLLECTION = "MaskField: run"
+# a recentred capture's offset (run.json 'origin'): the object's coordinates + this = the camera file's
+ORIGIN_KEY = "maskfield_origin"
 RUN_KEY = "<all gaussians>"  # the prompt key of the whole run's import (no typed prompt looks like it)
 SH_C0 = 0.28209479177387814
 POINTS_GROUP = "MaskField Points"
@@ -178,6 +180,28 @@ def _tag(idblock, prompt: str | None = None, run: str | None = None) -> None:
         idblock[PROMPT_KEY] = prompt
     if run is not None:
         idblock["maskfield_run"] = run
+        origin = run_origin(run)
+        if origin is not None and isinstance(idblock, bpy.types.Object):
+            idblock[ORIGIN_KEY] = origin  # Python floats: kept as doubles, every digit of a UTM easting
+
+
+def run_origin(run_dir: str) -> list[float] | None:
+    """run.json's 'origin', where the backend recentred a geo-referenced capture (cameras far
+    from their coordinates' 0, where 32-bit numbers, Blender's too, would blur the scene): the
+    run's positions plus it are the camera file's. None for every other run."""
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
+            origin = json.load(fh).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if (isinstance(origin, list) and len(origin) == 3
+            and all(isinstance(v, (int, float)) and np.isfinite(v) for v in origin)):
+        return [float(v) for v in origin]
+    return None
+
+
+def origin_text(origin: Sequence[float]) -> str:
+    return ", ".join(f"{v:.10g}" for v in origin)
 
 
 def find_prompt_collection(scene: bpy.types.Scene, prompt: str) -> bpy.types.Collection | None:

@@ -190,6 +190,20 @@ def main() -> None:
         bpy.ops.maskfield.import_run()
         runs = [o for o in bpy.data.objects if o.get("maskfield_prompt") == mf.import_export.RUN_KEY]
         check("import_rerun_replaces", len(runs) == 1, [o.name for o in runs])
+        # a recentred (geo-referenced) capture: the offset travels with the object, every digit
+        # kept (a float32 would hold 4012345.123456 as 4012345.0), and the import says so
+        origin = [512345.678901, 4012345.123456, 101.5]
+        with open(os.path.join(run_a, "run.json"), "w", encoding="utf-8") as fh:
+            json.dump({"origin": origin}, fh)
+        bpy.ops.maskfield.import_run()
+        ob = next(o for o in bpy.data.objects if o.get("maskfield_prompt") == mf.import_export.RUN_KEY)
+        got = list(ob.get("maskfield_origin", []))
+        check("import_origin_kept", got == origin, got)
+        check("import_origin_said", "512345.6789" in STATUS.info and "maskfield_origin" in STATUS.info, STATUS.info)
+        os.remove(os.path.join(run_a, "run.json"))
+        bpy.ops.maskfield.import_run()
+        ob = next(o for o in bpy.data.objects if o.get("maskfield_prompt") == mf.import_export.RUN_KEY)
+        check("import_no_origin", ob.get("maskfield_origin") is None and "recentred" not in STATUS.info, STATUS.info)
 
     def calls(cmd):
         return [c for c in (json.loads(ln) for ln in open(log_path, encoding="utf-8")) if c[0] == cmd]
