@@ -65,6 +65,8 @@ def test_train_writes_every_stage_and_reports_events(trained):
     assert len(list((run / "priors").glob("*.npz"))) >= 10
     info = json.loads((run / "run.json").read_text())
     assert info["stages"]["fit"]["test_psnr"] > 20  # a wrong camera convention gives ~10 dB
+    # which renderer fitted it (auto on a CPU: the compiled one), for reading a run's figures later
+    assert (info["stages"]["fit"]["device"], info["stages"]["fit"]["renderer"]) == ("cpu", "cpu")
     assert info["stages"]["field"]["embedding_model"] == "names:hash-512"
     # train hands its mask-field options on (the views have ~1,800 supervised pixels: sampled)
     assert info["stages"]["field"]["settings"]["sample_pixels"] == 768

@@ -19,7 +19,7 @@ from ..run import RunFolder, load_torch_file, save_torch_atomic
 from .losses import backdrop_alpha_penalty, psnr, ssim, surface_alpha_penalty
 from .model import Gaussians
 from .ply import write_ply
-from .render import RenderCamera, project, render
+from .render import RenderCamera, choose_backend, project, render
 
 
 BACKGROUND_MODES = ("auto", "learn", "random", "fixed")
@@ -273,7 +273,8 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                              background=backdrop.render_colour())
     write_ply(run.gaussians_ply, gaussians)
     result = {"gaussians": len(gaussians), "seconds": round(fit_seconds, 1), "final_loss": last_loss,
-              "settings": asdict(settings), "device": device, "resumed_from": start_step,
+              "settings": asdict(settings), "device": device, "renderer": choose_backend(settings.renderer, device),
+              "resumed_from": start_step,
               "background_mode": mode, "background": list(backdrop.render_colour()), "pruned": pruned, **metrics}
     run.update_stage("fit", **result)
     return result
