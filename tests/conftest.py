@@ -124,6 +124,50 @@ def move_scene(folder: Path, offset) -> None:
         PlyData([PlyElement.describe(moved, "vertex")]).write(str(ply))
 
 
+def fisheye_rays(k, xd: np.ndarray, yd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's equidistant fisheye inverted by bisection (the test's own, not the loader's):
+    distorted normalised coordinates -> the angle from the axis theta and the azimuth phi."""
+    rd = np.hypot(xd, yd)
+    lo, hi = np.zeros_like(rd), np.full_like(rd, np.pi / 2)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        t2 = mid * mid
+        big = mid * (1 + k[0] * t2 + k[1] * t2 ** 2 + k[2] * t2 ** 3 + k[3] * t2 ** 4) > rd
+        hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)
+    return (lo + hi) / 2, np.arctan2(yd, xd)
+
+
+def as_fisheye(folder: Path, k=(0.04, -0.01, 0.0, 0.0)) -> None:
+    """Turn a transforms.json scene of pinhole renders (one image size) into the capture that a
+    fisheye lens of the same focal length takes from the same poses: every image and label image
+    resampled through OpenCV's equidistant model (the wider field the lens sees past the render
+    left empty: transparent, label 0), and the camera file saying OPENCV_FISHEYE with k1-k4."""
+    from PIL import Image
+    from scipy.ndimage import map_coordinates
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    width, height = int(meta["w"]), int(meta["h"])
+    fx, fy, cx, cy = (float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    theta, phi = fisheye_rays(k, (u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy)
+    # where each fisheye pixel's ray meets the pinhole render (rays past 90 degrees miss it)
+    r = np.where(theta < np.pi / 2 - 1e-6, np.tan(np.minimum(theta, np.pi / 2 - 1e-6)), 1e6)
+    coords = np.stack([r * np.sin(phi) * fy + cy - 0.5, r * np.cos(phi) * fx + cx - 0.5])
+    for frame in meta["frames"]:
+        for key, order in (("file_path", 1), ("label_path", 0)):
+            if key not in frame:
+                continue
+            path = folder / frame[key]
+            image = np.asarray(Image.open(path))
+            planes = image[..., None] if image.ndim == 2 else image
+            out = np.stack([map_coordinates(planes[..., c].astype(np.float64), coords, order=order, mode="constant",
+                                            cval=0.0) for c in range(planes.shape[2])], -1)
+            out = np.clip(np.round(out), 0, np.iinfo(image.dtype).max).astype(image.dtype)
+            Image.fromarray(out[..., 0] if image.ndim == 2 else out).save(path)
+    meta.update(camera_model="OPENCV_FISHEYE", **dict(zip(("k1", "k2", "k3", "k4"), map(float, k))))
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
+
+
 def halve_some_views(folder: Path, every: int = 2) -> None:
     """Every ``every``-th view of a transforms.json scene (from the first) at half its size,
     with per-frame intrinsics to match, label images alike: a capture that mixes cameras of
