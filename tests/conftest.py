@@ -124,6 +124,26 @@ def move_scene(folder: Path, offset) -> None:
         PlyData([PlyElement.describe(moved, "vertex")]).write(str(ply))
 
 
+def scale_scene(folder: Path, factor: float) -> None:
+    """Scale a transforms.json scene (camera positions and seed points) by ``factor``: the same
+    capture in other units (a COLMAP model's arbitrary scale, kilometres, millimetres)."""
+    from plyfile import PlyData, PlyElement
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    meta.pop("blender", None)  # no longer the add-on's render, whose coordinates are Blender's
+    for frame in meta["frames"]:
+        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        c2w[:3, 3] *= factor
+        frame["transform_matrix"] = c2w.tolist()
+    (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
+    if "ply_file_path" in meta:
+        ply = folder / meta["ply_file_path"]
+        vertex = PlyData.read(str(ply))["vertex"].data.copy()
+        for name in "xyz":
+            vertex[name] = vertex[name] * factor
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(ply))
+
+
 def fisheye_rays(k, xd: np.ndarray, yd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's equidistant fisheye inverted by bisection (the test's own, not the loader's):
     distorted normalised coordinates -> the angle from the axis theta and the azimuth phi."""

@@ -471,3 +471,34 @@ def test_sh_kept_in_two_parts_renders_and_learns_as_joined(backend, degree):
         assert not split["shN"].grad[:, k - 1:].any()
     for name in ("means", "scales", "opacities"):
         assert torch.allclose(split[name].grad, joined[name].grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_scene_in_small_units_renders_as_at_its_own_scale(backend):
+    # the tiny scene a thousand times smaller, its camera's near plane scaled alike (as the
+    # loader sets it, scene.cameras.near_plane): the same picture; with 3DGS's 0.01 none of it
+    g, cam = tiny_scene()
+    small = {k: (v * 1e-3 if k in ("means", "scales") else v) for k, v in g.items()}
+    reference = render(g, cam, sh_degree=3, backend=backend)
+    near = RenderCamera(cam.viewmat, cam.K, cam.width, cam.height, near=1e-5)
+    got = render(small, near, sh_degree=3, backend=backend)
+    assert float(reference["alpha"].max()) > 0.5
+    assert torch.allclose(got["color"], reference["color"], atol=1e-4)
+    assert torch.allclose(got["depth"], reference["depth"] * 1e-3, atol=1e-6)
+    assert float(render(small, cam, sh_degree=3, backend=backend)["alpha"].max()) == 0.0
+
+
+def test_the_near_plane_follows_the_cameras_distance_below_one_unit():
+    from maskfield.scene.cameras import DEFAULT_NEAR, Camera, near_plane
+
+    def at(distance):
+        c2w = np.eye(4)
+        c2w[:3, 3] = (0, 0, -distance)
+        return Camera("c", 10, 10, 10.0, 10.0, 5.0, 5.0, c2w)
+
+    assert near_plane([at(4.0), at(5.0), at(6.0)], np.zeros(3)) == DEFAULT_NEAR  # the usual scale: 3DGS's
+    assert near_plane([at(2e-3), at(3e-3), at(9.0)], np.zeros(3)) == pytest.approx(DEFAULT_NEAR * 3e-3)
+    assert near_plane([at(0.0)], np.zeros(3)) == DEFAULT_NEAR  # degenerate: left to the fit's checks
+    cam = at(1.0)
+    cam.near = 1e-4
+    assert cam.scaled(2).near == cam.undistorted().near == 1e-4  # the views made of a camera keep it

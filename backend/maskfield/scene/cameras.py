@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 LENSES = ("pinhole", "fisheye")
+# 3DGS's and gsplat's near plane; ``near_plane`` lowers it for scenes in small units
+DEFAULT_NEAR = 0.01
 
 # Flips y and z: OpenGL camera axes <-> OpenCV camera axes (its own inverse).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -72,6 +74,7 @@ class Camera:
     camtoworld: np.ndarray
     distortion: np.ndarray = field(default_factory=lambda: np.zeros(4))  # see the class's note
     lens: str = "pinhole"
+    near: float = DEFAULT_NEAR  # the renderers' near plane (``near_plane``), in the scene's units
 
     def __post_init__(self):
         if self.lens not in LENSES:
@@ -113,11 +116,12 @@ class Camera:
             camtoworld=self.camtoworld.copy(),
             distortion=self.distortion.copy(),
             lens=self.lens,
+            near=self.near,
         )
 
     def undistorted(self) -> "Camera":
         return Camera(self.name, self.width, self.height, self.fx, self.fy, self.cx, self.cy,
-                      self.camtoworld.copy(), np.zeros(4))
+                      self.camtoworld.copy(), np.zeros(4), near=self.near)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World points (N,3) -> pixel coordinates (N,2) and depths (N,), ignoring distortion."""
@@ -128,6 +132,16 @@ class Camera:
         u = self.fx * cam[:, 0] / safe + self.cx
         v = self.fy * cam[:, 1] / safe + self.cy
         return np.stack([u, v], axis=1), z
+
+
+def near_plane(cameras, center: np.ndarray) -> float:
+    """The renderers' near plane for a capture: 3DGS's 0.01, or 1% of the cameras' median
+    distance to what they look at where that is less than 1 (a capture in kilometres, a
+    product shot in metres at 3 cm, a COLMAP model of small scale). With 0.01 there, every
+    Gaussian lies before the near plane and none is drawn: the fit learns nothing and the
+    mask field finds no pixel covered. Scenes at the usual scale keep 0.01, to the digit."""
+    distance = float(np.median([np.linalg.norm(cam.center - center) for cam in cameras]))
+    return DEFAULT_NEAR * min(1.0, distance) if np.isfinite(distance) and distance > 0 else DEFAULT_NEAR
 
 
 def whole_downscale(cameras, long_side: int) -> float:

@@ -33,7 +33,25 @@ def load_scene(path: str | Path, skip_missing: bool = False, holdout_every: int 
     scene = _load_any(Path(path), skip_missing, holdout_every, background, images, check)
     recentre_far_scene(scene)
     note_fisheye_views(scene)
+    set_near_plane(scene)
     return scene
+
+
+def set_near_plane(scene: Scene) -> None:
+    """Give every camera the capture's near plane (``cameras.near_plane``), and say so where it
+    is not the usual 0.01."""
+    from .cameras import DEFAULT_NEAR, near_plane
+
+    try:
+        center = scene.bounds()[0]
+    except (np.linalg.LinAlgError, ValueError):  # a capture the fit will refuse, with its own message
+        return
+    near = near_plane(scene.cameras, center)
+    for cam in scene.cameras:
+        cam.near = near
+    if near < DEFAULT_NEAR:
+        scene.notes.append(f"the cameras stand {near / DEFAULT_NEAR:.3g} units from what they look at (a scene in "
+                           f"small units): the renderers' near plane is {near:.3g} instead of {DEFAULT_NEAR}.")
 
 
 def note_fisheye_views(scene: Scene) -> None:

@@ -43,12 +43,13 @@ class RenderCamera:
     K: torch.Tensor  # 3 x 3
     width: int
     height: int
+    near: float = 0.01  # nearer Gaussians are not drawn (3DGS's and gsplat's default)
 
     @classmethod
     def from_camera(cls, camera, device="cpu") -> "RenderCamera":
         return cls(torch.as_tensor(camera.viewmat, dtype=torch.float32, device=device),
                    torch.as_tensor(camera.K, dtype=torch.float32, device=device),
-                   int(camera.width), int(camera.height))
+                   int(camera.width), int(camera.height), float(getattr(camera, "near", 0.01)))
 
 
 def render(gaussians: dict[str, torch.Tensor], camera: RenderCamera, sh_degree: int | None = None,
@@ -137,7 +138,7 @@ def _render_gsplat(g, camera, sh_degree, colors, features, background):
     out, alpha, info = rasterization(
         g["means"], g["quats"], g["scales"], g["opacities"], values,
         camera.viewmat[None], camera.K[None], camera.width, camera.height,
-        sh_degree=None, backgrounds=bg[None], render_mode="RGB+ED", packed=False,
+        sh_degree=None, backgrounds=bg[None], render_mode="RGB+ED", packed=False, near_plane=camera.near,
     )
     out = out[0]
     result = {
@@ -190,7 +191,7 @@ def project(g: dict[str, torch.Tensor], camera: RenderCamera):
     covars, _ = _quat_scale_to_covar_preci(g["quats"], g["scales"], compute_covar=True, compute_preci=False)
     radii, means2d, depths, conics, _ = _fully_fused_projection(
         g["means"], covars, camera.viewmat[None], camera.K[None], camera.width, camera.height,
-        eps2d=0.3, near_plane=0.01)
+        eps2d=0.3, near_plane=camera.near)
     return radii, means2d, depths, conics
 
 
@@ -389,7 +390,7 @@ def _render_compiled(g, camera, sh_degree, colors, features, background):
     from . import render_cpu
 
     width, height = camera.width, camera.height
-    radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, width, height)
+    radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, width, height, camera.near)
     means2d = m2[None]  # what densification reads (and retains the gradient of)
     if colors is None:
         if "sh" in g:
@@ -434,7 +435,8 @@ def compositing_weights(g: dict[str, torch.Tensor], camera: RenderCamera, backen
     if choose_backend(backend, g["means"].device) == "cpu":
         from . import render_cpu
 
-        radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, camera.width, camera.height)
+        radii, m2, dep, con = render_cpu.project(g, camera.viewmat, camera.K, camera.width, camera.height,
+                                                 camera.near)
         pixel, gaussian, weight = render_cpu.weights(m2, con, g["opacities"], dep, (radii > 0).all(dim=-1),
                                                      camera.width, camera.height)
         return pixel, gaussian, weight.to(m2.dtype)

@@ -570,7 +570,7 @@ def warm_up() -> float:
 # passes: autograd over ~30 small tensor ops per Gaussian cost more than the compositing.
 
 EPS2D = 0.3
-NEAR_PLANE = 0.01
+NEAR_PLANE = 0.01  # the default; a camera brings its own (scene.cameras.near_plane, for scenes in small units)
 FAR_PLANE = 1e10
 
 
@@ -638,8 +638,9 @@ def _screen_covariance(j00, j02, j11, j12, Mc, A):
 
 
 @njit(cache=True, parallel=True)
-def _project_forward(means, quats, scales, viewmat, K, width, height):
-    """(means2d (N,2), conics (N,3), depths (N,), radii (N,2) int32), as gsplat's reference."""
+def _project_forward(means, quats, scales, viewmat, K, width, height, near):
+    """(means2d (N,2), conics (N,3), depths (N,), radii (N,2) int32), as gsplat's reference;
+    Gaussians nearer than ``near`` (the camera's near plane) get radius 0."""
     n = means.shape[0]
     Rv = viewmat[:3, :3].astype(np.float64)
     tv = viewmat[:3, 3].astype(np.float64)
@@ -663,7 +664,7 @@ def _project_forward(means, quats, scales, viewmat, K, width, height):
             means2d[g, 0], means2d[g, 1] = u, v
             conics[g, 0], conics[g, 1], conics[g, 2] = c11 / det, -c01 / det, c00 / det
             depths[g] = pz
-            if not (pz > NEAR_PLANE and pz < FAR_PLANE):
+            if not (pz > near and pz < FAR_PLANE):
                 continue
             r_x = math.ceil(3.33 * math.sqrt(c00))
             r_y = math.ceil(3.33 * math.sqrt(c11))
@@ -875,9 +876,9 @@ class _Project(torch.autograd.Function):
     """means (N,3), quats (N,4), scales (N,3) -> means2d (N,2), conics (N,3), depths (N,); radii aside."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, viewmat, K, width, height):
+    def forward(ctx, means, quats, scales, viewmat, K, width, height, near):
         arrays = (_np32(means), _np32(quats), _np32(scales), _np32(viewmat), _np32(K))
-        means2d, conics, depths, radii = _project_forward(*arrays, width, height)
+        means2d, conics, depths, radii = _project_forward(*arrays, width, height, float(near))
         ctx.arrays, ctx.size, ctx.dtype = arrays, (width, height), means.dtype
         radii = torch.from_numpy(radii)
         ctx.mark_non_differentiable(radii)
@@ -886,7 +887,7 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_means2d, g_conics, g_depths, _g_radii):
         grads = _project_backward(*ctx.arrays, *ctx.size, _np32(g_means2d), _np32(g_conics), _np32(g_depths))
-        return tuple(torch.from_numpy(a).to(ctx.dtype) for a in grads) + (None, None, None, None)
+        return tuple(torch.from_numpy(a).to(ctx.dtype) for a in grads) + (None, None, None, None, None)
 
 
 class _SphericalHarmonics(torch.autograd.Function):
@@ -907,9 +908,11 @@ class _SphericalHarmonics(torch.autograd.Function):
         return torch.from_numpy(d_means).to(ctx.dtype), torch.from_numpy(d_sh0).to(ctx.dtype), d_shN, None, None
 
 
-def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int):
+def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+            near: float = NEAR_PLANE):
     """Compiled ``render.project``: radii (N,2) int32, means2d (N,2), depths (N,), conics (N,3)."""
-    means2d, conics, depths, radii = _Project.apply(g["means"], g["quats"], g["scales"], viewmat, K, width, height)
+    means2d, conics, depths, radii = _Project.apply(g["means"], g["quats"], g["scales"], viewmat, K, width, height,
+                                                    near)
     return radii, means2d, depths, conics
 
 
