@@ -4,6 +4,7 @@ floater pruning (near cameras, over-large), and the floater share of a view."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,3 +362,59 @@ def test_training_images_kept_in_eight_bits_hand_out_the_same_image():
     assert got.dtype == torch.float32 and got.shape == image.shape
     assert float((got - image).abs().max()) <= 0.5 / 255 + 1e-7
     assert len(eight) == 1 and torch.equal(next(iter(eight.values())), got)
+
+
+def _turning_capture(n=24, outward=True):
+    """Cameras stepping round a small circle (radius 0.5) at 1.3 m, each looking out (a room
+    filmed from its middle) or in at the middle (an orbit)."""
+    from maskfield.scene.cameras import Camera
+    from maskfield.scene.scene import Scene
+
+    cams = []
+    for i in range(n):
+        yaw = 2 * np.pi * i / n
+        pos = np.array([0.5 * np.cos(3 * yaw + 1), 0.5 * np.sin(3 * yaw + 1), 1.3])
+        forward = np.array([np.cos(yaw), np.sin(yaw), -0.2]) if outward else -np.array([pos[0], pos[1], 0.3])
+        forward /= np.linalg.norm(forward)
+        right = np.cross(forward, [0, 0, 1.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        c2w = np.eye(4)
+        c2w[:3, :3] = np.stack([right, down, forward], 1)  # OpenCV axes: x right, y down, z forward
+        c2w[:3, 3] = pos
+        cams.append(Camera(f"v{i}", 40, 30, 30.0, 30.0, 20.0, 15.0, c2w))
+    return Scene(root=Path("."), cameras=cams, image_paths=[Path(f"v{i}.png") for i in range(n)],
+                 train_indices=list(range(n)), test_indices=[])
+
+
+def test_a_capture_from_inside_is_told_from_an_orbit():
+    from maskfield.splats.fit import looks_outward
+
+    for outward in (True, False):
+        scene = _turning_capture(outward=outward)
+        assert looks_outward(scene, scene.train_indices, scene.bounds()[0]) is outward
+
+
+def test_seedless_points_of_a_capture_from_inside_lie_in_its_views_at_the_depths_asked():
+    # a cube round the cameras' nearest point, as an orbit gets, would sit among the cameras
+    # themselves here; the points must lie in the cameras' views, out to the walls and beyond
+    from maskfield.splats.model import Gaussians
+
+    scene = _turning_capture()
+    cam = scene.cameras[5]
+    g = Gaussians.random_in_views([cam], 2000, near=0.5, far=15.0, seed=1)
+    pts = g.means.detach().numpy().astype(np.float64)
+    uv, z = cam.project(pts)
+    assert (z > 0).all() and (uv >= 0).all() and (uv[:, 0] <= cam.width).all() and (uv[:, 1] <= cam.height).all()
+    depth = np.linalg.norm(pts - cam.center, axis=1)
+    assert depth.min() >= 0.5 - 1e-4 and depth.max() <= 15.0 + 1e-3
+    # spread evenly in log: about as many from 0.5 to 2.7 units out as from 2.7 to 15
+    assert 0.45 < np.mean(depth < np.sqrt(0.5 * 15.0)) < 0.55
+    # over the whole capture, every camera seeds some of them
+    g = Gaussians.random_in_views(scene.cameras, 2400, near=0.5, far=15.0, seed=2)
+    pts = g.means.detach().numpy().astype(np.float64)
+    seen_by = np.zeros(len(pts), int)
+    for cam in scene.cameras:
+        uv, z = cam.project(pts)
+        seen_by += (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] <= cam.height)
+    assert (seen_by > 0).all()

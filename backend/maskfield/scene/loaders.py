@@ -49,7 +49,7 @@ def set_near_plane(scene: Scene) -> None:
     near = near_plane(scene.cameras, center)
     for cam in scene.cameras:
         cam.near = near
-    if near < DEFAULT_NEAR:
+    if near < 0.1 * DEFAULT_NEAR:  # said where it matters: below 1% of a unit, 0.01 would hide the scene
         scene.notes.append(f"the cameras stand {near / DEFAULT_NEAR:.3g} units from what they look at (a scene in "
                            f"small units): the renderers' near plane is {near:.3g} instead of {DEFAULT_NEAR}.")
 

@@ -187,6 +187,14 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         if not seedless:
             gaussians = Gaussians.from_points(scene.points, scene.point_colors, settings.sh_degree, device=device)
             seeded = f"{len(scene.points):,} scene points"
+        elif looks_outward(scene, train, center):
+            views = [scene.cameras[i] for i in train]
+            spread = float(np.median(np.linalg.norm(cam_centers - cam_centers.mean(0), axis=1))) or radius or 1.0
+            near, far = spread, OUTWARD_DEPTHS * spread
+            gaussians = Gaussians.random_in_views(views, settings.init_points, near, far, settings.sh_degree,
+                                                  seed=settings.seed, device=device)
+            seeded = (f"{settings.init_points:,} random points along the views, {near:.3g} to {far:.3g} units out "
+                      "(the cameras look outward from where they stand: a capture from inside)")
         else:
             gaussians = Gaussians.random_in_bounds(center, radius, settings.init_points, settings.sh_degree,
                                                    seed=settings.seed, device=device)
@@ -350,6 +358,26 @@ def load_alpha(scene, index: int, downscale: float) -> np.ndarray:
     if full.has_distortion:
         alpha = undistort_image(alpha, target)
     return np.ascontiguousarray(alpha[..., 0])
+
+
+# a seedless capture from inside: random points from the cameras' spread out to this many times it
+OUTWARD_DEPTHS = 30.0
+
+
+def looks_outward(scene, views, center) -> bool:
+    """True when the cameras do not look at the point their axes pass nearest: half or more of
+    them face it at over 60 degrees off their axis, or away (a room filmed from its middle, a
+    turn on the spot), so the scene lies around the cameras. Rings, orbits and forward-facing
+    captures face it (the tabletop, the fox and the benchmark scenes: a median cosine of 0.99
+    and more; a room filmed from inside: 0.0)."""
+    facing = []
+    for i in views:
+        cam = scene.cameras[i]
+        to_center = np.asarray(center) - cam.center
+        dist = np.linalg.norm(to_center)
+        if dist > 0:
+            facing.append(float(cam.camtoworld[:3, 2] @ to_center) / dist)
+    return bool(facing) and float(np.median(facing)) < 0.5
 
 
 class TrainingImages:

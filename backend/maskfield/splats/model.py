@@ -83,6 +83,27 @@ class Gaussians:
         # 554 s, 0.3 gave 20.4 dB in 90 s (a sparse random cloud's huge splats cost many pairs)
         return cls.from_points(points, colors, sh_degree=sh_degree, scale_multiplier=0.3, device=device)
 
+    @classmethod
+    def random_in_views(cls, cameras, count: int, near: float, far: float, sh_degree: int = 3, seed: int = 0,
+                        device="cpu") -> "Gaussians":
+        """Points along the cameras' own pixel rays at depths spread evenly in log between
+        ``near`` and ``far``, random colours: for captures without points whose cameras look
+        outward (a room from inside), where no cube around a centre holds what they see."""
+        rng = np.random.default_rng(seed)
+        which = rng.integers(0, len(cameras), size=count)
+        points = np.empty((count, 3))
+        for k, cam in enumerate(cameras):
+            rows = np.nonzero(which == k)[0]
+            u = rng.uniform(0, cam.width, size=len(rows))
+            v = rng.uniform(0, cam.height, size=len(rows))
+            rays = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones(len(rows))], 1)
+            rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+            depth = np.exp(rng.uniform(np.log(near), np.log(far), size=(len(rows), 1)))
+            points[rows] = cam.center + (rays @ cam.camtoworld[:3, :3].T) * depth
+        colors = rng.integers(0, 256, size=(count, 3), dtype=np.uint8)
+        return cls.from_points(points.astype(np.float32), colors, sh_degree=sh_degree, scale_multiplier=0.3,
+                               device=device)
+
     # --- views ------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.params["means"].shape[0])
