@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FOX, look_at_c2w_gl, mix_image_sizes, move_scene, write_png
+from conftest import FOX, fisheye_rays, look_at_c2w_gl, mix_image_sizes, move_scene, write_png
 
 from maskfield.checks import check_cameras
 from maskfield.events import MaskFieldError
@@ -345,17 +345,10 @@ def _lens_photo(w, h, fx, fy, cx, cy, rays_of_distorted) -> np.ndarray:
 
 
 def _fisheye_rays(k):
-    """Rays of OpenCV's equidistant fisheye: radius theta_d = theta (1 + k1 theta^2 + ...),
-    inverted by bisection (independent of the loader's forward formula)."""
+    """Rays of OpenCV's equidistant fisheye (conftest.fisheye_rays: the test's own inversion by
+    bisection, independent of the loader's forward formula)."""
     def rays(xd, yd):
-        rd = np.hypot(xd, yd)
-        lo, hi = np.zeros_like(rd), np.full_like(rd, np.pi / 2)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            t2 = mid * mid
-            big = mid * (1 + k[0] * t2 + k[1] * t2 ** 2 + k[2] * t2 ** 3 + k[3] * t2 ** 4) > rd
-            hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)
-        theta, phi = (lo + hi) / 2, np.arctan2(yd, xd)
+        theta, phi = fisheye_rays(k, xd, yd)
         return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
     return rays
 
