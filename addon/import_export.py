@@ -180,8 +180,7 @@ def _tag(idblock, prompt: str | None = None, run: str | None = None) -> None:
         idblock[PROMPT_KEY] = prompt
     if run is not None:
         idblock["maskfield_run"] = run
-        origin = run_origin(run)
-        if origin is not None and isinstance(idblock, bpy.types.Object):
+        if isinstance(idblock, bpy.types.Object) and (origin := run_origin(run)) is not None:
             idblock[ORIGIN_KEY] = origin  # Python floats: kept as doubles, every digit of a UTM easting
 
 

@@ -956,7 +956,7 @@ class MASKFIELD_OT_import_run(bpy.types.Operator):
         msg = f"Imported {len(ob.data.vertices)} Gaussians from {run}"
         if ob.data.attributes.get("label") is not None:
             msg += " (coloured by the last segmentation's labels)"
-        origin = import_export.run_origin(run)
+        origin = ob.get(import_export.ORIGIN_KEY)  # set from run.json by the import
         if origin is not None:
             msg += (f"; the capture was recentred: add ({import_export.origin_text(origin)}) to these positions for "
                     f"the camera file's coordinates (the object's '{import_export.ORIGIN_KEY}' property)")

@@ -171,11 +171,16 @@ def sizes_text(cameras) -> str:
     return ", ".join(parts)
 
 
+def _padded(coeffs, count: int) -> list[float]:
+    """The first ``count`` coefficients, those a camera file left out as 0."""
+    values = [float(c) for c in np.asarray(coeffs, np.float64).ravel()[:count]]
+    return values + [0.0] * (count - len(values))
+
+
 def distort_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's radial-tangential model on normalised image coordinates: coefficients in its
     order k1 k2 p1 p2 [k3 [k4 k5 k6]], missing ones 0 (k4-k6 divide, its rational model)."""
-    k1, k2, p1, p2, k3, k4, k5, k6 = [float(c) for c in np.pad(np.asarray(coeffs, np.float64)[:8],
-                                                               (0, max(0, 8 - len(coeffs))))]
+    k1, k2, p1, p2, k3, k4, k5, k6 = _padded(coeffs, 8)
     r2 = x * x + y * y
     radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
@@ -195,7 +200,7 @@ def distort_fisheye_normalized(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray)
 
 def fisheye_radius(theta: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """The fisheye model's normalised image radius of a ray at ``theta`` from the axis."""
-    k1, k2, k3, k4 = [float(c) for c in np.pad(np.asarray(coeffs, np.float64)[:4], (0, max(0, 4 - len(coeffs))))]
+    k1, k2, k3, k4 = _padded(coeffs, 4)
     t2 = theta * theta
     return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
 

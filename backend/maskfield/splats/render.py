@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..scene.cameras import DEFAULT_NEAR
+
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped, as in 3DGS
 ALPHA_MAX = 0.99  # keeps 1 - alpha away from zero (3DGS clamps the same way)
 T_MIN = 1e-4  # a pixel stops blending before its transmittance would fall below this (3DGS)
@@ -43,13 +45,13 @@ class RenderCamera:
     K: torch.Tensor  # 3 x 3
     width: int
     height: int
-    near: float = 0.01  # nearer Gaussians are not drawn (3DGS's and gsplat's default)
+    near: float = DEFAULT_NEAR  # nearer Gaussians are not drawn (3DGS's and gsplat's default)
 
     @classmethod
     def from_camera(cls, camera, device="cpu") -> "RenderCamera":
         return cls(torch.as_tensor(camera.viewmat, dtype=torch.float32, device=device),
                    torch.as_tensor(camera.K, dtype=torch.float32, device=device),
-                   int(camera.width), int(camera.height), float(getattr(camera, "near", 0.01)))
+                   int(camera.width), int(camera.height), float(camera.near))
 
 
 def render(gaussians: dict[str, torch.Tensor], camera: RenderCamera, sh_degree: int | None = None,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ..scene.cameras import DEFAULT_NEAR
 from .render import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
@@ -570,7 +571,6 @@ def warm_up() -> float:
 # passes: autograd over ~30 small tensor ops per Gaussian cost more than the compositing.
 
 EPS2D = 0.3
-NEAR_PLANE = 0.01  # the default; a camera brings its own (scene.cameras.near_plane, for scenes in small units)
 FAR_PLANE = 1e10
 
 
@@ -909,7 +909,7 @@ class _SphericalHarmonics(torch.autograd.Function):
 
 
 def project(g: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
-            near: float = NEAR_PLANE):
+            near: float = DEFAULT_NEAR):
     """Compiled ``render.project``: radii (N,2) int32, means2d (N,2), depths (N,), conics (N,3)."""
     means2d, conics, depths, radii = _Project.apply(g["means"], g["quats"], g["scales"], viewmat, K, width, height,
                                                     near)
