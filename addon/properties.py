@@ -33,6 +33,8 @@ LAYOUT_ITEMS = [
     ("HEMISPHERE", "Hemisphere", "Cameras spread evenly over the upper half sphere"),
     ("SPHERE", "Sphere", "Cameras spread evenly over the whole sphere"),
     ("RINGS", "Rings", "Cameras in rings at a few elevations"),
+    ("INSIDE", "Inside", "Cameras in the middle of the objects looking outward, as when filming a room "
+     "from inside (select the room's walls and furnishings)"),
 ]
 
 

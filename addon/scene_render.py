@@ -33,7 +33,7 @@ from mathutils import Matrix, Vector
 from . import imageio
 
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
-LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS")
+LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS", "INSIDE")
 TEMP_TAG = "maskfield_temp"
 
 
@@ -47,10 +47,16 @@ class RenderSettings:
     resolution: int | tuple[int, int] = 128
     samples: int = 16
     engine: str = "CYCLES"
-    layout: str = "HEMISPHERE"  # HEMISPHERE / SPHERE (fibonacci) or RINGS
+    layout: str = "HEMISPHERE"  # HEMISPHERE / SPHERE (fibonacci), RINGS, or INSIDE (a room from its middle)
     min_elevation: float = 10.0  # degrees, for HEMISPHERE
     max_elevation: float = 70.0
     ring_elevations: tuple[float, ...] = (15.0, 35.0, 60.0)  # degrees, for RINGS
+    # INSIDE: cameras on a small circle round the middle of the bounds (this fraction of the
+    # smaller horizontal half-size) at this fraction of their height, looking outward at these
+    # pitches (degrees, negative: down), as a person turning in the middle of a room
+    inside_radius: float = 0.2
+    inside_height: float = 0.75
+    inside_pitches: tuple[float, ...] = (-10.0, -30.0)
     lens: float = 35.0  # mm, on a 36 mm sensor
     margin: float = 1.1  # distance factor so that the bounding sphere fits the view
     seed: int = 0
@@ -62,7 +68,8 @@ class RenderSettings:
     # False: the world is rendered behind the objects (opaque images, as photos are)
     transparent: bool = True
     # held-out views off the training trajectory: a ring at this elevation (degrees), at this
-    # factor of the training distance; listed in transforms.json's "test_filenames"
+    # factor of the training distance (INSIDE: at this pitch, on a circle this factor of the
+    # training circle's radius); listed in transforms.json's "test_filenames"
     holdout_views: int = 0
     holdout_elevation: float = 30.0
     holdout_distance: float = 1.0
@@ -324,55 +331,102 @@ def camera_intrinsics(cam: bpy.types.Camera, width: int, height: int,
     return {"fl_x": fl_x, "fl_y": fl_y, "cx": cx, "cy": cy, "w": int(width), "h": int(height)}
 
 
-def camera_poses(settings: RenderSettings, center: np.ndarray, radius: float,
-                 fov_min: float) -> list[Matrix]:
-    """Camera-to-world matrices looking at ``center`` from around the bounding sphere."""
-    n = max(1, int(settings.views))
+def _look(location: Vector, direction: Vector) -> Matrix:
+    """Camera-to-world matrix at ``location`` looking along ``direction``, world Z up."""
+    return Matrix.Translation(location) @ direction.to_track_quat("-Z", "Y").to_matrix().to_4x4()
+
+
+def _ring_angles(settings: RenderSettings, angles_deg: Sequence[float], n: int) -> list[tuple[float, float]]:
+    """(angle, azimuth) pairs in radians: ``n`` views shared over rings at ``angles_deg``,
+    more where the ring is longer (cosine of its angle), alternate rings offset by half a step."""
     rng = np.random.default_rng(settings.seed)
     az0 = float(rng.uniform(0.0, 2.0 * math.pi))
+    angles = [math.radians(a) for a in angles_deg] or [math.radians(30.0)]
+    weights = np.array([max(math.cos(a), 1e-3) for a in angles])
+    counts = np.floor(weights / weights.sum() * n).astype(int)
+    counts[np.argsort(-weights)[: n - counts.sum()]] += 1
+    out = []
+    for r, (a, c) in enumerate(zip(angles, counts)):
+        for j in range(int(c)):
+            out.append((a, az0 + 2.0 * math.pi * (j + 0.5 * (r % 2)) / max(1, c)))
+    return out
+
+
+def orbit_poses(settings: RenderSettings, center: np.ndarray, radius: float, fov_min: float) -> list[Matrix]:
+    """Camera-to-world matrices looking at ``center`` from around the bounding sphere
+    (HEMISPHERE, SPHERE or RINGS)."""
+    n = max(1, int(settings.views))
     dist = radius * settings.margin / math.sin(fov_min / 2.0)
-    dirs: list[tuple[float, float]] = []  # (elevation, azimuth) in radians
-    golden = math.pi * (3.0 - math.sqrt(5.0))
     layout = settings.layout.upper()
-    if layout not in LAYOUTS:
-        raise RenderError(f"unknown camera layout {settings.layout!r}; use one of {', '.join(LAYOUTS)}")
     if layout in ("HEMISPHERE", "SPHERE"):
+        az0 = float(np.random.default_rng(settings.seed).uniform(0.0, 2.0 * math.pi))
+        golden = math.pi * (3.0 - math.sqrt(5.0))
         if layout == "HEMISPHERE":
             lo, hi = math.radians(settings.min_elevation), math.radians(settings.max_elevation)
         else:
             lo, hi = math.radians(-75.0), math.radians(75.0)
         s_lo, s_hi = math.sin(lo), math.sin(hi)
-        for i in range(n):
-            s = s_lo + (s_hi - s_lo) * (i + 0.5) / n  # equal-area bands
-            dirs.append((math.asin(s), az0 + i * golden))
+        dirs = [(math.asin(s_lo + (s_hi - s_lo) * (i + 0.5) / n), az0 + i * golden)  # equal-area bands
+                for i in range(n)]
     else:
-        elevs = [math.radians(e) for e in settings.ring_elevations] or [math.radians(30.0)]
-        weights = np.array([math.cos(e) for e in elevs])
-        counts = np.floor(weights / weights.sum() * n).astype(int)
-        counts[np.argsort(-weights)[: n - counts.sum()]] += 1
-        for r, (e, c) in enumerate(zip(elevs, counts)):
-            for j in range(int(c)):
-                dirs.append((e, az0 + 2.0 * math.pi * (j + 0.5 * (r % 2)) / max(1, c)))
-    poses = []
+        dirs = _ring_angles(settings, settings.ring_elevations, n)
     c = Vector(center.tolist())
+    poses = []
     for elev, az in dirs:
         d = Vector((math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)))
-        loc = c + d * dist
-        rot = (c - loc).to_track_quat("-Z", "Y").to_matrix().to_4x4()
-        poses.append(Matrix.Translation(loc) @ rot)
+        poses.append(_look(c + d * dist, -d))
     return poses
 
 
-def holdout_poses(settings: RenderSettings, center: np.ndarray, radius: float, fov_min: float) -> list[Matrix]:
-    """Held-out cameras off the training trajectory: ``holdout_views`` on a ring at
-    ``holdout_elevation``, at ``holdout_distance`` times the training distance, at azimuths
-    of their own (another seed)."""
+def inside_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray,
+                 radius_factor: float = 1.0, pitches: Sequence[float] | None = None) -> list[Matrix]:
+    """INSIDE: cameras on a horizontal circle round the middle of the bounds ``lo``..``hi``,
+    each looking outward (away from the middle) at the settings' pitches, as a person turning
+    in the middle of a room films its walls; ``radius_factor`` scales the circle."""
+    n = max(1, int(settings.views))
+    mid = (np.asarray(lo, dtype=float) + np.asarray(hi, dtype=float)) / 2.0
+    half = (np.asarray(hi, dtype=float) - np.asarray(lo, dtype=float)) / 2.0
+    circle = settings.inside_radius * radius_factor * float(min(half[0], half[1]))
+    eye_z = float(lo[2]) + settings.inside_height * float(hi[2] - lo[2])
+    poses = []
+    for pitch, az in _ring_angles(settings, settings.inside_pitches if pitches is None else pitches, n):
+        out = Vector((math.cos(az), math.sin(az), 0.0))
+        location = Vector((float(mid[0]), float(mid[1]), eye_z)) + out * circle
+        direction = Vector((math.cos(pitch) * out.x, math.cos(pitch) * out.y, math.sin(pitch)))
+        poses.append(_look(location, direction))
+    return poses
+
+
+def camera_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float) -> list[Matrix]:
+    """The training cameras' camera-to-world matrices for the objects' bounds ``lo``..``hi``."""
+    layout = settings.layout.upper()
+    if layout not in LAYOUTS:
+        raise RenderError(f"unknown camera layout {settings.layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "INSIDE":
+        return inside_poses(settings, lo, hi)
+    center, radius = bounding_sphere(lo, hi)
+    return orbit_poses(settings, center, radius, fov_min)
+
+
+def holdout_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float) -> list[Matrix]:
+    """Held-out cameras off the training trajectory, at azimuths of their own (another seed):
+    ``holdout_views`` on a ring at ``holdout_elevation`` and ``holdout_distance`` times the
+    training distance, or for INSIDE at that pitch on a circle that factor of the training one."""
     from dataclasses import replace
 
-    ring = replace(settings, views=settings.holdout_views, layout="RINGS",
-                   ring_elevations=(settings.holdout_elevation,), seed=settings.seed + 7919,
+    other = replace(settings, views=settings.holdout_views, seed=settings.seed + 7919)
+    if settings.layout.upper() == "INSIDE":
+        return inside_poses(other, lo, hi, settings.holdout_distance, (settings.holdout_elevation,))
+    center, radius = bounding_sphere(lo, hi)
+    ring = replace(other, layout="RINGS", ring_elevations=(settings.holdout_elevation,),
                    margin=settings.margin * settings.holdout_distance)
-    return camera_poses(ring, center, radius, fov_min)
+    return orbit_poses(ring, center, radius, fov_min)
+
+
+def bounding_sphere(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and radius of the sphere round the box ``lo``..``hi`` (never under 1e-3)."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return (lo + hi) / 2.0, max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3)
 
 
 def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
@@ -667,10 +721,9 @@ class RenderJob:
         if self.depsgraph is None:
             self.depsgraph = scene_depsgraph(self.scene)
         lo, hi = world_bounds(self.objects, self.depsgraph)
-        center = (lo + hi) / 2.0
-        radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3)
+        center, radius = bounding_sphere(lo, hi)
         try:
-            self._build_scene(center, radius)
+            self._build_scene(lo, hi)
         except Exception:
             self.cleanup()
             raise
@@ -689,8 +742,9 @@ class RenderJob:
         self._temp_ids.append(idblock)
         return idblock
 
-    def _build_scene(self, center: np.ndarray, radius: float) -> None:
+    def _build_scene(self, lo: np.ndarray, hi: np.ndarray) -> None:
         s = self.settings
+        center, radius = bounding_sphere(lo, hi)
         user = self.scene
         tmp = self._keep(bpy.data.scenes.new("MaskField render (temporary)"))
         self._tmp_scene = tmp
@@ -767,14 +821,18 @@ class RenderJob:
         cam_data.sensor_fit = "AUTO"
         self._poses = []
         fov_min = 2.0 * math.atan(min(w, h) / max(w, h) * cam_data.sensor_width / (2.0 * cam_data.lens))
-        self._poses = camera_poses(s, center, radius, fov_min)
+        self._poses = camera_poses(s, lo, hi, fov_min)
         self._n_train = len(self._poses)
         if s.holdout_views > 0:
-            self._poses += holdout_poses(s, center, radius, fov_min)
-        dist = radius * s.margin / math.sin(fov_min / 2.0)
-        near = dist * min(1.0, s.holdout_distance if s.holdout_views > 0 else 1.0)
-        cam_data.clip_start = max(1e-3, (near - radius) * 0.1)
-        cam_data.clip_end = dist * max(1.0, s.holdout_distance) + 4.0 * radius
+            self._poses += holdout_poses(s, lo, hi, fov_min)
+        if s.layout.upper() == "INSIDE":  # the cameras stand among the objects
+            cam_data.clip_start = max(1e-4, radius * 1e-3)
+            cam_data.clip_end = 4.0 * radius
+        else:
+            dist = radius * s.margin / math.sin(fov_min / 2.0)
+            near = dist * min(1.0, s.holdout_distance if s.holdout_views > 0 else 1.0)
+            cam_data.clip_start = max(1e-3, (near - radius) * 0.1)
+            cam_data.clip_end = dist * max(1.0, s.holdout_distance) + 4.0 * radius
         cam = self._keep(bpy.data.objects.new("MaskField camera (temporary)", cam_data))
         coll.objects.link(cam)
         tmp.camera = cam

@@ -668,6 +668,13 @@ def test_seedless_cameras_in_opencv_axes_are_named_where_they_surround_a_place(t
     code, out, err = cli("fit", folder, "--out", tmp_path / "run", "--iterations", "5", "--init-points", "300",
                          "--events", "none", capsys=capsys)
     assert code == 2 and "meet behind" in err and "OpenCV's camera axes" in err, err
+    assert "seed points" in err  # what to do if the cameras really look outward
+    # the same poses where the add-on says it rendered them from inside the objects (INSIDE):
+    # cameras looking outward from among the scene, which the poses alone cannot tell apart
+    meta["blender"] = {"settings": {"layout": "INSIDE"}}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    inside = load_scene(folder)
+    assert inside.looks_outward and check_cameras_face_points(inside, inside.train_indices) is None
     # a forward-facing pan whose axes spread a little meets behind itself too, and is no slip
     pan = make_scene(tmp_path / "pan", labels=False)
     meta = json.loads((pan / "transforms.json").read_text())

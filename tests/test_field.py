@@ -7,8 +7,8 @@ import torch
 
 from maskfield.events import MaskFieldError
 from maskfield.field.data import FieldView
-from maskfield.field.losses import (dice_loss, hungarian_match, maskfield_loss, matching_cost, unmatched_penalty,
-                                    pairwise_dice_cost, pairwise_focal_cost, sigmoid_focal_loss)
+from maskfield.field.losses import (dice_loss, foreign_penalty, hungarian_match, maskfield_loss, matching_cost,
+                                    pairwise_dice_cost, pairwise_focal_cost, sigmoid_focal_loss, unmatched_penalty)
 from maskfield.field.queries import QueryNetworks, sinusoidal_codes
 from maskfield.field.train import FieldSettings, train_field
 from maskfield.run import RunFolder
@@ -69,6 +69,70 @@ def test_unmatched_penalty_is_the_mean_square_probability_of_the_unmatched_rows_
     assert bool((logits.grad[keep] > 0).all())  # every unmatched probability is pushed down
     everything = torch.zeros(3, 40, requires_grad=True)
     assert float(unmatched_penalty(everything, np.arange(3))) == 0.0  # all matched: nothing to push
+
+
+def test_foreign_penalty_keeps_unmatched_queries_off_masks_of_other_meanings():
+    """A query that means the sofa, unmatched in a view of the lamp, is pushed off the lamp's
+    mask with a matched query's weight; a query of the lamp's own meaning (a second lamp query)
+    is not, nor is any query off the masks, nor the matched ones."""
+    emb = torch.eye(3, 8)  # sofa, lamp, floor
+    query_embed = torch.stack([emb[0], emb[1], emb[1] * 0.9 + emb[2] * 0.1, emb[2]])  # q0 sofa, q1/q2 lamp, q3 floor
+    targets = torch.zeros(2, 10)
+    targets[0, :4] = 1.0  # the lamp's mask
+    targets[1, 4:8] = 1.0  # the floor's
+    mask_embed = torch.stack([emb[1], emb[2]])
+    logits = torch.full((4, 10), -6.0)
+    logits[0, :4] = 3.0  # the sofa's query lights the lamp
+    logits[2, :4] = 3.0  # so does the lamp's second query
+    logits[0, 8:] = 3.0  # and the sofa's lights pixels no mask covers
+    logits.requires_grad_()
+    rows, cols = np.array([1, 3]), np.array([0, 1])  # lamp -> q1, floor -> q3
+    penalty = foreign_penalty(logits, targets, query_embed, mask_embed, rows, cols, max_cos=0.5)
+    p = torch.sigmoid(torch.tensor(3.0))
+    dark = torch.sigmoid(torch.tensor(-6.0)) ** 2 * torch.nn.functional.softplus(torch.tensor(-6.0))
+    # the focal loss at 0: q0 on the lamp's 4 pixels and the floor's 4 (dark), q2 on the floor's
+    expected = 0.75 * (p ** 2 * torch.nn.functional.softplus(torch.tensor(3.0)) * 4 + dark * 8) / 10 / 2
+    assert float(penalty) == pytest.approx(float(expected), rel=1e-4)
+    penalty.backward()
+    grad = logits.grad
+    assert bool((grad[0, :4] > 0).all())  # pushed down where the lamp is
+    assert torch.count_nonzero(grad[0, 8:]) == 0  # not off every mask, though it lights them
+    assert bool((grad[0, 4:8] < 1e-6 * grad[0, 0]).all())  # the floor is foreign too, but dark already
+    assert torch.count_nonzero(grad[2, :4]) == 0  # the lamp's own meaning may light the lamp
+    assert torch.count_nonzero(grad[[1, 3]]) == 0  # matched queries have their own loss
+    assert float(foreign_penalty(logits, targets, query_embed, mask_embed, np.array([], int), np.array([], int),
+                                 0.5)) == 0.0
+
+
+def test_the_foreign_term_is_on_where_the_views_do_not_share_their_objects():
+    from maskfield.field.train import MaskField, field_loss, resolved_foreign_weight
+
+    auto = FieldSettings()
+    assert auto.foreign_weight is None
+    assert resolved_foreign_weight(auto, 0.06) == 1.0  # a room filmed from inside
+    assert resolved_foreign_weight(auto, 0.9) == 0.0  # an orbit
+    assert resolved_foreign_weight(FieldSettings(foreign_weight=0.3), 0.9) == 0.3  # asked for
+    views, _, _ = _constructed_views()
+    losses = {}
+    for weight in (0.0, 1.0):
+        settings = FieldSettings(iterations=1, num_queries=12, feature_dim=8, foreign_weight=weight, sample_pixels=0)
+        field = MaskField(60, 8, settings)
+        losses[weight] = float(field_loss(field, views[0], settings.dice_weight, 0.0, None, 0, None,
+                                          (settings.foreign_weight, settings.foreign_max_cos, 0)))
+    assert losses[1.0] > losses[0.0]  # fresh queries light everything, other meanings' masks too
+
+
+def test_mask_cores_leave_out_the_jittered_edge_but_not_the_image_border():
+    targets = torch.zeros(1, 8 * 10)
+    mask = torch.zeros(8, 10)
+    mask[2:7, 0:6] = 1.0  # touches the left border
+    targets[0] = mask.reshape(-1)
+    view = FieldView(name="v", weights=None, alpha=torch.ones(80), targets=targets, embeddings=torch.ones(1, 4),
+                     supervised=torch.ones(80, dtype=torch.bool), width=10, height=8)
+    core = view.supervised_cores(1).reshape(8, 10)
+    assert core.dtype == torch.bool
+    assert bool(core[3:6, 0:5].all()) and int(core.sum()) == 15  # one pixel off the edge, none off the border
+    assert int(view.supervised_cores(0).sum()) == 30
 
 
 def _constructed_views(num_gaussians=60, seed=0):

@@ -395,6 +395,21 @@ def test_a_capture_from_inside_is_told_from_an_orbit():
         assert looks_outward(scene, scene.train_indices, scene.bounds()[0]) is outward
 
 
+def test_the_share_of_views_that_frame_the_scene_tells_a_capture_from_inside():
+    """An orbit frames its whole scene in every view; from inside a room each thing is in the
+    frames of a few (the mask field's foreign term goes by it)."""
+    from maskfield.field.data import frame_share
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 2 * np.pi, 3000)
+    walls = np.stack([3 * np.cos(a), 3 * np.sin(a), rng.uniform(0.5, 2.0, 3000)], 1)  # round the cameras
+    middle = rng.normal(0, 0.05, (3000, 3)) + [0, 0, 1.2]  # where an orbit's cameras look
+    for outward, points, low, high in ((True, walls, 0.0, 0.3), (False, middle, 0.9, 1.0)):
+        scene = _turning_capture(outward=outward)
+        g = Gaussians.from_points(points.astype(np.float32), np.full((3000, 3), 128, np.uint8), 0)
+        assert low <= frame_share(scene, g, scene.train_indices) <= high, outward
+
+
 def test_seedless_points_of_a_capture_from_inside_lie_in_its_views_at_the_depths_asked():
     # a cube round the cameras' nearest point, as an orbit gets, would sit among the cameras
     # themselves here; the points must lie in the cameras' views, out to the walls and beyond
@@ -418,3 +433,47 @@ def test_seedless_points_of_a_capture_from_inside_lie_in_its_views_at_the_depths
         uv, z = cam.project(pts)
         seen_by += (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] <= cam.height)
     assert (seen_by > 0).all()
+
+
+def _inside_scene(tmp_path, colour, n=12, w=40, h=30):
+    """Opaque images of one colour seen by cameras on a small circle looking outward at two
+    pitches: the walls of a room filmed from its middle, all of one paint (their border colour
+    is no backdrop)."""
+    folder = tmp_path / "inside"
+    frames = []
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        r = 0.2 + 0.25 * (i % 3)  # a person stepping about the middle
+        eye = np.array([r * np.cos(a), r * np.sin(a), 1.2 + 0.2 * (i % 2)])
+        write_png(folder / "images" / f"{i:03d}.png", np.full((h, w, 3), np.round(np.array(colour) * 255), np.uint8))
+        frames.append({"file_path": f"images/{i:03d}.png",
+                       "transform_matrix": look_at_c2w_gl(eye, eye + [np.cos(a), np.sin(a), -0.2 - 0.4 * (i % 2)]).tolist()})
+    meta = {"fl_x": 35.0, "fl_y": 35.0, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_capture_from_inside_fits_every_pixel_as_a_surface(tmp_path):
+    """From inside a room the images' border is wall, not a world behind the scene: a learned
+    background would take the walls' colour and let them fade (the benchmark room filmed from
+    inside: its floor see-through on half its held-out pixels). The default fit trains such a
+    capture over random colours instead, so its Gaussians stay opaque; told to learn, they fade."""
+    from maskfield.splats.ply import read_ply
+    from maskfield.splats.render import RenderCamera, render
+
+    colour = (0.7, 0.68, 0.65)
+    scene = load_scene(_inside_scene(tmp_path, colour), holdout_every=4)
+    alpha = {}
+    for mode in ("auto", "learn"):
+        settings = FitSettings(iterations=300, init_points=2000, background_mode=mode, refine_start=1000,
+                               sh_degree=0, checkpoint_every=1000)
+        run = RunFolder(tmp_path / f"run-{mode}")
+        result = fit(scene, run, settings, resume=False)
+        gaussians = read_ply(run.gaussians_ply)
+        views = [RenderCamera.from_camera(scene.camera(i)) for i in scene.train_indices]
+        with torch.no_grad():
+            alpha[mode] = float(np.mean([render(gaussians.activated(), cam, backend="torch")["alpha"].mean()
+                                         for cam in views]))
+        alpha[mode + " mode"] = result["background_mode"]
+    assert alpha["auto mode"] == "random" and alpha["learn mode"] == "learn", alpha
+    assert alpha["auto"] > 0.9 > 0.5 > alpha["learn"], alpha

@@ -153,3 +153,38 @@ def test_the_workshop_scene_shows_each_of_its_objects(tmp_path):
     assert seen == {0, *objects}
     assert gaps >= 3  # rungs seen apart
     assert 4 <= area["hammer"] <= 120 and area["hammer"] < area["ball"] < area["tyre"]
+
+
+def test_the_room_filmed_from_inside_looks_outward_at_every_wall(tmp_path):
+    """The add-on's INSIDE cameras (through make_scenes.py --layout inside): on a circle in the
+    middle of the room at 3/4 of its height, each looking away from the middle at the two
+    pitches; held out on a circle 1.5 times as wide (nearer the walls) at a pitch between; every wall in some view; the
+    loader knows the views look outward."""
+    sys.path.insert(0, os.path.join(harness.ROOT, "backend"))
+    from maskfield.scene import load_scene
+
+    out, objects, tj = _make_scene(tmp_path, "room", "--layout", "inside", "--views", "8", "--resolution", "64x48")
+    assert {"front wall", "window wall", "back wall", "side wall", "floor"} <= set(objects.values())
+    assert tj["blender"]["settings"]["layout"] == "INSIDE"
+    test = set(tj["test_filenames"])
+    mid = np.array([0.0, 0.0])  # the room's floor is centred on the origin
+    radius, pitch = {}, {}
+    for frame in tj["frames"]:
+        c2w = np.array(frame["transform_matrix"])
+        pos, forward = c2w[:3, 3], -c2w[:3, 2]  # OpenGL: the camera looks down -z
+        out_dir = pos[:2] - mid
+        kind = "test" if frame["file_path"] in test else "train"
+        radius.setdefault(kind, []).append(np.linalg.norm(out_dir))
+        pitch.setdefault(kind, []).append(round(float(np.degrees(np.arcsin(forward[2]))), 1))
+        assert forward[:2] @ out_dir > 0.9 * np.linalg.norm(forward[:2]) * np.linalg.norm(out_dir)  # outward
+        assert 1.0 < pos[2] < 1.4  # 3/4 of the way up the walls (floor at -0.075, walls to 1.55)
+    assert sorted(set(pitch["train"])) == [-30.0, -10.0] and set(pitch["test"]) == {-20.0}
+    # a fifth of the room's half-width (2 m and the walls' thickness), the held-out circle 1.5 times it
+    assert np.allclose(radius["train"], 0.408, atol=0.005) and np.allclose(radius["test"], 1.5 * 0.408, atol=0.005)
+    seen = set()
+    for frame in tj["frames"]:
+        seen |= set(np.unique(np.asarray(Image.open(out / frame["label_path"]))).tolist())
+    walls = {k for k, v in objects.items() if "wall" in v}
+    assert walls <= seen
+    scene = load_scene(out)
+    assert scene.looks_outward and scene.points is None

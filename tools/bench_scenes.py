@@ -7,13 +7,16 @@ priors, evaluate on held-out views off the training trajectory, print one table.
         [--fit-iterations 3000] [--field-iterations 1500] [--field-resolution 96] [--json FILE]
 
 For each scene (``tools/make_scenes.py``: world background, training rings at 20 and 40
-degrees, held-out ring at 30 degrees and 0.85x the distance) and each seeding (surface
-points, or none), each fit variant is run:
+degrees, held-out ring at 30 degrees and 0.85x the distance; ``room-inside``: the room with its
+other two walls, filmed from its middle, ``make_scenes.py --layout inside``) and each seeding
+(surface points, or none), each fit variant is run:
 
 - ``before``: the fit as it was: a fixed black background, no floater pruning;
 - ``after``: this project's defaults (learned background colour, floater pruning, alpha
   penalised where the target is the background's colour);
-- ``no-backdrop-alpha``: ``after`` without that penalty.
+- ``no-backdrop-alpha``: ``after`` without that penalty;
+- ``learned-background``: ``after`` with one background colour learned whatever the capture
+  (captures from inside are otherwise fitted over random colours).
 
 then ``maskfield priors --from-labels --label-noise`` and ``maskfield train-field``, and
 ``maskfield evaluate`` on the held-out and on the training views. Columns: held-out colour
@@ -44,13 +47,20 @@ VARIANTS = {
     "no-backdrop-alpha": dict(backdrop_alpha_weight=0.0),
     # the defaults without the transparency penalty where the target is not the background (surface_alpha_weight)
     "no-surface-alpha": dict(surface_alpha_weight=0.0),
+    # one background colour learned whatever the capture (before captures from inside were fitted
+    # over random colours: fit.looks_outward)
+    "learned-background": dict(background_mode="learn"),
 }
+# a scene name with this ending is that scene filmed from its middle (make_scenes.py --layout inside)
+INSIDE = "-inside"
 
 
 def build_scene(name: str, folder: Path, args, points: bool) -> None:
     if (folder / "transforms.json").exists():
         return
-    cmd = [sys.executable, str(ROOT / "tools" / "make_scenes.py"), "--scene", name, "--out", str(folder),
+    layout = ["--layout", "inside"] if name.endswith(INSIDE) else []
+    name = name[: -len(INSIDE)] if layout else name
+    cmd = [sys.executable, str(ROOT / "tools" / "make_scenes.py"), "--scene", name, *layout, "--out", str(folder),
            "--views", str(args.views), "--resolution", args.resolution, "--holdout-views", str(args.holdout_views),
            "--seed", str(args.seed), "--points", str(args.points), "--quiet"]
     if not points:
@@ -83,6 +93,8 @@ def run_variant(scene_dir: Path, run_dir: Path, variant: str, args) -> dict:
     field = ["train-field", str(run_dir), "--field-iterations", str(args.field_iterations), *common]
     if args.field_resolution:
         field += ["--field-resolution", str(args.field_resolution)]
+    if args.field_foreign_weight is not None:
+        field += ["--field-foreign-weight", str(args.field_foreign_weight)]
     t1 = time.perf_counter()
     if cli.main(field) != 0:
         raise SystemExit("train-field failed")
@@ -141,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=20000, help="surface seed points when seeded")
     ap.add_argument("--field-iterations", type=int, default=1500)
     ap.add_argument("--field-resolution", type=int, default=None, help="mask-field supervision long side")
+    ap.add_argument("--field-foreign-weight", type=float, default=None,
+                    help="the mask field's foreign term (default: on where the views do not share their objects)")
     ap.add_argument("--events", default="none", choices=["none", "tqdm"])
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -159,7 +173,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{args.views} training views on rings at 20/40 deg, {args.holdout_views} held out at 30 deg and "
-          f"0.85x distance, {args.resolution}; fit {args.fit_iterations} steps, mask field {args.field_iterations} "
+          f"0.85x distance (scenes named *{INSIDE}: on a circle in the middle looking outward at pitches -10/-30 deg, "
+          f"held out at -20 deg on a circle 1.5x as wide), {args.resolution}; fit {args.fit_iterations} steps, mask field {args.field_iterations} "
           "steps on SAM-like noisy label priors; floater = largest wrong-colour region of a held-out view; "
           "prior mIoU = the best IoU of any prior mask per object and training view (what the field is taught); "
           "bg->seg = visible background Gaussians given to a prompt\n")

@@ -23,6 +23,12 @@ those. Scenes:
   to judge them on a scene they were not tuned on): a thin dark monitor, a flat keyboard and a
   bin both close to the world's grey, a mug, a desk lamp, an office chair.
 
+``--layout inside`` films a scene from its middle instead (the add-on's INSIDE cameras: a
+small circle at 3/4 of the scene's height, each camera looking outward at pitches of -10 and
+-30 degrees; held out: pitch -20 on a circle 1.5 times as wide, nearer the walls as the rings'
+held-out views are nearer the scene, at yaws of their own), as a person
+turning in the middle of a room; for the room only, which then gets its other two walls.
+
 Rendering is the add-on's own ``addon.scene_render`` code, as for the tabletop; labels are
 the object-index pass (``labels/``), seed points ``points.ply`` unless ``--no-points``.
 """
@@ -137,7 +143,9 @@ def build_bookshelf(scene, seed: int = 0) -> list:
     return objs
 
 
-def build_room(scene, seed: int = 0) -> list:
+def build_room(scene, seed: int = 0, closed: bool = False) -> list:
+    """The room; ``closed`` adds its other two walls (for cameras inside it: from the rings
+    they would hide the room)."""
     rng = np.random.default_rng(seed)
     coll = scene.collection
     objs = [
@@ -145,6 +153,9 @@ def build_room(scene, seed: int = 0) -> list:
         _box("back wall", (4.0, 0.08, 1.6), (0, 2.0, -0.05), (0.8, 0.78, 0.7), coll),
         _box("side wall", (0.08, 4.0, 1.6), (-2.0, 0, -0.05), (0.7, 0.75, 0.8), coll),
     ]
+    if closed:
+        objs += [_box("front wall", (4.0, 0.08, 1.6), (0, -2.0, -0.05), (0.75, 0.7, 0.6), coll),
+                 _box("window wall", (0.08, 4.0, 1.6), (2.0, 0, -0.05), (0.85, 0.82, 0.78), coll)]
     a = float(rng.uniform(-0.2, 0.2))
     # a table: top and four legs, one object
     legs = []
@@ -301,11 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene", choices=SCENES, default="bookshelf")
     ap.add_argument("--out", required=True, help="scene folder to write")
     ap.add_argument("--views", type=int, default=48, help="training views, on the rings")
+    ap.add_argument("--layout", choices=("rings", "inside"), default="rings",
+                    help="training cameras round the scene (rings) or in its middle looking outward (inside)")
     ap.add_argument("--rings", default="20,40", help="training ring elevations in degrees")
+    ap.add_argument("--pitches", default="-10,-30", help="inside: the training cameras' pitches in degrees")
     ap.add_argument("--resolution", type=_resolution, default=(200, 150), help="WxH (or one number)")
     ap.add_argument("--holdout-views", type=int, default=8)
-    ap.add_argument("--holdout-elevation", type=float, default=30.0)
-    ap.add_argument("--holdout-distance", type=float, default=0.85, help="factor of the training distance")
+    ap.add_argument("--holdout-elevation", type=float, help="degrees (default 30; inside: the pitch, -20)")
+    ap.add_argument("--holdout-distance", type=float,
+                    help="factor of the training distance (default 0.85; inside: of the circle, 1.5)")
     ap.add_argument("--margin", type=float, default=0.9, help="framing: 1 fits the bounding sphere in view")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--engine", default="CYCLES", choices=scene_render.ENGINES)
@@ -315,16 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-blend")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    inside = args.layout == "inside"
+    if args.holdout_elevation is None:
+        args.holdout_elevation = -20.0 if inside else 30.0
+    if args.holdout_distance is None:
+        # toward the scene's surfaces, as the rings' 0.85 is: from inside that is outward (a
+        # circle nearer the middle would see behind furniture no training view saw past)
+        args.holdout_distance = 1.5 if inside else 0.85
 
     t0 = time.perf_counter()
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     scene.name = args.scene
-    objs = BUILDERS[args.scene](scene, args.seed)
+    if inside and args.scene != "room":
+        ap.error("--layout inside is meant for the room (a scene with walls round its middle)")
+    objs = build_room(scene, args.seed, closed=True) if inside else BUILDERS[args.scene](scene, args.seed)
     settings = scene_render.RenderSettings(
         views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine,
-        points=0 if args.no_points else args.points, layout="RINGS", margin=args.margin,
-        ring_elevations=tuple(float(e) for e in args.rings.split(",")), seed=args.seed, transparent=False,
+        points=0 if args.no_points else args.points, layout=args.layout.upper(), margin=args.margin,
+        ring_elevations=tuple(float(e) for e in args.rings.split(",")),
+        inside_pitches=tuple(float(p) for p in args.pitches.split(",")), seed=args.seed, transparent=False,
         holdout_views=args.holdout_views, holdout_elevation=args.holdout_elevation,
         holdout_distance=args.holdout_distance, extra={"generator": "tools/make_scenes.py", "scene": args.scene})
 

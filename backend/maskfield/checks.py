@@ -45,19 +45,19 @@ def _shares_seen(points: np.ndarray, cameras, pose) -> np.ndarray:
     posed at ``pose(camtoworld)``."""
     from dataclasses import replace
 
-    shares = []
-    for cam in cameras:
-        uv, z = replace(cam, camtoworld=pose(cam.camtoworld)).project(points)
-        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
-        shares.append(float(inside.mean()))
-    return np.asarray(shares)
+    return np.asarray([float(replace(cam, camtoworld=pose(cam.camtoworld)).frames(points).mean()) for cam in cameras])
 
 
-def _opencv_axes_error(evidence: str) -> MaskFieldError:
+def _opencv_axes_error(evidence: str, inside_hint: bool = False) -> MaskFieldError:
+    # from the poses alone, cameras in the middle of a room looking outward are an orbit in
+    # OpenCV's axes read as OpenGL's; seed points tell the two apart
+    hint = (" If the cameras do look outward (a room filmed from its middle), give the capture seed points (a "
+            "ply_file_path in transforms.json, or a COLMAP model), which the poses are then checked against."
+            if inside_hint else "")
     return MaskFieldError(
         f"{evidence}. transform_matrix must be camera-to-world in OpenGL's axes (x right, y up, the camera "
         "looking down -z), as Blender, nerfstudio and Instant-NGP write it; for OpenCV's (y down, z forward) "
-        "multiply each matrix's rotation columns y and z by -1.", kind="cameras")
+        f"multiply each matrix's rotation columns y and z by -1.{hint}", kind="cameras")
 
 
 def check_cameras_face_points(scene, indices, sample: int = 4000, points=None,
@@ -112,7 +112,7 @@ def _check_axes_meet_in_front(scene, indices) -> None:
     from .scene.cameras import GL_TO_CV
     from .scene.scene import _closest_point_to_rays
 
-    if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4:
+    if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4 or scene.looks_outward:
         return
     cameras = [scene.cameras[i] for i in indices]
     centers = np.stack([cam.center for cam in cameras])
@@ -134,7 +134,7 @@ def _check_axes_meet_in_front(scene, indices) -> None:
     if in_front <= 0.1 and as_opencv >= 0.8:
         raise _opencv_axes_error(f"the cameras surround a place behind them: their optical axes meet behind "
                                  f"{1 - in_front:.0%} of them, in front of {as_opencv:.0%} if the matrices were in "
-                                 "OpenCV's camera axes")
+                                 "OpenCV's camera axes", inside_hint=True)
 
 
 def check_image_size(scene, downscale: float, max_side: int = 0) -> None:

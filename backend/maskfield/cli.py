@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -99,6 +100,9 @@ def _field_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field-edge-weight", type=_number(float, 0, 1), default=None,
                    help="weight of the pixels on each side of a mask's edge, where masks disagree (default 1: "
                         "every pixel alike, as the paper; README, 'The edge band')")
+    p.add_argument("--field-foreign-weight", type=NON_NEGATIVE_FLOAT, default=None,
+                   help="weight of the term that keeps a query off other objects' masks in views where it is "
+                        "not matched (README, 'Captures from inside')")
     p.add_argument("--field-memory-gb", type=NON_NEGATIVE_FLOAT, default=None, metavar="GB",
                    help="memory the mask field's training views may hold (default: half of what is free on the "
                         "device; 0: no limit); past it an evenly spread subset of the views is used")
@@ -482,6 +486,7 @@ def _field_settings(args, device):
                                     sample_pixels=args.field_sample_pixels,
                                     average_last=getattr(args, "field_average_last", None),
                                     edge_weight=getattr(args, "field_edge_weight", None),
+                                    foreign_weight=getattr(args, "field_foreign_weight", None),
                                     query_levels=False if getattr(args, "mixed_queries", False) else None,
                                     calibrate_queries=False if getattr(args, "uncalibrated_queries", False) else None)
 
@@ -492,8 +497,8 @@ def _train_field_args(train_args, device: str) -> argparse.Namespace:
 
 
 def run_train_field(args, reporter: Reporter, scene=None) -> dict:
-    from .field.data import build_views, load_priors_folder
-    from .field.train import train_field
+    from .field.data import build_views, frame_share, load_priors_folder
+    from .field.train import resolved_foreign_weight, train_field
     from .checks import check_priors_fit_cameras, require_gaussians
     from .run import RunFolder, resolve_device, scene_of_run
     from .scene.cameras import sizes_text
@@ -522,6 +527,12 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
     embedding_model = models.pop()
     settings = _field_settings(args, device)
     train_idx = [i for i in range(len(scene)) if i not in set(scene.test_indices)]
+    share = frame_share(scene, gaussians, train_idx)
+    settings = dataclasses.replace(settings, foreign_weight=resolved_foreign_weight(settings, share))
+    if settings.foreign_weight > 0:
+        reporter.log(f"the training views do not share their objects (the median Gaussian is in {share:.0%} of their "
+                     "frames, as from inside a room): each query is also kept off other objects' masks in the views "
+                     f"where it is not matched (weight {settings.foreign_weight:g})")
     memory_gb = getattr(args, "field_memory_gb", None)
     views = build_views(scene, gaussians, priors, train_idx, settings.supervision_long_side, device, reporter,
                         memory_bytes=None if memory_gb is None else memory_gb * 2**30)
@@ -532,6 +543,7 @@ def run_train_field(args, reporter: Reporter, scene=None) -> dict:
                             extra={"embedding_model": embedding_model, "object_names": object_names,
                                    "num_gaussians": len(gaussians)})
     result["embedding_model"] = embedding_model
+    result["frame_share"] = round(share, 3)
     result["training_views"] = len([i for i in train_idx if scene.cameras[i].name in priors])
     result["view_memory_mb"] = round(sum(v.nbytes() for v in views) / 2**20, 1)
     run.update_stage("field", **result)

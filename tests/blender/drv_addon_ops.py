@@ -23,6 +23,7 @@ from common import check, expect_error, section  # noqa: E402
 import bpy  # noqa: E402  (first: bmesh needs it)
 import bmesh  # noqa: E402,I001
 import numpy as np  # noqa: E402
+from mathutils import Vector  # noqa: E402
 
 
 def material(name, color):
@@ -267,6 +268,21 @@ def main() -> None:
               [f"frame_{i:05d}.png" for i in range(1, 5)]
               and len([n for n in os.listdir(os.path.join(stale_dir, "labels")) if n.endswith(".png")]) == 4,
               os.listdir(os.path.join(stale_dir, "images")))
+        # the Inside camera layout: in the middle of the selected objects, each camera looking
+        # away from it (a room's walls and furnishings filmed from within)
+        s.layout = "INSIDE"
+        inside_dir = os.path.join(work, "inside render")
+        bpy.ops.maskfield.render_scene(directory=inside_dir)
+        s.layout = "HEMISPHERE"
+        tj = json.load(open(os.path.join(inside_dir, "transforms.json"), encoding="utf-8"))
+        lo = np.min([np.min([tuple(o.matrix_world @ Vector(c)) for c in o.bound_box], 0) for o in (cube, ball, floor)], 0)
+        hi = np.max([np.max([tuple(o.matrix_world @ Vector(c)) for c in o.bound_box], 0) for o in (cube, ball, floor)], 0)
+        mid = (lo + hi) / 2
+        poses = [np.array(f["transform_matrix"]) for f in tj["frames"]]
+        check("render_inside", tj["blender"]["settings"]["layout"] == "INSIDE" and len(poses) == 4
+              and all(np.all(m[:3, 3] > lo) and np.all(m[:3, 3] < hi) for m in poses)
+              and all(float(-m[:2, 2] @ (m[:2, 3] - mid[:2])) > 0 for m in poses),
+              [m[:3, 3].round(2).tolist() for m in poses])
 
     # -- 4. segment: Faces mode ----------------------------------------------------------
     def set_prompts(*texts, disabled=()):

@@ -35,6 +35,7 @@ class FieldView:
     gaussian_mask_weight: torch.Tensor | None = None  # (V, M) sum_p w_pg weight_mp, with the above
     _supervised_weights: tuple | None = field(default=None, repr=False)
     _supervised_targets: torch.Tensor | None = field(default=None, repr=False)
+    _cores: tuple[int, torch.Tensor] | None = field(default=None, repr=False)  # (inset, cores)
     # (Gaussians seen, their weight over all pixels, over supervised ones), kept by compact()
     _totals: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -43,6 +44,21 @@ class FieldView:
         if self._supervised_targets is None:
             self._supervised_targets = self.targets[:, self.supervised].contiguous()
         return self._supervised_targets
+
+    def supervised_cores(self, inset: int) -> torch.Tensor:
+        """(M, supervised pixels) bool: each mask eroded by ``inset`` pixels (a 3x3 cross each;
+        the image's border does not erode), the pixels SAM's jitter of a pixel or two at its
+        edge leaves inside it. Built once per inset."""
+        if self._cores is None or self._cores[0] != inset:
+            from scipy import ndimage
+
+            masks = (self.targets > 0.5).cpu().numpy().reshape(-1, self.height, self.width)
+            if inset > 0:
+                cross = ndimage.generate_binary_structure(2, 1)
+                masks = np.stack([ndimage.binary_erosion(m, cross, iterations=inset, border_value=1) for m in masks])
+            cores = torch.as_tensor(masks.reshape(len(masks), -1), device=self.targets.device)
+            self._cores = (inset, cores[:, self.supervised].contiguous())
+        return self._cores[1]
 
     def supervised_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights' rows at supervised pixels as CSR, and their transpose (for the backward)."""
@@ -77,7 +93,7 @@ class FieldView:
         """The bytes this view holds in tensors (weights, targets, embeddings, shares)."""
         held = [self.alpha, self.targets, self.embeddings, self.supervised, self._supervised_targets,
                 self.gaussian_index, self.gaussian_share, self.gaussian_weight, self.mask_pixel_weights,
-                self.gaussian_mask_weight, *(self._totals or ())]
+                self.gaussian_mask_weight, *(self._totals or ()), *(self._cores or (None, None))[1:]]
         matrices = [self.weights, *(self._supervised_weights or ())]
         return sum(_tensor_bytes(t) for t in held) + sum(_csr_bytes(m) for m in matrices)
 
@@ -282,6 +298,20 @@ def area_resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 MIN_FIELD_VIEWS = 8  # a memory budget never leaves the field fewer training views than this
+
+
+def frame_share(scene, gaussians, indices, sample: int = 20_000, seed: int = 0) -> float:
+    """The median, over the Gaussians (a random ``sample`` of them), of the share of the views
+    ``indices`` whose frame holds the Gaussian's centre (in front of the camera, inside the
+    image; occlusion ignored). About 1 for an orbit or a ring, where every view shows the whole
+    scene; well under a half for a room filmed from its middle, where each object is in a few."""
+    means = gaussians.params["means"].detach().cpu().numpy().astype(np.float64)
+    if len(means) > sample:
+        means = means[np.random.default_rng(seed).choice(len(means), sample, replace=False)]
+    if not len(means) or not len(indices):
+        return 1.0
+    seen = sum(scene.cameras[i].frames(means).astype(np.float64) for i in indices)
+    return float(np.median(seen / len(indices)))
 
 
 def build_views(scene, gaussians, priors: dict, indices, long_side: int, device,

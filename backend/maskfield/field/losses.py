@@ -150,6 +150,30 @@ def unmatched_penalty(logits: torch.Tensor, rows) -> torch.Tensor:
     return (row_sq * unmatched).sum() / (count * logits.shape[1])
 
 
+def foreign_penalty(logits: torch.Tensor, targets: torch.Tensor, query_embed: torch.Tensor,
+                    mask_embed: torch.Tensor, rows, cols, max_cos: float) -> torch.Tensor:
+    """The focal loss's negative term for each unmatched query (rows of ``logits`` (K, S) not
+    in ``rows``) at the pixels of the view's matched masks whose meaning is not its own (cosine
+    of the embeddings under ``max_cos``), summed over those queries and divided by the number
+    matched: each counts as much as a matched query. Why: the unmatched term is a mean over
+    every spare query, too weak to stop a query that means one object from lighting another that
+    never shares a view with it (a room filmed from inside: the sofa's query lit the lamp across
+    the room); here the other object's own mask says those pixels are not its."""
+    device = logits.device
+    matched = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+    matched[torch.as_tensor(rows, dtype=torch.long, device=device)] = True
+    if not len(rows) or bool(matched.all()):
+        return logits.sum() * 0
+    free = torch.nonzero(~matched).squeeze(1)
+    cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
+    cos = F.normalize(query_embed.index_select(0, free), dim=-1) @ F.normalize(mask_embed.index_select(0, cols_t), dim=-1).T
+    foreign = ((cos < max_cos).to(targets.dtype) @ targets.index_select(0, cols_t)).clamp_max(1.0)  # (U, S)
+    lf = logits.index_select(0, free)
+    prob = torch.sigmoid(lf)
+    neg = (1 - FOCAL_ALPHA) * prob.square() * F.softplus(lf)  # the focal loss at target 0 (gamma 2)
+    return (neg * foreign).mean(1).sum() / len(rows)
+
+
 def loss_terms(matched_logits, targets, query_embed, mask_embed, rows, cols, unmatched: torch.Tensor,
                dice_weight: float = DICE_WEIGHT, pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The MaskField loss from its two parts: the matched queries' logits (R, P) against

@@ -133,6 +133,12 @@ class Camera:
         v = self.fy * cam[:, 1] / safe + self.cy
         return np.stack([u, v], axis=1), z
 
+    def frames(self, points: np.ndarray) -> np.ndarray:
+        """(N,) bool: which world points lie in front of the camera and inside its image
+        (distortion and occlusion ignored)."""
+        uv, z = self.project(points)
+        return (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < self.width) & (uv[:, 1] >= 0) & (uv[:, 1] < self.height)
+
 
 def near_plane(cameras, center: np.ndarray) -> float:
     """The renderers' near plane for a capture: 3DGS's 0.01, or 1% of the cameras' median

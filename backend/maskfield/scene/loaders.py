@@ -157,6 +157,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     test_files: set[str] | None = None
     ply_points = None
     from_blender = False  # rendered by the add-on: positions stay Blender's (Scene.keep_coordinates)
+    outward = False  # rendered by the add-on from inside (Scene.looks_outward)
     for file in files:
         try:
             meta = json.loads(file.read_text(encoding="utf-8-sig"))  # a BOM: saved by a Windows editor
@@ -169,6 +170,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
         if not isinstance(frames, list) or not frames:
             raise MaskFieldError(f"{file} has no 'frames' list; each frame needs 'file_path' and 'transform_matrix'.")
         from_blender = from_blender or isinstance(meta.get("blender"), dict)
+        outward = outward or _rendered_from_inside(meta)
         split = file.stem.replace("transforms_", "") if source == "nerf-synthetic" else "all"
         for index, frame in enumerate(frames):
             where = f"{file.name}, frame {index}"
@@ -245,7 +247,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     renamed = name_apart(cameras, paths)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
-                  skipped=missing, keep_coordinates=from_blender)
+                  skipped=missing, keep_coordinates=from_blender, looks_outward=outward)
     for note in (renamed, unsplit):
         if note:
             scene.notes.append(note)
@@ -265,6 +267,14 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
 def _same_spelling(file_path: str) -> str:
     """A frame path as nerfstudio's split lists may spell it otherwise: ./, \\ or // aside."""
     return posixpath.normpath(file_path.replace("\\", "/"))
+
+
+def _rendered_from_inside(meta: dict) -> bool:
+    """Whether the add-on rendered these views with its INSIDE layout (cameras in the middle of
+    the objects, looking outward), as its transforms.json records."""
+    blender = meta.get("blender")
+    settings = blender.get("settings") if isinstance(blender, dict) else None
+    return isinstance(settings, dict) and str(settings.get("layout", "")).upper() == "INSIDE"
 
 
 def _resolve_image(root: Path, base: Path, file_path: str) -> Path | None:

@@ -31,6 +31,9 @@ class Scene:
     # positions over in the Blender scene's own coordinates (face centres, the 3D cursor, the
     # Gaussians it imports), so they are never recentred; Blender is 32-bit there itself
     keep_coordinates: bool = False
+    # True where the file says its cameras look outward from among the scene (the add-on's
+    # INSIDE layout): poses alone cannot tell that from an orbit in OpenCV's axes
+    looks_outward: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

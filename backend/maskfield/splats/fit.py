@@ -126,21 +126,27 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                              f"{', '.join(BACKGROUND_MODES)}.")
     if scene.has_alpha:  # transparent images were composited over this colour on load
         settings.background = tuple(float(c) for c in scene.background)
-    mode = settings.background_mode
-    if mode == "auto":
-        mode = "random" if scene.has_alpha else "learn"
-    if mode == "random" and not scene.has_alpha:
-        raise MaskFieldError("--background random needs images with alpha (transparent background); these are "
-                             "opaque. Use --background learn or fixed.")
+    train = list(scene.train_indices) or list(range(len(scene)))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    train = list(scene.train_indices) or list(range(len(scene)))
     # OpenCV axes, view matrices: stop before minutes of nothing (first: view matrices also put
     # every "camera centre" at one place, which check_cameras would blame)
     away = check_cameras_face_points(scene, train)
     if away:
         reporter.log(away, level="warning")
     check_cameras(scene, train)  # no baseline or no extent: stop before fitting NaNs
+    center, radius = scene.bounds()
+    inside = looks_outward(scene, train, center)
+    mode = settings.background_mode
+    if mode == "auto":
+        mode = "random" if scene.has_alpha or inside else "learn"
+        if inside and not scene.has_alpha:
+            reporter.log("the cameras look outward from where they stand (a capture from inside): every pixel is "
+                         "taken for a surface, and the fit trains over a random background colour instead of "
+                         "learning one, which the room's own walls would pass for")
+    if mode == "random" and not (scene.has_alpha or inside):
+        raise MaskFieldError("--background random needs images with alpha (transparent background); these are "
+                             "opaque. Use --background learn or fixed.")
     on_gpu = torch.device(device).type != "cpu"
     images = TrainingImages(eight_bit=on_gpu)
     scale = {i: settings.view_downscale(scene.cameras[i]) for i in train}
@@ -152,7 +158,6 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         if mode == "random" else {}
     backdrop = Backdrop(mode, settings, images, alphas, device)
     cameras = {i: RenderCamera.from_camera(scene.camera(i, scale[i]), device) for i in train}
-    center, radius = scene.bounds()
     cam_centers = np.stack([scene.cameras[i].center for i in train])
     scene_scale = float(np.linalg.norm(cam_centers - cam_centers.mean(0), axis=1).max()) * 1.1 or 1.0
 
@@ -187,7 +192,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         if not seedless:
             gaussians = Gaussians.from_points(scene.points, scene.point_colors, settings.sh_degree, device=device)
             seeded = f"{len(scene.points):,} scene points"
-        elif looks_outward(scene, train, center):
+        elif inside:
             views = [scene.cameras[i] for i in train]
             spread = float(np.median(np.linalg.norm(cam_centers - cam_centers.mean(0), axis=1))) or radius or 1.0
             near, far = spread, OUTWARD_DEPTHS * spread
