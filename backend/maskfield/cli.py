@@ -102,7 +102,8 @@ def _field_options(p: argparse.ArgumentParser) -> None:
                         "every pixel alike, as the paper; README, 'The edge band')")
     p.add_argument("--field-foreign-weight", type=NON_NEGATIVE_FLOAT, default=None,
                    help="weight of the term that keeps a query off other objects' masks in views where it is "
-                        "not matched (README, 'Captures from inside')")
+                        "not matched (default: 1 where the median Gaussian is in the frame of under half the "
+                        "training views, as from inside a room, else 0; README, 'Captures from inside')")
     p.add_argument("--field-memory-gb", type=NON_NEGATIVE_FLOAT, default=None, metavar="GB",
                    help="memory the mask field's training views may hold (default: half of what is free on the "
                         "device; 0: no limit); past it an evenly spread subset of the views is used")
