@@ -742,20 +742,9 @@ def labelled_views(scene, indices, labels_dir):
     from pathlib import Path
 
     from .priors.from_labels import find_label_file, read_label_map
-    from .scene.cameras import undistort_image
-    from .scene.images import resize_labels
+    from .scene.images import to_view
 
     for i in indices:
-        full = scene.cameras[i]
-        path = find_label_file(Path(labels_dir), full.name)
-        if path is None:
-            continue
-        gt = read_label_map(path)
-        if full.has_distortion:  # a label image is drawn through the lens as its photo is: undistorted alike
-            if gt.shape != (full.height, full.width):
-                gt = resize_labels(gt, full.width, full.height)
-            gt = undistort_image(gt, full, order=0)
-        cam = scene.camera(i)
-        if gt.shape != (cam.height, cam.width):
-            gt = resize_labels(gt, cam.width, cam.height)
-        yield cam, gt
+        path = find_label_file(Path(labels_dir), scene.cameras[i].name)
+        if path is not None:  # a label image is drawn through the lens as its photo is: undistorted alike
+            yield scene.camera(i), to_view(read_label_map(path), scene.cameras[i], labels=True)

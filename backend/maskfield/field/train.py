@@ -96,8 +96,8 @@ class FieldSettings:
     # by ``foreign_inset`` pixels) of the view's masks of other meanings (cosine under
     # ``foreign_max_cos``). None: 1 where the training views do not share their objects (the
     # median Gaussian in the frame of under half of them, ``data.frame_share``: a room filmed from
-    # inside, 0.06), else 0 (orbits, rings and forward-facing captures: 0.8-1.0), as
-    # ``resolved_foreign_weight`` decides. Measured (docs/measurements.md, "A room filmed from
+    # inside, 0.06), else 0 (orbits and rings: 1.0), as ``resolved_foreign_weight`` decides.
+    # Measured (docs/measurements.md, "a room filmed from inside"; README, "Captures from
     # inside"): the room from inside, exact-label priors, held-out mIoU 0.53 -> 0.76 (the sofa's
     # query had lit the lamp across the room, two walls shared one query); on the seeded
     # workshop (an orbit) it cost 0.016 at 1 and 0.006 at 0.2 (field seed 0), so orbits go without.
@@ -130,6 +130,8 @@ class MaskField(torch.nn.Module):
         self.register_buffer("query_level", torch.full((settings.num_queries,), -1, dtype=torch.int8))
 
 
+# (weight, max_cos, inset) of the foreign term, as field_loss takes it: off
+NO_FOREIGN = (0.0, 0.5, 2)
 # the median Gaussian in the frame of fewer than this share of the training views: the views do
 # not share their objects (FieldSettings.foreign_weight)
 SHARED_VIEWS = 0.5
@@ -219,7 +221,7 @@ class MatchStats:
 
 def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_weight: float = 0.0,
                stats: MatchStats | None = None, sample_pixels: int = 0,
-               generator: torch.Generator | None = None, foreign: tuple[float, float, int] = (0.0, 0.5, 2)) -> torch.Tensor:
+               generator: torch.Generator | None = None, foreign: tuple = NO_FOREIGN) -> torch.Tensor:
     """One view's loss: render the mask logits, match queries to masks, score the matches;
     with ``gaussian_weight``, also each visible Gaussian's own mask against what it paints.
     With ``stats``, the matches are recorded (granularity and size of each query's masks).
@@ -243,20 +245,20 @@ def field_loss(field: MaskField, view: FieldView, dice_weight: float, gaussian_w
 
 
 def matched_loss(logits: torch.Tensor, query_embed: torch.Tensor, view: FieldView, dice_weight: float,
-                 semantic_rows=None, query_level: torch.Tensor | None = None, foreign: tuple[float, float, int] = (0.0, 0.5, 2)):
+                 semantic_rows=None, query_level: torch.Tensor | None = None, foreign: tuple = NO_FOREIGN):
     """Hungarian-match the (K, supervised pixels) logits to the view's masks; the MaskField
     loss, and the matched query and mask indices. ``semantic_rows(rows)``, if given, recomputes
     the matched queries' embeddings with gradients (``query_embed`` then has none)."""
     targets = view.supervised_targets()
     rows, cols = match_queries(logits, targets, query_embed, view.embeddings, query_level, view.granularity)
-    total = _foreign(logits, query_embed, view, rows, cols, foreign)
+    foreign_loss = _foreign(logits, query_embed, view, rows, cols, foreign)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     loss = maskfield_loss(logits, targets, query_embed, view.embeddings, rows, cols, dice_weight=dice_weight,
                           pixel_weights=view.mask_pixel_weights)
-    return loss["total"] + total, rows, cols
+    return loss["total"] + foreign_loss, rows, cols
 
 
-def _foreign(logits, query_embed, view: FieldView, rows, cols, foreign: tuple[float, float, int], pick=None):
+def _foreign(logits, query_embed, view: FieldView, rows, cols, foreign: tuple, pick=None):
     """``foreign_penalty`` at the view's mask cores (``pick``: the sampled pixels), weighed."""
     weight, max_cos, inset = foreign
     if weight <= 0:
@@ -276,7 +278,7 @@ def _learning_rows(query_embed, rows, semantic_rows):
 
 def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_weight: float, sample_pixels: int,
                          generator: torch.Generator | None = None, semantic_rows=None,
-                         query_level: torch.Tensor | None = None, foreign: tuple[float, float, int] = (0.0, 0.5, 2)):
+                         query_level: torch.Tensor | None = None, foreign: tuple = NO_FOREIGN):
     """``matched_loss`` with the matching and the unmatched queries on a random sample of the
     pixels; the matched queries' logits are still scored at every pixel (edges stay sharp)."""
     targets = view.supervised_targets()
@@ -284,12 +286,12 @@ def sampled_matched_loss(mask_embed, feat, query_embed, view: FieldView, dice_we
     sampled = mask_embed @ feat[pick].T  # (K, sample)
     rows, cols = match_queries(sampled, targets[:, pick], query_embed, view.embeddings, query_level,
                                view.granularity)
-    extra = _foreign(sampled, query_embed, view, rows, cols, foreign, pick)
+    foreign_loss = _foreign(sampled, query_embed, view, rows, cols, foreign, pick)
     query_embed = _learning_rows(query_embed, rows, semantic_rows)
     matched_logits = mask_embed.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=feat.device)) @ feat.T
     loss = loss_terms(matched_logits, targets, query_embed, view.embeddings, rows, cols,
                       unmatched_penalty(sampled, rows), dice_weight, view.mask_pixel_weights)
-    return loss["total"] + extra, rows, cols
+    return loss["total"] + foreign_loss, rows, cols
 
 
 def gaussian_mask_loss(features, mask_embed, view: FieldView, rows, cols) -> torch.Tensor:

@@ -127,6 +127,19 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def to_view(image: np.ndarray, camera, downscale: float = 1, labels: bool = False) -> np.ndarray:
+    """Pixels of ``camera``'s photo (an image, its alpha or its label image, at any size) as
+    the view is fitted and scored: brought to ``camera.scaled(downscale)`` (area average;
+    nearest for ``labels``), then undistorted onto the pinhole of that size if the lens has
+    distortion. Resizing first is ~60x cheaper, and the same: the lens model works on
+    normalised coordinates, so it holds at any scale."""
+    from .cameras import undistort_image
+
+    target = camera.scaled(downscale)
+    resize = resize_labels if labels else resize_image
+    return undistort_image(resize(image, target.width, target.height), target, order=0 if labels else 1)
+
+
 def resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize for integer label images."""
     from PIL import Image

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cameras import Camera, undistort_image
-from .images import read_image, resize_image
+from .cameras import Camera
+from .images import read_image, to_view
 
 
 @dataclass
@@ -51,15 +51,8 @@ class Scene:
         """Float32 H x W x 3 in [0, 1], undistorted, resized; kept in memory after the first read."""
         key = (index, float(downscale))
         if key not in self._cache:
-            full = self.cameras[index]
-            image = read_image(self.image_paths[index], self.background)
-            target = full.scaled(downscale)
-            # Resize first, then undistort at the target size: the distortion model works on
-            # normalised coordinates, so it is the same at any scale, and this is ~60x cheaper.
-            image = resize_image(image, target.width, target.height)
-            if full.has_distortion:
-                image = undistort_image(image, target)
-            self._cache[key] = image
+            self._cache[key] = to_view(read_image(self.image_paths[index], self.background), self.cameras[index],
+                                       downscale)
         return self._cache[key]
 
     def forget_image(self, index: int, downscale: float = 1) -> None:

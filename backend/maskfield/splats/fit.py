@@ -352,17 +352,11 @@ def load_alpha(scene, index: int, downscale: float) -> np.ndarray:
     """The image's alpha (H x W float32 in [0, 1]) at the fit's size, as ``Scene.load_image`` sizes colour."""
     from PIL import Image
 
-    from ..scene.cameras import undistort_image
-    from ..scene.images import resize_image
+    from ..scene.images import to_view
 
     with Image.open(scene.image_paths[index]) as img:
         alpha = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3:] / 255.0
-    full = scene.cameras[index]
-    target = full.scaled(downscale)
-    alpha = resize_image(np.repeat(alpha, 3, axis=2), target.width, target.height)
-    if full.has_distortion:
-        alpha = undistort_image(alpha, target)
-    return np.ascontiguousarray(alpha[..., 0])
+    return np.ascontiguousarray(to_view(alpha, scene.cameras[index], downscale)[..., 0])
 
 
 # a seedless capture from inside: random points from the cameras' spread out to this many times it
