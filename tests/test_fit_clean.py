@@ -271,6 +271,9 @@ def test_floater_pruning_removes_near_camera_and_over_large_gaussians():
     flags = pruning.flags(g)
     assert flags["near_camera"].tolist() == [False, False, True, False, False]
     assert flags["too_large"].tolist() == [False, False, False, True, False]
+    # a capture from inside keeps its wide Gaussians (its walls'), not those in a camera's face
+    inside = FloaterPruning(cams, dist, FitSettings(prune_near_camera=0.3), angular_scale=float("inf")).flags(g)
+    assert inside["near_camera"].tolist() == flags["near_camera"].tolist() and not bool(inside["too_large"].any())
     state = {"grad2d": torch.arange(n, dtype=torch.float32)}
     counts = pruning.prune(g, opts, state)
     assert counts == {"near_camera": 1, "too_large": 1}

@@ -188,3 +188,23 @@ def test_the_room_filmed_from_inside_looks_outward_at_every_wall(tmp_path):
     assert walls <= seen
     scene = load_scene(out)
     assert scene.looks_outward and scene.points is None
+
+
+def test_the_workshop_filmed_from_inside_gets_walls_and_looks_further_down(tmp_path):
+    """The small workshop within four walls (one object), its cameras at -25 and -50 degrees
+    (its things stand on the floor), held out at their mean; a scene with no room round its
+    middle is refused for the inside layout."""
+    out, objects, tj = _make_scene(tmp_path, "workshop", "--layout", "inside", "--views", "4", "--resolution", "48x36")
+    assert "walls" in objects.values() and "floor" in objects.values()
+    test = set(tj["test_filenames"])
+    pitch = {"train": set(), "test": set()}
+    for frame in tj["frames"]:
+        forward = -np.array(frame["transform_matrix"])[:3, 2]
+        pitch["test" if frame["file_path"] in test else "train"].add(round(float(np.degrees(np.arcsin(forward[2]))), 1))
+    assert pitch == {"train": {-25.0, -50.0}, "test": {-37.5}}
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "bookshelf",
+           "--layout", "inside", "--out", str(tmp_path / "shelf"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=harness.blender_env(str(tmp_path / "home")))
+    assert proc.returncode == 2 and "inside is for room and workshop" in proc.stderr
+    assert not (tmp_path / "shelf").exists()

@@ -24,10 +24,11 @@ those. Scenes:
   bin both close to the world's grey, a mug, a desk lamp, an office chair.
 
 ``--layout inside`` films a scene from its middle instead (the add-on's INSIDE cameras: a
-small circle at 3/4 of the scene's height, each camera looking outward at pitches of -10 and
--30 degrees; held out: pitch -20 on a circle 1.5 times as wide, nearer the walls as the rings'
-held-out views are nearer the scene, at yaws of their own), as a person
-turning in the middle of a room; for the room only, which then gets its other two walls.
+small circle at 3/4 of the scene's height, each camera looking outward at two pitches, -10 and
+-30 degrees in the room, -25 and -50 in the small workshop; held out: at their mean pitch on a
+circle 1.5 times as wide, nearer the walls as the rings' held-out views are nearer the scene,
+at yaws of their own), as a person turning in the middle of a room; for the room, which then
+gets its other two walls, and the workshop, which gets four ("walls", one object).
 
 Rendering is the add-on's own ``addon.scene_render`` code, as for the tabletop; labels are
 the object-index pass (``labels/``), seed points ``points.ply`` unless ``--no-points``.
@@ -54,6 +55,12 @@ from addon import scene_render  # noqa: E402
 from make_tabletop import _material, _mesh, render_folder  # noqa: E402  (the tabletop's parts)
 
 SCENES = ("bookshelf", "room", "desk", "kitchen", "workshop")
+# the scenes --layout inside films from their middle: the room closed by its other two walls, the
+# workshop within four walls (one object); the kitchen's own wall would share a name with them
+INSIDE_SCENES = ("room", "workshop")
+# their training pitches, in degrees: the small workshop's things stand on its floor, so its
+# cameras look further down
+INSIDE_PITCHES = {"room": "-10,-30", "workshop": "-25,-50"}
 
 
 def _box(name: str, size, location, color, coll, rotation_z: float = 0.0):
@@ -269,6 +276,16 @@ def build_workshop(scene, seed: int = 0) -> list:
     return objs
 
 
+def enclose(objs: list, coll, height: float = 1.6, color=(0.8, 0.78, 0.72)) -> list:
+    """``objs`` with four walls round their floor (one object, "walls"), for cameras inside."""
+    floor = next(o for o in objs if o.name == "floor")
+    hx, hy = floor.dimensions.x / 2, floor.dimensions.y / 2
+    sides = [((2 * hx, 0.06, height), (0, sy * hy, 0)) for sy in (-1, 1)]
+    sides += [((0.06, 2 * hy, height), (sx * hx, 0, 0)) for sx in (-1, 1)]
+    walls = _join("walls", [(_box_mesh(size), offset) for size, offset in sides])
+    return objs + [_link("walls", walls, (floor.location.x, floor.location.y, floor.location.z), color, coll)]
+
+
 def _box_mesh(size):
     """A box mesh of ``size`` (x, y, z) standing on the origin."""
     bm = bmesh.new()
@@ -315,10 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", choices=("rings", "inside"), default="rings",
                     help="training cameras round the scene (rings) or in its middle looking outward (inside)")
     ap.add_argument("--rings", default="20,40", help="training ring elevations in degrees")
-    ap.add_argument("--pitches", default="-10,-30", help="inside: the training cameras' pitches in degrees")
+    ap.add_argument("--pitches", help="inside: the training cameras' pitches in degrees (default: the room "
+                    "-10,-30, the workshop -25,-50)")
     ap.add_argument("--resolution", type=_resolution, default=(200, 150), help="WxH (or one number)")
     ap.add_argument("--holdout-views", type=int, default=8)
-    ap.add_argument("--holdout-elevation", type=float, help="degrees (default 30; inside: the pitch, -20)")
+    ap.add_argument("--holdout-elevation", type=float,
+                    help="degrees (default 30; inside: the pitch, the mean of the training pitches)")
     ap.add_argument("--holdout-distance", type=float,
                     help="factor of the training distance (default 0.85; inside: of the circle, 1.5)")
     ap.add_argument("--margin", type=float, default=0.9, help="framing: 1 fits the bounding sphere in view")
@@ -331,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     inside = args.layout == "inside"
+    pitches = tuple(float(p) for p in (args.pitches or INSIDE_PITCHES.get(args.scene, "-10,-30")).split(","))
     if args.holdout_elevation is None:
-        args.holdout_elevation = -20.0 if inside else 30.0
+        args.holdout_elevation = float(np.mean(pitches)) if inside else 30.0
     if args.holdout_distance is None:
         # toward the scene's surfaces, as the rings' 0.85 is: from inside that is outward (a
         # circle nearer the middle would see behind furniture no training view saw past)
@@ -342,14 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     scene.name = args.scene
-    if inside and args.scene != "room":
-        ap.error("--layout inside is meant for the room (a scene with walls round its middle)")
-    objs = build_room(scene, args.seed, closed=True) if inside else BUILDERS[args.scene](scene, args.seed)
+    if inside and args.scene not in INSIDE_SCENES:
+        ap.error(f"--layout inside is for {' and '.join(INSIDE_SCENES)} (a room round its middle)")
+    if inside and args.scene == "room":
+        objs = build_room(scene, args.seed, closed=True)
+    else:
+        objs = BUILDERS[args.scene](scene, args.seed)
+        objs = enclose(objs, scene.collection) if inside else objs
     settings = scene_render.RenderSettings(
         views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine,
         points=0 if args.no_points else args.points, layout=args.layout.upper(), margin=args.margin,
         ring_elevations=tuple(float(e) for e in args.rings.split(",")),
-        inside_pitches=tuple(float(p) for p in args.pitches.split(",")), seed=args.seed, transparent=False,
+        inside_pitches=pitches, seed=args.seed, transparent=False,
         holdout_views=args.holdout_views, holdout_elevation=args.holdout_elevation,
         holdout_distance=args.holdout_distance, extra={"generator": "tools/make_scenes.py", "scene": args.scene})
 

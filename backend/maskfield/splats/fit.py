@@ -140,10 +140,12 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     mode = settings.background_mode
     if mode == "auto":
         mode = "random" if scene.has_alpha or inside else "learn"
-        if inside and not scene.has_alpha:
-            reporter.log("the cameras look outward from where they stand (a capture from inside): every pixel is "
-                         "taken for a surface, and the fit trains over a random background colour instead of "
-                         "learning one, which the room's own walls would pass for")
+    if inside:
+        surface = (" every pixel is taken for a surface, and the fit trains over a random background colour instead "
+                   "of learning one, which the room's own walls would pass for;" if mode == "random" and not
+                   scene.has_alpha else "")
+        reporter.log(f"the cameras look outward from where they stand (a capture from inside):{surface} Gaussians "
+                     "are not pruned for their size (the walls' are wide, and near the cameras)")
     if mode == "random" and not (scene.has_alpha or inside):
         raise MaskFieldError("--background random needs images with alpha (transparent background); these are "
                              "opaque. Use --background learn or fixed.")
@@ -211,8 +213,11 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     grow_grad2d = strategy.grow_grad2d
 
     cam_dist = np.linalg.norm(cam_centers - center, axis=1)
+    # from inside, every wall is near some camera and its flat Gaussians span wide angles: pruning
+    # them as too large opened holes that held-out views saw (docs/measurements.md, 28 November)
     floaters = FloaterPruning(torch.as_tensor(cam_centers, dtype=torch.float32, device=device),
-                              torch.as_tensor(cam_dist, dtype=torch.float32, device=device), settings)
+                              torch.as_tensor(cam_dist, dtype=torch.float32, device=device), settings,
+                              angular_scale=math.inf if inside else settings.prune_angular_scale)
     pruned = {"near_camera": 0, "too_large": 0}
     zero = torch.zeros(3, device=device)
     means_lr_end = settings.lr["means"] * 0.01
@@ -472,12 +477,15 @@ class FloaterPruning:
       that camera's distance to the scene centre. Such a Gaussian covers much of one view
       and little of the others: the floaters that held-out views show as dark blots;
     - too large: the largest 3D scale over the distance to the nearest training camera (the
-      angle it spans, in radians) above ``prune_angular_scale``; angular, so distant
-      backgrounds of photos keep their big Gaussians while a blob across the view goes.
+      angle it spans, in radians) above ``angular_scale`` (the settings' ``prune_angular_scale``
+      unless given; infinite for captures from inside); angular, so distant backgrounds of
+      photos keep their big Gaussians while a blob across the view goes.
     """
 
-    def __init__(self, cam_centers: torch.Tensor, cam_dist: torch.Tensor, settings: FitSettings):
+    def __init__(self, cam_centers: torch.Tensor, cam_dist: torch.Tensor, settings: FitSettings,
+                 angular_scale: float | None = None):
         self.centers, self.dist, self.settings = cam_centers, cam_dist, settings
+        self.angular_scale = settings.prune_angular_scale if angular_scale is None else angular_scale
 
     @torch.no_grad()
     def flags(self, gaussians: Gaussians) -> dict[str, torch.Tensor]:
@@ -489,7 +497,7 @@ class FloaterPruning:
             near[chunk] = (d < self.settings.prune_near_camera * self.dist[None]).any(1)
             nearest[chunk] = d.min(1).values
         scale = torch.exp(gaussians.params["scales"].detach()).max(1).values
-        large = scale > self.settings.prune_angular_scale * nearest.clamp_min(1e-6)
+        large = scale > self.angular_scale * nearest.clamp_min(1e-6)
         return {"near_camera": near, "too_large": large & ~near}
 
     @torch.no_grad()
