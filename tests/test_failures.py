@@ -674,7 +674,7 @@ def test_seedless_cameras_in_opencv_axes_are_named_where_they_surround_a_place(t
     meta["blender"] = {"settings": {"layout": "INSIDE"}}
     (folder / "transforms.json").write_text(json.dumps(meta))
     inside = load_scene(folder)
-    assert inside.looks_outward and check_cameras_face_points(inside, inside.train_indices) is None
+    assert inside.rendered_inside and check_cameras_face_points(inside, inside.train_indices) is None
     # a forward-facing pan whose axes spread a little meets behind itself too, and is no slip
     pan = make_scene(tmp_path / "pan", labels=False)
     meta = json.loads((pan / "transforms.json").read_text())

@@ -187,7 +187,7 @@ def test_the_room_filmed_from_inside_looks_outward_at_every_wall(tmp_path):
     walls = {k for k, v in objects.items() if "wall" in v}
     assert walls <= seen
     scene = load_scene(out)
-    assert scene.looks_outward and scene.points is None
+    assert scene.rendered_inside and scene.points is None
 
 
 def test_the_workshop_filmed_from_inside_gets_walls_and_looks_further_down(tmp_path):

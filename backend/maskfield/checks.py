@@ -112,7 +112,7 @@ def _check_axes_meet_in_front(scene, indices) -> None:
     from .scene.cameras import GL_TO_CV
     from .scene.scene import _closest_point_to_rays
 
-    if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4 or scene.looks_outward:
+    if scene.source not in ("transforms", "nerf-synthetic") or len(indices) < 4 or scene.rendered_inside:
         return
     cameras = [scene.cameras[i] for i in indices]
     centers = np.stack([cam.center for cam in cameras])

@@ -157,7 +157,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     test_files: set[str] | None = None
     ply_points = None
     from_blender = False  # rendered by the add-on: positions stay Blender's (Scene.keep_coordinates)
-    outward = False  # rendered by the add-on from inside (Scene.looks_outward)
+    rendered_inside = False  # by the add-on, with its INSIDE cameras (Scene.rendered_inside)
     for file in files:
         try:
             meta = json.loads(file.read_text(encoding="utf-8-sig"))  # a BOM: saved by a Windows editor
@@ -170,7 +170,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
         if not isinstance(frames, list) or not frames:
             raise MaskFieldError(f"{file} has no 'frames' list; each frame needs 'file_path' and 'transform_matrix'.")
         from_blender = from_blender or isinstance(meta.get("blender"), dict)
-        outward = outward or _rendered_from_inside(meta)
+        rendered_inside = rendered_inside or _rendered_from_inside(meta)
         split = file.stem.replace("transforms_", "") if source == "nerf-synthetic" else "all"
         for index, frame in enumerate(frames):
             where = f"{file.name}, frame {index}"
@@ -247,7 +247,7 @@ def _load_transforms(files: list[Path], root: Path, skip_missing: bool, holdout_
     renamed = name_apart(cameras, paths)
     scene = Scene(root=root, cameras=cameras, image_paths=paths, points=points, point_colors=colors,
                   train_indices=train, test_indices=test, source=source, background=background,
-                  skipped=missing, keep_coordinates=from_blender, looks_outward=outward)
+                  skipped=missing, keep_coordinates=from_blender, rendered_inside=rendered_inside)
     for note in (renamed, unsplit):
         if note:
             scene.notes.append(note)

@@ -33,7 +33,7 @@ class Scene:
     keep_coordinates: bool = False
     # True where the file says its cameras look outward from among the scene (the add-on's
     # INSIDE layout): poses alone cannot tell that from an orbit in OpenCV's axes
-    looks_outward: bool = False
+    rendered_inside: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
