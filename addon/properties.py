@@ -35,6 +35,8 @@ LAYOUT_ITEMS = [
     ("RINGS", "Rings", "Cameras in rings at a few elevations"),
     ("INSIDE", "Inside", "Cameras in the middle of the objects looking outward, as when filming a room "
      "from inside (select the room's walls and furnishings)"),
+    ("WALK", "Walk", "Cameras walking past the front of the objects (their -Y side, as Blender's front view), "
+     "for things against a wall: a counter, a shelf"),
 ]
 
 

@@ -33,7 +33,7 @@ from mathutils import Matrix, Vector
 from . import imageio
 
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
-LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS", "INSIDE")
+LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS", "INSIDE", "WALK")
 TEMP_TAG = "maskfield_temp"
 
 
@@ -47,7 +47,8 @@ class RenderSettings:
     resolution: int | tuple[int, int] = 128
     samples: int = 16
     engine: str = "CYCLES"
-    layout: str = "HEMISPHERE"  # HEMISPHERE / SPHERE (fibonacci), RINGS, or INSIDE (a room from its middle)
+    # HEMISPHERE / SPHERE (fibonacci), RINGS, INSIDE (a room from its middle) or WALK (past its front)
+    layout: str = "HEMISPHERE"
     min_elevation: float = 10.0  # degrees, for HEMISPHERE
     max_elevation: float = 70.0
     ring_elevations: tuple[float, ...] = (15.0, 35.0, 60.0)  # degrees, for RINGS
@@ -57,6 +58,14 @@ class RenderSettings:
     inside_radius: float = 0.2
     inside_height: float = 0.75
     inside_pitches: tuple[float, ...] = (-10.0, -30.0)
+    # WALK: a person walking past the front of the objects (Blender's front, the -Y side; for a
+    # counter or a shelf against a wall): one straight pass per elevation (degrees, from the
+    # bounds' middle), as long as this fraction of the bounds' width, at this fraction of the
+    # orbit's distance, each camera turned this far from straight ahead toward the middle
+    walk_elevations: tuple[float, ...] = (20.0, 40.0)
+    walk_width: float = 1.0
+    walk_distance: float = 0.5
+    walk_turn: float = 0.5
     lens: float = 35.0  # mm, on a 36 mm sensor
     margin: float = 1.1  # distance factor so that the bounding sphere fits the view
     seed: int = 0
@@ -69,7 +78,8 @@ class RenderSettings:
     transparent: bool = True
     # held-out views off the training trajectory: a ring at this elevation (degrees), at this
     # factor of the training distance (INSIDE: at this pitch, on a circle this factor of the
-    # training circle's radius); listed in transforms.json's "test_filenames"
+    # training circle's radius; WALK: a pass at this elevation and factor of the distance);
+    # listed in transforms.json's "test_filenames"
     holdout_views: int = 0
     holdout_elevation: float = 30.0
     holdout_distance: float = 1.0
@@ -397,6 +407,39 @@ def inside_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray,
     return poses
 
 
+def walk_distance(settings: RenderSettings, radius: float, fov_min: float) -> float:
+    """WALK: how far the passes are from the bounds' middle (a fraction of the orbit's)."""
+    return settings.walk_distance * radius * settings.margin / math.sin(fov_min / 2.0)
+
+
+def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float,
+               distance_factor: float = 1.0, elevations: Sequence[float] | None = None,
+               offset: float | None = None) -> list[Matrix]:
+    """WALK: straight passes along X in front of the bounds ``lo``..``hi`` (on their -Y side,
+    where Blender's front view looks from), one per elevation, ``views`` shared evenly. Each
+    camera looks toward the bounds' middle line, turned ``walk_turn`` of the way from straight
+    ahead to the middle, as a person filming while walking sideways keeps the scene in view.
+    Alternate passes are offset by half a step; ``offset`` (0..1) sets where the steps fall."""
+    n = max(1, int(settings.views))
+    center, radius = bounding_sphere(lo, hi)
+    dist = walk_distance(settings, radius, fov_min) * distance_factor
+    half_width = settings.walk_width * float(hi[0] - lo[0]) / 2.0
+    angles = [math.radians(e) for e in (settings.walk_elevations if elevations is None else elevations)]
+    angles = angles or [math.radians(30.0)]
+    counts = [n // len(angles) + (1 if r < n % len(angles) else 0) for r in range(len(angles))]
+    poses = []
+    for r, (elev, count) in enumerate(zip(angles, counts)):
+        shift = (0.5 * (r % 2) if offset is None else offset) + (0.25 if offset is None else 0.0)
+        for j in range(count):
+            t = -1.0 + 2.0 * ((j + shift) % count) / count if count > 1 else 0.0
+            x = float(center[0]) + half_width * t
+            location = Vector((x, float(center[1]) - dist * math.cos(elev), float(center[2]) + dist * math.sin(elev)))
+            target = Vector((float(center[0]) + (1.0 - settings.walk_turn) * (x - float(center[0])),
+                             float(center[1]), float(center[2])))
+            poses.append(_look(location, target - location))
+    return poses
+
+
 def camera_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float) -> list[Matrix]:
     """The training cameras' camera-to-world matrices for the objects' bounds ``lo``..``hi``."""
     layout = settings.layout.upper()
@@ -404,6 +447,8 @@ def camera_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_m
         raise RenderError(f"unknown camera layout {settings.layout!r}; use one of {', '.join(LAYOUTS)}")
     if layout == "INSIDE":
         return inside_poses(settings, lo, hi)
+    if layout == "WALK":
+        return walk_poses(settings, lo, hi, fov_min)
     center, radius = bounding_sphere(lo, hi)
     return orbit_poses(settings, center, radius, fov_min)
 
@@ -411,12 +456,16 @@ def camera_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_m
 def holdout_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float) -> list[Matrix]:
     """Held-out cameras off the training trajectory, at azimuths of their own (another seed):
     ``holdout_views`` on a ring at ``holdout_elevation`` and ``holdout_distance`` times the
-    training distance, or for INSIDE at that pitch on a circle that factor of the training one."""
+    training distance, or for INSIDE at that pitch on a circle that factor of the training one,
+    or for WALK on a pass at that elevation and factor of the distance, at steps of their own."""
     from dataclasses import replace
 
     other = replace(settings, views=settings.holdout_views, seed=settings.seed + 7919)
     if settings.layout.upper() == "INSIDE":
         return inside_poses(other, lo, hi, settings.holdout_distance, (settings.holdout_elevation,))
+    if settings.layout.upper() == "WALK":
+        offset = float(np.random.default_rng(other.seed).uniform(0.0, 1.0))
+        return walk_poses(other, lo, hi, fov_min, settings.holdout_distance, (settings.holdout_elevation,), offset)
     center, radius = bounding_sphere(lo, hi)
     ring = replace(other, layout="RINGS", ring_elevations=(settings.holdout_elevation,),
                    margin=settings.margin * settings.holdout_distance)
@@ -830,6 +879,7 @@ class RenderJob:
             cam_data.clip_end = 4.0 * radius
         else:
             dist = radius * s.margin / math.sin(fov_min / 2.0)
+            dist = walk_distance(s, radius, fov_min) if s.layout.upper() == "WALK" else dist
             near = dist * min(1.0, s.holdout_distance if s.holdout_views > 0 else 1.0)
             cam_data.clip_start = max(1e-3, (near - radius) * 0.1)
             cam_data.clip_end = dist * max(1.0, s.holdout_distance) + 4.0 * radius

@@ -45,6 +45,32 @@ def _uniform_scene(tmp_path, colour, n=6, w=40, h=30):
     return folder
 
 
+def test_a_seedless_fit_keeps_the_world_colour_behind_a_large_even_surface(tmp_path):
+    """While random Gaussians are still faint, every pixel pulls on a learned background colour
+    and the largest even surface wins: a seedless walk past a white kitchen counter took the
+    counter's white, and the counter went see-through. Held at the images' border colour for
+    the warm-up, the colour stays the world's."""
+    world, panel = np.array([0.63, 0.63, 0.63]), np.array([0.85, 0.85, 0.82])
+    folder, frames, w, h = tmp_path / "walk", [], 40, 30
+    image = np.tile(world, (h, w, 1))
+    image[4:-4, 4:-4] = panel  # a white panel filling most of each view, the world round it
+    for i, x in enumerate(np.linspace(-0.6, 0.6, 6)):  # a short walk past it, every camera facing it
+        write_png(folder / "images" / f"{i:03d}.png", np.round(image * 255).astype(np.uint8))
+        frames.append({"file_path": f"images/{i:03d}.png",
+                       "transform_matrix": look_at_c2w_gl([x, -3.0, 0.5]).tolist()})
+    meta = {"fl_x": 30.0, "fl_y": 30.0, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    scene = load_scene(folder, holdout_every=0)
+    assert scene.points is None
+    drift = {}
+    for warmup in (0, 100):
+        settings = FitSettings(iterations=150, init_points=400, background_mode="learn", refine_start=1000,
+                               sh_degree=0, checkpoint_every=1000, background_warmup=warmup)
+        result = fit(scene, RunFolder(tmp_path / f"run-{warmup}"), settings, resume=False)
+        drift[warmup] = float(np.abs(np.array(result["background"]) - world).max())
+    assert drift[0] > 0.15 and drift[100] < 0.05, drift  # the panel is 0.22 off the world
+
+
 @pytest.mark.parametrize("mode", ["learn", "fixed"])
 def test_learned_background_takes_the_world_colour(tmp_path, mode):
     colour = (0.45, 0.6, 0.3)
@@ -125,14 +151,17 @@ def test_gaussians_painting_the_learned_background_fade(tmp_path):
     scene.points = rng.uniform(-0.5, 0.5, (200, 3)).astype(np.float32)  # in every camera's view
     scene.point_colors = np.tile(np.round(np.array(colour) * 255).astype(np.uint8), (200, 1))
     opacity = {}
-    for weight in (0.0, 0.05):
+    # the colour learned from the first step: held at exactly the Gaussians' colour (the warm-up),
+    # their opacity's gradient is rounding noise, which Adam scales up to full steps either way
+    default = FitSettings().background_warmup
+    for weight, warmup in ((0.0, 0), (0.05, 0), (0.05, default)):
         settings = FitSettings(iterations=60, background_mode="learn", refine_start=1000, sh_degree=0,
-                               checkpoint_every=1000, backdrop_alpha_weight=weight)
-        run = RunFolder(tmp_path / f"run-{weight}")
+                               checkpoint_every=1000, backdrop_alpha_weight=weight, background_warmup=warmup)
+        run = RunFolder(tmp_path / f"run-{weight}-{warmup}")
         fit(scene, run, settings, resume=False)
-        opacity[weight] = float(torch.sigmoid(read_ply(run.gaussians_ply).params["opacities"]).mean())
-    assert opacity[0.0] > 0.08, opacity  # seeded at 0.1: nothing made them fade
-    assert opacity[0.05] < 0.5 * opacity[0.0], opacity
+        opacity[weight, warmup] = float(torch.sigmoid(read_ply(run.gaussians_ply).params["opacities"]).mean())
+    assert opacity[0.0, 0] > 0.08, opacity  # seeded at 0.1: nothing made them fade
+    assert default > 0 and max(opacity[0.05, 0], opacity[0.05, default]) < 0.5 * opacity[0.0, 0], opacity
 
 
 def test_the_default_fit_weighs_see_through_surfaces_over_a_learned_background(tmp_path, monkeypatch):
@@ -221,16 +250,20 @@ def test_the_densification_threshold_is_the_fits_setting(tmp_path):
     assert counts[float("inf")] <= 300 < counts[0.0], counts
 
 
-def test_learned_background_gets_a_gradient():
+def test_learned_background_gets_a_gradient_after_its_warmup():
+    """Held at its start for the warm-up steps (while the Gaussians are faint), then fitted."""
     images = {0: torch.full((6, 8, 3), 0.8)}
-    backdrop = Backdrop("learn", FitSettings(background_lr=0.1), images, {}, "cpu")
+    backdrop = Backdrop("learn", FitSettings(background_lr=0.1, background_warmup=10), images, {}, "cpu")
     with torch.no_grad():
         backdrop.logit.fill_(0.0)  # 0.5, away from the images' 0.8
-    for _ in range(30):
+    for step in range(40):
         colour = backdrop.colour()
         loss = (colour - images[0]).abs().mean()  # nothing in front: the image is all backdrop
         loss.backward()
-        backdrop.step()
+        backdrop.step(step)
+        if step == 9:
+            assert np.allclose(backdrop.render_colour(), 0.5)
+            assert backdrop.logit.grad is None  # the warm-up's gradients are dropped, not saved up
     assert np.allclose(backdrop.render_colour(), 0.8, atol=0.05)
 
 

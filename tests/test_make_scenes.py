@@ -208,3 +208,63 @@ def test_the_workshop_filmed_from_inside_gets_walls_and_looks_further_down(tmp_p
                           env=harness.blender_env(str(tmp_path / "home")))
     assert proc.returncode == 2 and "inside is for room and workshop" in proc.stderr
     assert not (tmp_path / "shelf").exists()
+
+
+def test_the_kitchen_filmed_walking_past_its_front(tmp_path):
+    """The add-on's WALK cameras (make_scenes.py --layout walk): two straight passes along the
+    kitchen's width on its front (-Y) side, at 20 and 40 degrees up from the bounds' middle and
+    one distance from it; each camera looks toward the wall, turned half way from straight ahead
+    to the middle; held out on a pass of its own at 30 degrees and 0.85 of that distance. Every
+    object is seen, the loader takes it for an ordinary capture (not from inside), and a scene
+    with no front to walk past is refused."""
+    sys.path.insert(0, os.path.join(harness.ROOT, "backend"))
+    from maskfield.scene import load_scene
+    from maskfield.splats.fit import looks_outward
+
+    out, objects, tj = _make_scene(tmp_path, "kitchen", "--layout", "walk", "--views", "8", "--resolution", "64x48")
+    assert tj["blender"]["settings"]["layout"] == "WALK"
+    test = set(tj["test_filenames"])
+    poses = {"train": [], "test": []}
+    for frame in tj["frames"]:
+        poses["test" if frame["file_path"] in test else "train"].append(np.array(frame["transform_matrix"]))
+    assert len(poses["train"]) == 8 and len(poses["test"]) == 2
+    passes = {}
+    for m in poses["train"]:
+        passes.setdefault(round(float(m[2, 3]), 4), []).append(m)
+    assert sorted(len(p) for p in passes.values()) == [4, 4]  # two passes, each straight along X
+    (z_lo, low), (z_hi, high) = sorted(passes.items())
+    assert len({round(float(m[1, 3]), 4) for m in low}) == 1 and len({round(float(m[1, 3]), 4) for m in high}) == 1
+    # from the two passes: the middle (y, z) they are at 20 and 40 degrees from, and their distance
+    e1, e2 = np.radians(20.0), np.radians(40.0)
+    y1, y2 = float(low[0][1, 3]), float(high[0][1, 3])
+    dist = (z_hi - z_lo) / (np.sin(e2) - np.sin(e1))
+    assert np.isclose(y1 - y2, -dist * (np.cos(e1) - np.cos(e2)), rtol=1e-4)
+    cy, cz = y1 + dist * np.cos(e1), z_lo - dist * np.sin(e1)
+    assert y1 < -0.9 and y2 < -0.9  # in front of the floor (1.8 deep, centred on the origin)
+    xs = [float(m[0, 3]) for m in poses["train"]]
+    cx = float(np.mean(xs))
+    assert max(xs) - min(xs) > 1.5  # the walk spans most of the kitchen's 2.2 m width
+    for kind in ("train", "test"):
+        for m in poses[kind]:
+            pos, forward = m[:3, 3], -m[:3, 2]  # OpenGL: the camera looks down -z
+            assert forward[1] > 0.5  # toward the wall
+            hit = pos + forward * (cy - pos[1]) / forward[1]  # where it looks, on the middle's plane
+            assert np.isclose(hit[2], cz, atol=1e-4) and np.isclose(hit[0] - cx, 0.5 * (pos[0] - cx), atol=1e-4)
+    for m in poses["test"]:
+        offset = m[1:3, 3] - np.array([cy, cz])
+        assert np.isclose(np.linalg.norm(offset), 0.85 * dist, rtol=1e-4)
+        assert np.isclose(np.degrees(np.arctan2(offset[1], -offset[0])), 30.0, atol=1e-3)
+    seen = set()
+    for frame in tj["frames"]:
+        seen |= set(np.unique(np.asarray(Image.open(out / frame["label_path"]))).tolist())
+    assert set(objects) <= seen
+    scene = load_scene(out)
+    assert not scene.rendered_inside
+    centre = np.array([cx, cy, cz])
+    assert not looks_outward(scene, range(len(scene.cameras)), centre)
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "workshop",
+           "--layout", "walk", "--out", str(tmp_path / "workshop"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=harness.blender_env(str(tmp_path / "home")))
+    assert proc.returncode == 2 and "walk is for kitchen, room, bookshelf" in proc.stderr
+    assert not (tmp_path / "workshop").exists()

@@ -8,7 +8,8 @@ priors, evaluate on held-out views off the training trajectory, print one table.
 
 For each scene (``tools/make_scenes.py``: world background, training rings at 20 and 40
 degrees, held-out ring at 30 degrees and 0.85x the distance; ``room-inside``: the room with its
-other two walls, filmed from its middle, ``make_scenes.py --layout inside``) and each seeding
+other two walls, filmed from its middle, ``make_scenes.py --layout inside``; ``kitchen-walk``:
+the kitchen filmed walking past its front, ``--layout walk``) and each seeding
 (surface points, or none), each fit variant is run:
 
 - ``before``: the fit as it was: a fixed black background, no floater pruning;
@@ -16,7 +17,8 @@ other two walls, filmed from its middle, ``make_scenes.py --layout inside``) and
   penalised where the target is the background's colour);
 - ``no-backdrop-alpha``: ``after`` without that penalty;
 - ``learned-background``: ``after`` with one background colour learned whatever the capture
-  (captures from inside are otherwise fitted over random colours).
+  (captures from inside are otherwise fitted over random colours);
+- ``no-background-warmup``: ``after`` with that colour learned from the first step.
 
 then ``maskfield priors --from-labels --label-noise`` and ``maskfield train-field``, and
 ``maskfield evaluate`` on the held-out and on the training views. Columns: held-out colour
@@ -50,16 +52,21 @@ VARIANTS = {
     # one background colour learned whatever the capture (before captures from inside were fitted
     # over random colours: fit.looks_outward)
     "learned-background": dict(background_mode="learn"),
+    # the defaults with the learned background colour free from the first step (FitSettings.background_warmup)
+    "no-background-warmup": dict(background_warmup=0),
 }
-# a scene name with this ending is that scene filmed from its middle (make_scenes.py --layout inside)
-INSIDE = "-inside"
+# a scene name with one of these endings is that scene filmed with another layout: from its middle
+# (make_scenes.py --layout inside) or walking past its front (--layout walk)
+LAYOUT_ENDINGS = {"-inside": "inside", "-walk": "walk"}
 
 
 def build_scene(name: str, folder: Path, args, points: bool) -> None:
     if (folder / "transforms.json").exists():
         return
-    layout = ["--layout", "inside"] if name.endswith(INSIDE) else []
-    name = name[: -len(INSIDE)] if layout else name
+    layout = []
+    for ending, which in LAYOUT_ENDINGS.items():
+        if name.endswith(ending):
+            name, layout = name[: -len(ending)], ["--layout", which]
     cmd = [sys.executable, str(ROOT / "tools" / "make_scenes.py"), "--scene", name, *layout, "--out", str(folder),
            "--views", str(args.views), "--resolution", args.resolution, "--holdout-views", str(args.holdout_views),
            "--seed", str(args.seed), "--points", str(args.points), "--quiet"]
@@ -173,8 +180,9 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{args.views} training views on rings at 20/40 deg, {args.holdout_views} held out at 30 deg and "
-          f"0.85x distance (scenes named *{INSIDE}: on a circle in the middle looking outward at pitches -10/-30 deg, "
-          f"held out at -20 deg on a circle 1.5x as wide), {args.resolution}; fit {args.fit_iterations} steps, mask field {args.field_iterations} "
+          "0.85x distance (scenes named *-inside: on a circle in the middle looking outward, held out on a circle "
+          "1.5x as wide; *-walk: two passes along the front at 20/40 deg, held out on a pass at 30 deg and 0.85x "
+          f"the distance), {args.resolution}; fit {args.fit_iterations} steps, mask field {args.field_iterations} "
           "steps on SAM-like noisy label priors; floater = largest wrong-colour region of a held-out view; "
           "prior mIoU = the best IoU of any prior mask per object and training view (what the field is taught); "
           "bg->seg = visible background Gaussians given to a prompt\n")

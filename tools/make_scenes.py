@@ -30,6 +30,13 @@ circle 1.5 times as wide, nearer the walls as the rings' held-out views are near
 at yaws of their own), as a person turning in the middle of a room; for the room, which then
 gets its other two walls, and the workshop, which gets four ("walls", one object).
 
+``--layout walk`` films a scene as a person walking past its front does (the add-on's WALK
+cameras: two straight passes along the scene's width on its -Y side, at 20 and 40 degrees up
+from its middle and half the rings' distance, each camera turned half way from straight ahead
+toward the middle; held out: a pass at 30 degrees and 0.85 of that distance, at steps of its
+own): for the kitchen (its counter against the wall), the room (its corner from the open side)
+and the bookshelf.
+
 Rendering is the add-on's own ``addon.scene_render`` code, as for the tabletop; labels are
 the object-index pass (``labels/``), seed points ``points.ply`` unless ``--no-points``.
 """
@@ -58,6 +65,9 @@ SCENES = ("bookshelf", "room", "desk", "kitchen", "workshop")
 # the scenes --layout inside films from their middle: the room closed by its other two walls, the
 # workshop within four walls (one object); the kitchen's own wall would share a name with them
 INSIDE_SCENES = ("room", "workshop")
+# the scenes --layout walk films past their front (the -Y side): a counter against its wall, the
+# room's corner from its open side, the shelf's open front
+WALK_SCENES = ("kitchen", "room", "bookshelf")
 # their training pitches, in degrees: the small workshop's things stand on its floor, so its
 # cameras look further down
 INSIDE_PITCHES = {"room": "-10,-30", "workshop": "-25,-50"}
@@ -329,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene", choices=SCENES, default="bookshelf")
     ap.add_argument("--out", required=True, help="scene folder to write")
     ap.add_argument("--views", type=int, default=48, help="training views, on the rings")
-    ap.add_argument("--layout", choices=("rings", "inside"), default="rings",
-                    help="training cameras round the scene (rings) or in its middle looking outward (inside)")
-    ap.add_argument("--rings", default="20,40", help="training ring elevations in degrees")
+    ap.add_argument("--layout", choices=("rings", "inside", "walk"), default="rings",
+                    help="training cameras round the scene (rings), in its middle looking outward (inside), or "
+                    "walking past its front (walk)")
+    ap.add_argument("--rings", default="20,40", help="training ring elevations in degrees (walk: the passes')")
     ap.add_argument("--pitches", help="inside: the training cameras' pitches in degrees (default: the room "
                     "-10,-30, the workshop -25,-50)")
     ap.add_argument("--resolution", type=_resolution, default=(200, 150), help="WxH (or one number)")
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         # toward the scene's surfaces, as the rings' 0.85 is: from inside that is outward (a
         # circle nearer the middle would see behind furniture no training view saw past)
         args.holdout_distance = 1.5 if inside else 0.85
+    if args.layout == "walk" and args.scene not in WALK_SCENES:
+        ap.error(f"--layout walk is for {', '.join(WALK_SCENES)} (things with a front, against a wall)")
 
     t0 = time.perf_counter()
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -373,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         views=args.views, resolution=args.resolution, samples=args.samples, engine=args.engine,
         points=0 if args.no_points else args.points, layout=args.layout.upper(), margin=args.margin,
         ring_elevations=tuple(float(e) for e in args.rings.split(",")),
+        walk_elevations=tuple(float(e) for e in args.rings.split(",")),
         inside_pitches=pitches, seed=args.seed, transparent=False,
         holdout_views=args.holdout_views, holdout_elevation=args.holdout_elevation,
         holdout_distance=args.holdout_distance, extra={"generator": "tools/make_scenes.py", "scene": args.scene})

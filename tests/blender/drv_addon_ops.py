@@ -283,6 +283,17 @@ def main() -> None:
               and all(np.all(m[:3, 3] > lo) and np.all(m[:3, 3] < hi) for m in poses)
               and all(float(-m[:2, 2] @ (m[:2, 3] - mid[:2])) > 0 for m in poses),
               [m[:3, 3].round(2).tolist() for m in poses])
+        # the Walk layout: passes in front of the objects (their -Y side), each camera facing +Y
+        s.layout = "WALK"
+        walk_dir = os.path.join(work, "walk render")
+        bpy.ops.maskfield.render_scene(directory=walk_dir)
+        s.layout = "HEMISPHERE"
+        tj = json.load(open(os.path.join(walk_dir, "transforms.json"), encoding="utf-8"))
+        poses = [np.array(f["transform_matrix"]) for f in tj["frames"]]
+        check("render_walk", tj["blender"]["settings"]["layout"] == "WALK" and len(poses) == 4
+              and all(m[1, 3] < lo[1] and -m[1, 2] > 0.5 and lo[0] <= m[0, 3] <= hi[0] for m in poses)
+              and len({round(float(m[2, 3]), 4) for m in poses}) == 2,
+              [m[:3, 3].round(2).tolist() for m in poses])
 
     # -- 4. segment: Faces mode ----------------------------------------------------------
     def set_prompts(*texts, disabled=()):

@@ -57,6 +57,12 @@ class FitSettings:
     # leaving it to floaters and shells of Gaussians
     background_mode: str = "auto"
     background_lr: float = 1e-2
+    # A learned background colour is held at the images' border colour for this many steps, while
+    # the Gaussians find their places: until then they are faint, every pixel pulls on the colour,
+    # and the largest even surface wins. A seedless walk past a white kitchen counter took the
+    # counter's white by step 200 (the world's grey lost), and the counter went see-through
+    # (held-out IoU 0.20; docs/measurements.md, session of 28 November, later)
+    background_warmup: int = 500
     # With a learned background colour, Gaussians that paint pixels of that colour (the world
     # seen past the scene) cost the colour loss nothing, so a veil and bulges of them grow
     # there, which segmentation then reads as objects. This weighs the rendered alpha where the
@@ -260,7 +266,7 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
                 for opt in optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                backdrop.step()
+                backdrop.step(step)
                 for group in optimizers["means"].param_groups:
                     group["lr"] *= gamma
                 # at the size cap: keep pruning, stop growing
@@ -427,6 +433,7 @@ class Backdrop:
         self.gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)
         self.logit = None
         self.optimizer = None
+        self.warmup = settings.background_warmup
         if mode == "learn":
             # start from the images' border colour, which is mostly backdrop
             border = torch.cat([torch.cat([im[0], im[-1], im[:, 0], im[:, -1]]) for im in images.values()])
@@ -449,9 +456,10 @@ class Backdrop:
         # the image is colour * alpha + fixed * (1 - alpha): swap the fixed colour for this step's
         return image + (background.detach() - self.fixed) * (1.0 - alpha)
 
-    def step(self) -> None:
+    def step(self, step: int) -> None:
         if self.optimizer is not None:
-            self.optimizer.step()
+            if step >= self.warmup:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
     def render_colour(self) -> tuple[float, float, float]:
