@@ -94,6 +94,16 @@ def _make_scene(tmp_path, name: str, *options: str):
         return out, objects, json.load(fh)
 
 
+def _assert_layout_refused(tmp_path, name: str, layout: str, message: str) -> None:
+    """make_scenes.py refuses ``layout`` for ``name`` with ``message``, and writes nothing."""
+    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", name,
+           "--layout", layout, "--out", str(tmp_path / name), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=harness.blender_env(str(tmp_path / "home")))
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / name).exists()
+
+
 def test_the_desk_scene_shows_each_of_its_objects_over_the_world(tmp_path):
     """The third scene (made to judge defaults tuned on the other two): every object is labelled
     in some view, and the keyboard and bin are near the world's grey, as meant."""
@@ -202,12 +212,7 @@ def test_the_workshop_filmed_from_inside_gets_walls_and_looks_further_down(tmp_p
         forward = -np.array(frame["transform_matrix"])[:3, 2]
         pitch["test" if frame["file_path"] in test else "train"].add(round(float(np.degrees(np.arcsin(forward[2]))), 1))
     assert pitch == {"train": {-25.0, -50.0}, "test": {-37.5}}
-    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "bookshelf",
-           "--layout", "inside", "--out", str(tmp_path / "shelf"), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=harness.blender_env(str(tmp_path / "home")))
-    assert proc.returncode == 2 and "inside is for room and workshop" in proc.stderr
-    assert not (tmp_path / "shelf").exists()
+    _assert_layout_refused(tmp_path, "bookshelf", "inside", "inside is for room and workshop")
 
 
 def test_the_kitchen_filmed_walking_past_its_front(tmp_path):
@@ -262,9 +267,4 @@ def test_the_kitchen_filmed_walking_past_its_front(tmp_path):
     assert not scene.rendered_inside
     centre = np.array([cx, cy, cz])
     assert not looks_outward(scene, range(len(scene.cameras)), centre)
-    cmd = [sys.executable, os.path.join(harness.ROOT, "tools", "make_scenes.py"), "--scene", "workshop",
-           "--layout", "walk", "--out", str(tmp_path / "workshop"), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=harness.blender_env(str(tmp_path / "home")))
-    assert proc.returncode == 2 and "walk is for kitchen, room, bookshelf" in proc.stderr
-    assert not (tmp_path / "workshop").exists()
+    _assert_layout_refused(tmp_path, "workshop", "walk", "walk is for kitchen, room, bookshelf")
