@@ -99,7 +99,8 @@ def refuse_instancers(objects) -> None:
 def render_settings(context) -> scene_render.RenderSettings:
     s = mf(context)
     return scene_render.RenderSettings(views=s.views, resolution=s.resolution, samples=s.samples,
-                                       engine=s.engine, layout=s.layout, points=s.seed_points, seed=0)
+                                       engine=s.engine, layout=s.layout, walk_side=s.walk_side,
+                                       points=s.seed_points, seed=0)
 
 
 def _geometry_digest(ob, instancing: set[str] | None = None) -> str:
@@ -133,6 +134,7 @@ def source_signature(objects, settings: scene_render.RenderSettings) -> str:
     key = json.dumps({"objects": [(o.name, _geometry_digest(o, instancing)) for o in objects],
                       "views": settings.views,
                       "resolution": settings.size, "layout": settings.layout, "samples": settings.samples,
+                      **({"walk_side": settings.walk_side} if settings.layout == "WALK" else {}),
                       "points": settings.points, "seed": settings.seed}, sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 

@@ -115,6 +115,8 @@ class MASKFIELD_PT_settings(bpy.types.Panel):
             col.prop(s, "engine")
             col.prop(s, "samples")
             col.prop(s, "layout")
+            if s.layout == "WALK":
+                col.prop(s, "walk_side")
             col.prop(s, "seed_points")
         else:
             col.prop(s, "photo_size")

@@ -35,8 +35,15 @@ LAYOUT_ITEMS = [
     ("RINGS", "Rings", "Cameras in rings at a few elevations"),
     ("INSIDE", "Inside", "Cameras in the middle of the objects looking outward, as when filming a room "
      "from inside (select the room's walls and furnishings)"),
-    ("WALK", "Walk", "Cameras walking past the front of the objects (their -Y side, as Blender's front view), "
-     "for things against a wall: a counter, a shelf"),
+    ("WALK", "Walk", "Cameras walking past one side of the objects (Walk Side), for things against a wall: "
+     "a counter, a shelf"),
+]
+
+WALK_SIDE_ITEMS = [
+    ("FRONT", "Front", "The objects' -Y side, as Blender's front view shows them"),
+    ("BACK", "Back", "The +Y side"),
+    ("LEFT", "Left", "The -X side"),
+    ("RIGHT", "Right", "The +X side"),
 ]
 
 
@@ -82,6 +89,8 @@ class MaskFieldSettings(bpy.types.PropertyGroup):
     seed_points: IntProperty(name="Seed points", default=20000, min=100, max=10000000,  # type: ignore[valid-type]
                              description="Points sampled on the objects' surfaces to start the Gaussians from")
     layout: EnumProperty(name="Cameras", items=LAYOUT_ITEMS, default="HEMISPHERE")  # type: ignore[valid-type]
+    walk_side: EnumProperty(name="Walk Side", items=WALK_SIDE_ITEMS, default="FRONT",  # type: ignore[valid-type]
+                            description="Which side of the objects the Walk cameras pass")
     photo_size: IntProperty(  # type: ignore[valid-type]
         name="Photo size", default=0, min=0, max=100000, subtype="PIXEL",
         description="Longest side, in pixels, the photos are fitted at (0: the backend's default, 1600 with "

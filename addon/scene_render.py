@@ -34,6 +34,8 @@ from . import imageio
 
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
 LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS", "INSIDE", "WALK")
+# WALK: the side the cameras walk past, as the yaw (degrees) that turns the front (-Y) side to it
+WALK_SIDES = {"FRONT": 0.0, "RIGHT": 90.0, "BACK": 180.0, "LEFT": -90.0}
 TEMP_TAG = "maskfield_temp"
 
 
@@ -58,10 +60,12 @@ class RenderSettings:
     inside_radius: float = 0.2
     inside_height: float = 0.75
     inside_pitches: tuple[float, ...] = (-10.0, -30.0)
-    # WALK: a person walking past the front of the objects (Blender's front, the -Y side; for a
-    # counter or a shelf against a wall): one straight pass per elevation (degrees, from the
-    # bounds' middle), as long as this fraction of the bounds' width, at this fraction of the
-    # orbit's distance, each camera turned this far from straight ahead toward the middle
+    # WALK: a person walking past one side of the objects (FRONT: Blender's front, the -Y side;
+    # BACK +Y, LEFT -X, RIGHT +X; for a counter or a shelf against a wall): one straight pass per
+    # elevation (degrees, from the bounds' middle), as long as this fraction of the bounds' width
+    # along that side, at this fraction of the orbit's distance, each camera turned this far from
+    # straight ahead toward the middle
+    walk_side: str = "FRONT"
     walk_elevations: tuple[float, ...] = (20.0, 40.0)
     walk_width: float = 1.0
     walk_distance: float = 0.5
@@ -415,15 +419,22 @@ def walk_distance(settings: RenderSettings, radius: float, fov_min: float) -> fl
 def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float,
                distance_factor: float = 1.0, elevations: Sequence[float] | None = None,
                offset: float | None = None) -> list[Matrix]:
-    """WALK: straight passes along X in front of the bounds ``lo``..``hi`` (on their -Y side,
-    where Blender's front view looks from), one per elevation, ``views`` shared evenly. Each
-    camera looks toward the bounds' middle line, turned ``walk_turn`` of the way from straight
-    ahead to the middle, as a person filming while walking sideways keeps the scene in view.
-    Alternate passes are offset by half a step; ``offset`` (0..1) sets where the steps fall."""
+    """WALK: straight passes along the ``walk_side`` of the bounds ``lo``..``hi`` (FRONT: along X
+    on their -Y side, where Blender's front view looks from), one per elevation, ``views``
+    shared evenly. Each camera looks toward the bounds' middle line, turned ``walk_turn`` of the
+    way from straight ahead to the middle, as a person filming while walking sideways keeps the
+    scene in view. Alternate passes are offset by half a step; ``offset`` (0..1) sets where the
+    steps fall."""
+    side = settings.walk_side.upper()
+    if side not in WALK_SIDES:
+        raise RenderError(f"unknown walk side {settings.walk_side!r}; use one of {', '.join(WALK_SIDES)}")
+    yaw = Matrix.Rotation(math.radians(WALK_SIDES[side]), 4, "Z")
     n = max(1, int(settings.views))
     center, radius = bounding_sphere(lo, hi)
+    middle = Vector(center.tolist())
     dist = walk_distance(settings, radius, fov_min) * distance_factor
-    half_width = settings.walk_width * float(hi[0] - lo[0]) / 2.0
+    along = 0 if side in ("FRONT", "BACK") else 1  # the bounds' axis the walk runs along
+    half_width = settings.walk_width * float(hi[along] - lo[along]) / 2.0
     angles = [math.radians(e) for e in (settings.walk_elevations if elevations is None else elevations)]
     angles = angles or [math.radians(30.0)]
     counts = [n // len(angles) + (1 if r < n % len(angles) else 0) for r in range(len(angles))]
@@ -432,10 +443,10 @@ def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min
         shift = (0.5 * (r % 2) if offset is None else offset) + (0.25 if offset is None else 0.0)
         for j in range(count):
             t = -1.0 + 2.0 * ((j + shift) % count) / count if count > 1 else 0.0
-            x = float(center[0]) + half_width * t
-            location = Vector((x, float(center[1]) - dist * math.cos(elev), float(center[2]) + dist * math.sin(elev)))
-            target = Vector((float(center[0]) + (1.0 - settings.walk_turn) * (x - float(center[0])),
-                             float(center[1]), float(center[2])))
+            # in the front's frame round the middle, then turned to the side walked past
+            location = Vector((half_width * t, -dist * math.cos(elev), dist * math.sin(elev)))
+            target = Vector(((1.0 - settings.walk_turn) * half_width * t, 0.0, 0.0))
+            location, target = middle + yaw @ location, middle + yaw @ target
             poses.append(_look(location, target - location))
     return poses
 

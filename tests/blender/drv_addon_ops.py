@@ -283,17 +283,26 @@ def main() -> None:
               and all(np.all(m[:3, 3] > lo) and np.all(m[:3, 3] < hi) for m in poses)
               and all(float(-m[:2, 2] @ (m[:2, 3] - mid[:2])) > 0 for m in poses),
               [m[:3, 3].round(2).tolist() for m in poses])
-        # the Walk layout: passes in front of the objects (their -Y side), each camera facing +Y
+        # the Walk layout: passes in front of the objects (their -Y side), each camera facing +Y;
+        # on the right (+X) side, facing -X
         s.layout = "WALK"
-        walk_dir = os.path.join(work, "walk render")
-        bpy.ops.maskfield.render_scene(directory=walk_dir)
-        s.layout = "HEMISPHERE"
-        tj = json.load(open(os.path.join(walk_dir, "transforms.json"), encoding="utf-8"))
-        poses = [np.array(f["transform_matrix"]) for f in tj["frames"]]
-        check("render_walk", tj["blender"]["settings"]["layout"] == "WALK" and len(poses) == 4
-              and all(m[1, 3] < lo[1] and -m[1, 2] > 0.5 and lo[0] <= m[0, 3] <= hi[0] for m in poses)
-              and len({round(float(m[2, 3]), 4) for m in poses}) == 2,
-              [m[:3, 3].round(2).tolist() for m in poses])
+        walk = {}
+        for side in ("FRONT", "RIGHT"):
+            s.walk_side = side
+            walk_dir = os.path.join(work, f"walk render {side}")
+            bpy.ops.maskfield.render_scene(directory=walk_dir)
+            tj = json.load(open(os.path.join(walk_dir, "transforms.json"), encoding="utf-8"))
+            walk[side] = (tj["blender"]["settings"], [np.array(f["transform_matrix"]) for f in tj["frames"]])
+        s.layout, s.walk_side = "HEMISPHERE", "FRONT"
+        (front_settings, front), (right_settings, right) = walk["FRONT"], walk["RIGHT"]
+        check("render_walk", front_settings["layout"] == "WALK" and front_settings["walk_side"] == "FRONT"
+              and len(front) == 4
+              and all(m[1, 3] < lo[1] and -m[1, 2] > 0.5 and lo[0] <= m[0, 3] <= hi[0] for m in front)
+              and len({round(float(m[2, 3]), 4) for m in front}) == 2,
+              [m[:3, 3].round(2).tolist() for m in front])
+        check("render_walk_right_side", right_settings["walk_side"] == "RIGHT" and len(right) == 4
+              and all(m[0, 3] > hi[0] and -m[0, 2] < -0.5 and lo[1] <= m[1, 3] <= hi[1] for m in right),
+              [m[:3, 3].round(2).tolist() for m in right])
 
     # -- 4. segment: Faces mode ----------------------------------------------------------
     def set_prompts(*texts, disabled=()):
