@@ -165,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--events", default="none", choices=["none", "tqdm"])
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:  # before minutes of building and fitting
+        raise SystemExit(f"unknown variant {unknown[0]!r}; use {', '.join(VARIANTS)}")
     out = Path(args.out).resolve()
     rows = []
     for name in args.scenes.split(","):
@@ -173,8 +176,6 @@ def main(argv=None) -> int:
             scene_dir = out / "scenes" / tag
             build_scene(name, scene_dir, args, points=seeds == "with")
             for variant in args.variants.split(","):
-                if variant not in VARIANTS:
-                    raise SystemExit(f"unknown variant {variant!r}; use {', '.join(VARIANTS)}")
                 row = run_variant(scene_dir, out / "runs" / f"{tag}-{variant}", variant, args)
                 row.update(scene=name, seeds=seeds)
                 rows.append(row)
