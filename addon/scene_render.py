@@ -36,6 +36,8 @@ GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCL
 LAYOUTS = ("HEMISPHERE", "SPHERE", "RINGS", "INSIDE", "WALK")
 # WALK: the side the cameras walk past, as the yaw (degrees) that turns the front (-Y) side to it
 WALK_SIDES = {"FRONT": 0.0, "RIGHT": 90.0, "BACK": 180.0, "LEFT": -90.0}
+# WALK: the least half-length of a pass, as a fraction of its distance from the middle
+MIN_WALK_HALF_LENGTH = 0.25
 TEMP_TAG = "maskfield_temp"
 
 
@@ -434,7 +436,9 @@ def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min
     middle = Vector(center.tolist())
     dist = walk_distance(settings, radius, fov_min) * distance_factor
     along = 0 if side in ("FRONT", "BACK") else 1  # the bounds' axis the walk runs along
-    half_width = settings.walk_width * float(hi[along] - lo[along]) / 2.0
+    # never shorter than half the distance: past a thing seen edge-on (a wall along the walk's
+    # line of sight) the cameras would otherwise all stand in one place, with nothing to triangulate
+    half_width = max(settings.walk_width * float(hi[along] - lo[along]) / 2.0, MIN_WALK_HALF_LENGTH * dist)
     angles = [math.radians(e) for e in (settings.walk_elevations if elevations is None else elevations)]
     angles = angles or [math.radians(30.0)]
     counts = [n // len(angles) + (1 if r < n % len(angles) else 0) for r in range(len(angles))]

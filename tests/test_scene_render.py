@@ -198,3 +198,31 @@ def test_other_engines_render_colour_and_cycles_gives_the_same_labels(blender, t
         # and it is another renderer's picture
         rgba_c = np.asarray(Image.open(os.path.join(cycles, frame_c["file_path"])))
         assert np.abs(rgba.astype(int) - rgba_c.astype(int))[..., :3].mean() > 1.0
+
+
+def test_a_walk_past_a_thing_seen_edge_on_still_spreads_its_cameras(tmp_path):
+    """WALK past bounds with no width along the pass (a wall seen edge-on): the cameras of a pass
+    still stand apart (half a pass at least a quarter of its distance), and a wide scene's pass
+    spans its width as before."""
+    code = (
+        "import json, sys, numpy as np\n"
+        f"sys.path.insert(0, {harness.ROOT!r})\n"
+        "from addon import scene_render as sr\n"
+        "s = sr.RenderSettings(layout='WALK', views=6)\n"
+        "out = {}\n"
+        "for name, width in (('edge-on', 0.0), ('wide', 4.0)):\n"
+        "    poses = sr.walk_poses(s, np.array([-width / 2, -1.0, 0.0]), np.array([width / 2, 1.0, 2.0]), 0.8)\n"
+        "    out[name] = [[float(p[r][3]) for r in range(3)] for p in poses]\n"
+        "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=harness.blender_env(str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    poses = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, positions in poses.items():
+        p = np.array(positions)
+        low = p[p[:, 2] == p[:, 2].min()]  # the pass at 20 degrees, 1 unit up from the middle
+        dist = -low[0, 1] / np.cos(np.radians(20.0))
+        assert len(low) == 3 and np.allclose(low[:, 1], low[0, 1])
+        span = low[:, 0].max() - low[:, 0].min()  # steps at -5/6, -1/6 and 1/2 of the half-length
+        half = 0.25 * dist if name == "edge-on" else 2.0
+        assert np.isclose(span, 4.0 / 3.0 * half, rtol=1e-4), (name, span, dist)
