@@ -51,7 +51,7 @@ class RenderSettings:
     resolution: int | tuple[int, int] = 128
     samples: int = 16
     engine: str = "CYCLES"
-    # HEMISPHERE / SPHERE (fibonacci), RINGS, INSIDE (a room from its middle) or WALK (past its front)
+    # HEMISPHERE / SPHERE (fibonacci), RINGS, INSIDE (a room from its middle) or WALK (past one side)
     layout: str = "HEMISPHERE"
     min_elevation: float = 10.0  # degrees, for HEMISPHERE
     max_elevation: float = 70.0
@@ -444,7 +444,7 @@ def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min
     counts = [n // len(angles) + (1 if r < n % len(angles) else 0) for r in range(len(angles))]
     poses = []
     for r, (elev, count) in enumerate(zip(angles, counts)):
-        shift = (0.5 * (r % 2) if offset is None else offset) + (0.25 if offset is None else 0.0)
+        shift = 0.25 + 0.5 * (r % 2) if offset is None else offset
         for j in range(count):
             t = -1.0 + 2.0 * ((j + shift) % count) / count if count > 1 else 0.0
             # in the front's frame round the middle, then turned to the side walked past
