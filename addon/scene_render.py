@@ -372,7 +372,7 @@ def orbit_poses(settings: RenderSettings, center: np.ndarray, radius: float, fov
     """Camera-to-world matrices looking at ``center`` from around the bounding sphere
     (HEMISPHERE, SPHERE or RINGS)."""
     n = max(1, int(settings.views))
-    dist = radius * settings.margin / math.sin(fov_min / 2.0)
+    dist = orbit_distance(settings, radius, fov_min)
     layout = settings.layout.upper()
     if layout in ("HEMISPHERE", "SPHERE"):
         az0 = float(np.random.default_rng(settings.seed).uniform(0.0, 2.0 * math.pi))
@@ -413,9 +413,15 @@ def inside_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray,
     return poses
 
 
+def orbit_distance(settings: RenderSettings, radius: float, fov_min: float) -> float:
+    """How far an orbit's cameras stand from the middle: the bounding sphere of ``radius``
+    fills ``1 / margin`` of the narrower field of view ``fov_min``."""
+    return radius * settings.margin / math.sin(fov_min / 2.0)
+
+
 def walk_distance(settings: RenderSettings, radius: float, fov_min: float) -> float:
     """WALK: how far the passes are from the bounds' middle (a fraction of the orbit's)."""
-    return settings.walk_distance * radius * settings.margin / math.sin(fov_min / 2.0)
+    return settings.walk_distance * orbit_distance(settings, radius, fov_min)
 
 
 def walk_poses(settings: RenderSettings, lo: np.ndarray, hi: np.ndarray, fov_min: float,
@@ -893,8 +899,7 @@ class RenderJob:
             cam_data.clip_start = max(1e-4, radius * 1e-3)
             cam_data.clip_end = 4.0 * radius
         else:
-            dist = radius * s.margin / math.sin(fov_min / 2.0)
-            dist = walk_distance(s, radius, fov_min) if s.layout.upper() == "WALK" else dist
+            dist = (walk_distance if s.layout.upper() == "WALK" else orbit_distance)(s, radius, fov_min)
             near = dist * min(1.0, s.holdout_distance if s.holdout_views > 0 else 1.0)
             cam_data.clip_start = max(1e-3, (near - radius) * 0.1)
             cam_data.clip_end = dist * max(1.0, s.holdout_distance) + 4.0 * radius

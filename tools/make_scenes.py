@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         # toward the scene's surfaces, as the rings' 0.85 is: from inside that is outward (a
         # circle nearer the middle would see behind furniture no training view saw past)
         args.holdout_distance = 1.5 if inside else 0.85
+    if inside and args.scene not in INSIDE_SCENES:
+        ap.error(f"--layout inside is for {' and '.join(INSIDE_SCENES)} (a room round its middle)")
     if args.layout == "walk" and args.scene not in WALK_SCENES:
         ap.error(f"--layout walk is for {', '.join(WALK_SCENES)} (things with a front, against a wall)")
 
@@ -375,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     scene.name = args.scene
-    if inside and args.scene not in INSIDE_SCENES:
-        ap.error(f"--layout inside is for {' and '.join(INSIDE_SCENES)} (a room round its middle)")
     if inside and args.scene == "room":
         objs = build_room(scene, args.seed, closed=True)
     else:
