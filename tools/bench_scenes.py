@@ -18,7 +18,9 @@ the kitchen filmed walking past its front, ``--layout walk``) and each seeding
 - ``no-backdrop-alpha``: ``after`` without that penalty;
 - ``learned-background``: ``after`` with one background colour learned whatever the capture
   (captures from inside are otherwise fitted over random colours);
-- ``no-background-warmup``: ``after`` with that colour learned from the first step.
+- ``no-background-warmup``: ``after`` with that colour learned from the first step;
+- ``random-init``: ``after`` with a seedless scene started from random points rather than
+  points triangulated from its photos.
 
 then ``maskfield priors --from-labels --label-noise`` and ``maskfield train-field``, and
 ``maskfield evaluate`` on the held-out and on the training views. Columns: held-out colour
@@ -54,6 +56,9 @@ VARIANTS = {
     "learned-background": dict(background_mode="learn"),
     # the defaults with the learned background colour free from the first step (FitSettings.background_warmup)
     "no-background-warmup": dict(background_warmup=0),
+    # the defaults, but a scene without seed points starts from random points instead of points
+    # triangulated from its photos (FitSettings.seedless_init)
+    "random-init": dict(seedless_init="random"),
 }
 # a scene name with one of these endings is that scene filmed with another layout: from its middle
 # (make_scenes.py --layout inside) or walking past its front (--layout walk)

@@ -62,7 +62,11 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a saved fit")
     p.add_argument("--max-gaussians", type=POSITIVE_INT, default=None,
                    help="densification stops growing past this many Gaussians (at least the seed count)")
-    p.add_argument("--init-points", type=POSITIVE_INT, default=None, help="random seeds when the scene has no points")
+    p.add_argument("--seedless-init", choices=["triangulate", "random"], default=None,
+                   help="a scene without points starts from points triangulated from its photos' features "
+                        "(default; random points if too few are found) or from --init-points random ones")
+    p.add_argument("--init-points", type=POSITIVE_INT, default=None,
+                   help="random seeds when the scene has no points and --seedless-init is random (default 30000)")
     p.add_argument("--background", choices=["auto", "learn", "random", "fixed"], default=None,
                    help="behind the Gaussians while fitting: auto (random colours where images have alpha, else a "
                         "learned colour), learn, random, or fixed (the scene's)")
@@ -395,7 +399,8 @@ def run_fit(args, reporter: Reporter) -> dict:
         reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}{each}, long side at most "
                      f"{max_side} px ({why})")
     check_image_size(scene, downscale, max_side)
-    seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
+    seeds = len(scene.points) if scene.points is not None and len(scene.points) else \
+        (args.init_points if getattr(args, "seedless_init", None) == "random" else None)  # triangulated: not known yet
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
         raise MaskFieldError(f"--max-gaussians {args.max_gaussians} is below the {seeds:,} Gaussians the fit starts "
                              f"from ({'the scene points' if scene.points is not None and len(scene.points) else '--init-points'}); "
@@ -406,6 +411,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     settings = FitSettings.for_device(device, iterations=args.iterations, downscale=downscale, max_side=max_side,
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None),
+                                      seedless_init=getattr(args, "seedless_init", None),
                                       backdrop_alpha_weight=getattr(args, "backdrop_alpha", None),
                                       surface_alpha_weight=getattr(args, "surface_alpha", None),
                                       surface_alpha_inset=getattr(args, "surface_alpha_inset", None))

@@ -1,0 +1,202 @@
+"""Seed points triangulated from a capture's own photos (scene.triangulate, pycolmap), and the
+fit starting from them when the scene has no points."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import look_at_c2w_gl, write_png
+
+from maskfield.events import Cancelled, MaskFieldError, Reporter
+from maskfield.run import RunFolder
+from maskfield.scene import load_scene
+from maskfield.scene.triangulate import _cancellable, nearest_pairs, triangulate
+from maskfield.splats.fit import FitSettings, fit
+
+TILE_HEIGHT, TILE_HALF = 0.4, 0.5  # a textured square floating over a textured ground
+
+
+def _texture(x, y, seed):
+    """Smooth colour blobs (corners and blobs for SIFT), the same wherever it is seen from."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-1.0, 1.0, size=(500, 2))
+    sizes = rng.uniform(0.015, 0.045, size=500)
+    colours = rng.uniform(-0.6, 0.6, size=(500, 3))
+    out = np.full(x.shape + (3,), 0.5)
+    for c, s, col in zip(centres, sizes, colours):
+        out += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2) / (2 * s * s))[..., None] * col
+    return np.clip(out, 0, 1)
+
+
+def _colour_at(points):
+    """What the scene shows at world points on its ground or its tile."""
+    on_tile = np.abs(points[:, 2] - TILE_HEIGHT) < np.abs(points[:, 2])
+    out = _texture(points[:, 0], points[:, 1], 1)
+    out[on_tile] = _texture(points[on_tile, 0], points[on_tile, 1], 2)
+    return out
+
+
+def _tile_scene(tmp_path, n=10, w=200, h=150, fl=170.0):
+    """Photos of a textured ground (z = 0) with a textured tile floating over it (z = 0.4),
+    ray-traced here, from a ring looking down at about 40 degrees; no seed points."""
+    folder, frames = tmp_path / "tiles", []
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        c2w = look_at_c2w_gl([1.8 * np.cos(a), 1.8 * np.sin(a), 1.6])
+        rays = np.stack([(u - w / 2) / fl, -(v - h / 2) / fl, -np.ones_like(u)], -1) @ c2w[:3, :3].T
+        eye = c2w[:3, 3]
+        t_tile = (TILE_HEIGHT - eye[2]) / rays[..., 2]
+        hit = eye + rays * t_tile[..., None]
+        on_tile = (np.abs(hit[..., 0]) < TILE_HALF) & (np.abs(hit[..., 1]) < TILE_HALF)
+        ground = eye + rays * (-eye[2] / rays[..., 2])[..., None]
+        points = np.where(on_tile[..., None], hit, ground).reshape(-1, 3)
+        image = _colour_at(points).reshape(h, w, 3)
+        write_png(folder / "images" / f"{i:03d}.png", np.round(image * 255).astype(np.uint8))
+        frames.append({"file_path": f"images/{i:03d}.png", "transform_matrix": c2w.tolist()})
+    meta = {"fl_x": fl, "fl_y": fl, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_points_triangulated_from_the_photos_lie_on_the_surfaces_they_show(tmp_path):
+    scene = load_scene(_tile_scene(tmp_path), holdout_every=0)
+    assert scene.points is None
+    points, colours = triangulate(scene, scene.train_indices)
+    assert points.dtype == np.float32 and colours.dtype == np.uint8 and points.shape == colours.shape
+    assert len(points) >= 150
+    # every point on one of the two surfaces (the poses' axes and the lens taken rightly), and
+    # on the tile only over the tile
+    off_ground, off_tile = np.abs(points[:, 2]), np.abs(points[:, 2] - TILE_HEIGHT)
+    on_tile = off_tile < 0.03
+    assert np.mean((off_ground < 0.03) | on_tile) > 0.97
+    assert on_tile.sum() >= 20 and (off_ground < 0.03).sum() >= 100
+    assert np.abs(points[on_tile, :2]).max() < TILE_HALF + 0.03
+    # each point has the colour the photos show there
+    error = np.abs(colours / 255.0 - _colour_at(points.astype(np.float64)))
+    assert np.median(error) < 0.04, np.median(error)
+
+
+def test_a_seedless_fit_starts_from_the_triangulated_points(tmp_path, capsys):
+    scene = load_scene(_tile_scene(tmp_path), holdout_every=5)
+    started = {}
+
+    def monitor(step, gaussians, background):
+        if step == 1:
+            started["means"] = gaussians.params["means"].detach().numpy().copy()
+
+    settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, triangulated_fill=0)
+    fit(scene, RunFolder(tmp_path / "run"), settings, resume=False, monitor=monitor)
+    assert "points triangulated from the training views' features and 0 random ones" in capsys.readouterr().err
+    means = started["means"]
+    assert 100 <= len(means) < 5000  # not the 30,000 random starts
+    near_surface = (np.abs(means[:, 2]) < 0.05) | (np.abs(means[:, 2] - TILE_HEIGHT) < 0.05)
+    assert near_surface.mean() > 0.95
+
+    # random points among them, for surfaces without features: inside the triangulated points' box
+    settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, triangulated_fill=400)
+    fit(scene, RunFolder(tmp_path / "filled"), settings, resume=False, monitor=monitor)
+    assert "and 400 random ones among them" in capsys.readouterr().err
+    filled = started["means"]
+    assert abs(len(filled) - 400 - len(means)) <= 0.05 * len(means)
+    fill = filled[-400:]  # after the triangulated ones
+    lo, hi = np.percentile(means, [2, 98], axis=0)
+    assert ((fill >= lo - 0.05) & (fill <= hi + 0.05)).all()
+    off_surface = (np.abs(fill[:, 2]) > 0.05) & (np.abs(fill[:, 2] - TILE_HEIGHT) > 0.05)
+    assert off_surface.sum() > 200  # spread through the box, not on the surfaces
+
+    random_start = {}
+    settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, init_points=3000,
+                           seedless_init="random")
+    fit(scene, RunFolder(tmp_path / "random"), settings, resume=False,
+        monitor=lambda step, g, b: random_start.setdefault("n", len(g)))
+    assert random_start["n"] == 3000 and "triangulated" not in capsys.readouterr().err
+
+
+def test_a_capture_of_blank_surfaces_starts_from_random_points_and_says_why(tmp_path, capsys):
+    folder, frames, w, h = tmp_path / "blank", [], 40, 30
+    for i in range(6):
+        a = 2 * np.pi * i / 6
+        write_png(folder / "images" / f"{i:03d}.png", np.full((h, w, 3), 150, np.uint8))
+        frames.append({"file_path": f"images/{i:03d}.png",
+                       "transform_matrix": look_at_c2w_gl([3 * np.cos(a), 3 * np.sin(a), 1.0]).tolist()})
+    (folder / "transforms.json").write_text(json.dumps({"fl_x": 35.0, "fl_y": 35.0, "cx": w / 2, "cy": h / 2,
+                                                        "w": w, "h": h, "frames": frames}))
+    scene = load_scene(folder, holdout_every=0)
+    settings = FitSettings(iterations=2, init_points=500, refine_start=1000, sh_degree=0, checkpoint_every=1000)
+    result = fit(scene, RunFolder(tmp_path / "run"), settings, resume=False)
+    err = capsys.readouterr().err
+    assert "only 0 points could be triangulated" in err and "starting from 500 random points instead" in err
+    assert "seeded 500 Gaussians from 500 random points" in err and result["gaussians"] > 0
+
+
+def test_an_unknown_seedless_start_is_refused_before_any_work(tmp_path):
+    scene = load_scene(_tile_scene(tmp_path, n=3, w=40, h=30, fl=35.0), holdout_every=0)
+    with pytest.raises(MaskFieldError, match="unknown start for a capture without points 'sfm'; use one of "
+                                             "triangulate, random"):
+        fit(scene, RunFolder(tmp_path / "run"), FitSettings(iterations=2, seedless_init="sfm"), resume=False)
+    assert not (tmp_path / "run" / "gaussians.ply").exists()
+
+
+def test_the_cli_passes_the_seedless_start_to_the_fit(tmp_path):
+    from maskfield import cli
+
+    folder = _tile_scene(tmp_path, n=4, w=60, h=45, fl=50.0)
+    code = cli.main(["fit", str(folder), "--out", str(tmp_path / "run"), "--iterations", "2", "--seedless-init",
+                     "random", "--init-points", "400", "--events", "none", "--device", "cpu"])
+    assert code == 0
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["fit"]["settings"]
+    assert settings["seedless_init"] == "random" and settings["init_points"] == 400
+
+
+def test_a_cancel_stops_a_pycolmap_step_through_its_token():
+    reporter = Reporter("none")
+    seen = {}
+
+    def slow_step(cancellation_token=None):  # stands for extract_features: it polls its token
+        seen["token"] = cancellation_token
+        while not cancellation_token.is_cancelled:
+            time.sleep(0.01)
+        return "stopped"
+
+    threading.Timer(0.3, reporter.cancel).start()
+    started = time.perf_counter()
+    with pytest.raises(Cancelled):
+        _cancellable(reporter, slow_step)
+    assert seen["token"].is_cancelled and time.perf_counter() - started < 5
+    # a step that raises hands its error to the caller
+    with pytest.raises(ZeroDivisionError):
+        _cancellable(Reporter("none"), lambda cancellation_token=None: 1 / 0)
+    assert _cancellable(Reporter("none"), lambda cancellation_token=None: 7) == 7
+
+
+def test_many_views_are_matched_with_their_nearest_neighbours_only():
+    from types import SimpleNamespace
+
+    cameras = [SimpleNamespace(center=np.array([float(i), 0.0, 0.0])) for i in range(30)]
+    pairs = nearest_pairs(cameras, 4)
+    assert all(a < b for a, b in pairs) and len(set(pairs)) == len(pairs)
+    assert max(b - a for a, b in pairs) == 4  # the ends reach 4 along; nothing farther
+    partners = {i: {b if a == i else a for a, b in pairs if i in (a, b)} for i in range(30)}
+    assert all(len(p) >= 4 for p in partners.values())
+    assert partners[10] == {8, 9, 11, 12}
+
+
+def test_a_failing_triangulation_falls_back_to_random_starts_and_says_why(tmp_path, capsys, monkeypatch):
+    import maskfield.scene.triangulate as triangulation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(triangulation, "triangulate", broken)
+    scene = load_scene(_tile_scene(tmp_path, n=4, w=60, h=45, fl=50.0), holdout_every=0)
+    settings = FitSettings(iterations=2, init_points=600, refine_start=1000, sh_degree=0, checkpoint_every=1000)
+    starts = {}
+    fit(scene, RunFolder(tmp_path / "run"), settings, resume=False,
+        monitor=lambda step, g, b: starts.setdefault("n", len(g)))
+    err = capsys.readouterr().err
+    assert "could not be triangulated (RuntimeError: database is locked): starting from 600 random points" in err
+    assert starts["n"] == 600
