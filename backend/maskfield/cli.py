@@ -373,7 +373,7 @@ def run_fit(args, reporter: Reporter) -> dict:
     from .run import RunFolder, resolve_device
     from .scene import load_scene
     from .scene.cameras import sizes_text
-    from .splats.fit import FitSettings, fit
+    from .splats.fit import MIN_TRIANGULATED, FitSettings, fit
     from .splats.render import choose_fit_device
 
     device = resolve_device(args.device)
@@ -399,8 +399,11 @@ def run_fit(args, reporter: Reporter) -> dict:
         reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}{each}, long side at most "
                      f"{max_side} px ({why})")
     check_image_size(scene, downscale, max_side)
-    seeds = len(scene.points) if scene.points is not None and len(scene.points) else \
-        (args.init_points if getattr(args, "seedless_init", None) == "random" else None)  # triangulated: not known yet
+    seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
+    if seeds is not None and not (scene.points is not None and len(scene.points)) \
+            and getattr(args, "seedless_init", None) != "random":
+        # triangulated points and their random fill, or --init-points where too few are found
+        seeds = min(seeds, FitSettings.triangulated_fill + MIN_TRIANGULATED)
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
         raise MaskFieldError(f"--max-gaussians {args.max_gaussians} is below the {seeds:,} Gaussians the fit starts "
                              f"from ({'the scene points' if scene.points is not None and len(scene.points) else '--init-points'}); "

@@ -9,7 +9,11 @@ other view sees as blots (docs/measurements.md, 28 November, last).
 """
 from __future__ import annotations
 
+import json
 import os
+import queue
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -33,65 +37,115 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Points (N x 3 float32, world units) and their colours (N x 3 uint8) seen in three or
     more of ``views`` (indices into ``scene``). Lens distortion is taken out first, as the fit
-    sees the photos. Raises ``Cancelled`` if the reporter is cancelled meanwhile."""
-    import pycolmap
+    sees the photos. Raises ``Cancelled`` if the reporter is cancelled meanwhile, and
+    ``RuntimeError`` if pycolmap stops.
 
+    pycolmap runs in a child process: where it fails inside (SQLite on a full disk) it aborts
+    the whole process, which must not take the fit, its checkpoint and its message with it."""
     from .cameras import view_downscale
 
     reporter = reporter or Reporter("none")
     views = list(views)
-    with tempfile.TemporaryDirectory(prefix="maskfield_sift_") as tmp, _quiet_colmap(pycolmap), \
-            reporter.progress("triangulate", len(views) + 3, "triangulating seed points") as bar:
+    with tempfile.TemporaryDirectory(prefix="maskfield_sift_") as tmp, \
+            reporter.progress("triangulate", len(views) + len(STEPS), "triangulating seed points") as bar:
         work = Path(tmp)
         (work / "images").mkdir()
-        names, cameras = [], []
+        posed = []
         for i in views:
             reporter.check_cancel()
             scale = view_downscale(scene.cameras[i], 1.0, max_side)
             image = scene.load_image(i, scale)
             scene.forget_image(i, scale)  # the fit loads its own size; this one is not needed again
-            name = f"{len(names):05d}.png"
+            name = f"{len(posed):05d}.png"
             _write_png(work / "images" / name, image)
-            names.append(name)
-            cameras.append(scene.camera(i, scale))
+            cam = scene.camera(i, scale)
+            posed.append({"name": name, "width": cam.width, "height": cam.height,
+                          "pinhole": [cam.fx, cam.fy, cam.cx, cam.cy], "center": cam.center.tolist(),
+                          # world to camera in OpenCV axes, as COLMAP's
+                          "world_to_camera": np.linalg.inv(cam.camtoworld)[:3].tolist()})
             bar.update(1)
-        database = work / "features.db"
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = _threads()
-        extraction.sift.max_num_features = MAX_FEATURES
-        _cancellable(reporter, pycolmap.extract_features, database, work / "images", image_names=names,
-                     camera_mode=pycolmap.CameraMode.PER_IMAGE, extraction_options=extraction,
-                     device=pycolmap.Device.cpu)
-        bar.update(1)
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = _threads()
-        if len(names) <= EXHAUSTIVE_UP_TO:
-            _cancellable(reporter, pycolmap.match_exhaustive, database, matching_options=matching,
-                         device=pycolmap.Device.cpu)
-        else:
-            pairs = work / "pairs.txt"
-            pairs.write_text("".join(f"{names[a]} {names[b]}\n" for a, b in nearest_pairs(cameras, NEAREST_VIEWS)))
-            _cancellable(reporter, pycolmap.match_image_pairs, database, matching_options=matching,
-                         pairing_options=pycolmap.ImportedPairingOptions(match_list_path=str(pairs)),
-                         device=pycolmap.Device.cpu)
-        bar.update(1)
-        model = _posed_model(pycolmap, database, names, cameras)
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = _threads()
-        options.random_seed = seed  # the same photos give the same points
-        (work / "model").mkdir()
-        model = _cancellable(reporter, pycolmap.triangulate_points, model, database, work / "images",
-                             work / "model", options=options)
-        points = [p for p in model.points3D.values() if np.isfinite(p.xyz).all()]
-        bar.update(1)
+        (work / "views.json").write_text(json.dumps({"views": posed, "seed": seed}))
+        _run_child(work, reporter, bar)
+        found = np.load(work / "points.npz")
+        return found["xyz"].astype(np.float32), found["rgb"].astype(np.uint8)
+
+
+# what the child reports on stdout, one line each, as it finishes them
+STEPS = ("features", "matches", "points")
+
+
+def _run_child(work: Path, reporter: Reporter, bar, command: list[str] | None = None) -> None:
+    """Run ``command`` (the pycolmap child by default) on ``work``: a step of ``bar`` per line it
+    reports, killed on a cancel; a RuntimeError naming its exit code and last words if it fails."""
+    command = command or [sys.executable, "-m", "maskfield.scene.triangulate", str(work)]
+    env = dict(os.environ)
+    backend = str(Path(__file__).resolve().parents[2])  # so that the child imports this maskfield
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (backend, env.get("PYTHONPATH")) if p)
+    err_path = work / "stderr.txt"
+    with open(err_path, "w") as err:
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()
+        while child.poll() is None or not lines.empty():
+            try:
+                if lines.get(timeout=0.2).strip() in STEPS:
+                    bar.update(1)
+            except queue.Empty:
+                pass
+            if reporter.cancelled:
+                child.kill()
+                child.wait()
+                raise Cancelled()
+    if child.returncode != 0 or not (work / "points.npz").exists():
+        tail = err_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"pycolmap stopped (exit code {child.returncode}): " + " / ".join(tail)[-400:])
+
+
+def _colmap_points(work: Path) -> None:
+    """The child's work: features, matches and points for the views in ``work/views.json``,
+    written to ``work/points.npz``; prints each of STEPS when done."""
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 1  # COLMAP logs every file and image it handles at INFO
+    setup = json.loads((work / "views.json").read_text())
+    views = setup["views"]
+    names = [v["name"] for v in views]
+    database = work / "features.db"
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = _threads()
+    extraction.sift.max_num_features = MAX_FEATURES
+    pycolmap.extract_features(database, work / "images", image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
+                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    print("features", flush=True)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = _threads()
+    if len(names) <= EXHAUSTIVE_UP_TO:
+        pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+    else:
+        pairs = work / "pairs.txt"
+        centers = [np.asarray(v["center"]) for v in views]
+        pairs.write_text("".join(f"{names[a]} {names[b]}\n" for a, b in nearest_pairs(centers, NEAREST_VIEWS)))
+        pycolmap.match_image_pairs(database, matching_options=matching,
+                                   pairing_options=pycolmap.ImportedPairingOptions(match_list_path=str(pairs)),
+                                   device=pycolmap.Device.cpu)
+    print("matches", flush=True)
+    model = _posed_model(pycolmap, database, views)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = _threads()
+    options.random_seed = int(setup["seed"])
+    (work / "model").mkdir()
+    model = pycolmap.triangulate_points(model, database, work / "images", work / "model", options=options)
+    points = [p for p in model.points3D.values() if np.isfinite(p.xyz).all()]
     xyz = np.array([p.xyz for p in points], dtype=np.float32).reshape(-1, 3)
     rgb = np.array([p.color for p in points], dtype=np.uint8).reshape(-1, 3)
-    return xyz, rgb
+    np.savez(work / "points.tmp.npz", xyz=xyz, rgb=rgb)
+    os.replace(work / "points.tmp.npz", work / "points.npz")
+    print("points", flush=True)
 
 
-def nearest_pairs(cameras, count: int) -> list[tuple[int, int]]:
+def nearest_pairs(centers, count: int) -> list[tuple[int, int]]:
     """Each view with its ``count`` nearest by camera centre, each pair once (a < b)."""
-    centers = np.stack([cam.center for cam in cameras])
+    centers = np.stack([np.asarray(c, dtype=np.float64) for c in centers])
     dist = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     pairs = set()
@@ -101,68 +155,25 @@ def nearest_pairs(cameras, count: int) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def _posed_model(pycolmap, database: Path, names: list[str], cameras) -> "pycolmap.Reconstruction":
+def _posed_model(pycolmap, database: Path, views: list[dict]) -> "pycolmap.Reconstruction":
     """A model holding the views with their poses and undistorted pinhole lenses, under the
     database's own image and camera ids (the triangulator reads the matches by those)."""
     db = pycolmap.Database.open(str(database))
     try:
         by_name = {image.name: image for image in db.read_all_images()}
         model = pycolmap.Reconstruction()
-        for name, cam in zip(names, cameras):
-            stored = by_name[name]
-            lens = pycolmap.Camera(model="PINHOLE", width=cam.width, height=cam.height,
-                                   params=[cam.fx, cam.fy, cam.cx, cam.cy], camera_id=stored.camera_id)
+        for view in views:
+            stored = by_name[view["name"]]
+            lens = pycolmap.Camera(model="PINHOLE", width=view["width"], height=view["height"],
+                                   params=view["pinhole"], camera_id=stored.camera_id)
             db.update_camera(lens)
             model.add_camera_with_trivial_rig(lens)
-            world_to_camera = np.linalg.inv(cam.camtoworld)  # OpenCV axes, as COLMAP's
-            image = pycolmap.Image(name=name, camera_id=stored.camera_id, image_id=stored.image_id)
-            model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(world_to_camera[:3, :3]),
-                                                                       world_to_camera[:3, 3]))
+            pose = np.asarray(view["world_to_camera"], dtype=np.float64)
+            image = pycolmap.Image(name=view["name"], camera_id=stored.camera_id, image_id=stored.image_id)
+            model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(pose[:3, :3]), pose[:3, 3]))
     finally:
         db.close()
     return model
-
-
-def _cancellable(reporter: Reporter, call, *args, **kwargs):
-    """Run a pycolmap step in a thread, so that a cancel request (the Blender add-on's, a
-    Ctrl-C) stops it through pycolmap's own cancellation token."""
-    import pycolmap
-
-    token = pycolmap.CancellationToken()
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["value"] = call(*args, cancellation_token=token, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
-        if reporter.cancelled:
-            token.cancel()
-            thread.join()
-            raise Cancelled()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-class _quiet_colmap:
-    """COLMAP logs every file and image it handles at INFO, to stderr: keep warnings and errors."""
-
-    def __init__(self, pycolmap):
-        self.logging = pycolmap.logging
-
-    def __enter__(self):
-        self.before = self.logging.minloglevel
-        self.logging.minloglevel = 1
-        return self
-
-    def __exit__(self, *exc):
-        self.logging.minloglevel = self.before
 
 
 def _threads() -> int:
@@ -173,3 +184,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray((np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)).save(path)
+
+
+if __name__ == "__main__":  # the child process of triangulate()
+    _colmap_points(Path(sys.argv[1]))
