@@ -399,14 +399,14 @@ def run_fit(args, reporter: Reporter) -> dict:
         reporter.log(f"images of {cam.width}x{cam.height} fitted at 1/{downscale:g}{each}, long side at most "
                      f"{max_side} px ({why})")
     check_image_size(scene, downscale, max_side)
-    seeds = len(scene.points) if scene.points is not None and len(scene.points) else args.init_points
-    if seeds is not None and not (scene.points is not None and len(scene.points)) \
-            and getattr(args, "seedless_init", None) != "random":
+    has_points = scene.points is not None and len(scene.points) > 0
+    seeds = len(scene.points) if has_points else args.init_points
+    if seeds is not None and not has_points and getattr(args, "seedless_init", None) != "random":
         # triangulated points and their random fill, or --init-points where too few are found
         seeds = min(seeds, FitSettings.triangulated_fill + MIN_TRIANGULATED)
     if args.max_gaussians is not None and seeds is not None and args.max_gaussians < seeds:
         raise MaskFieldError(f"--max-gaussians {args.max_gaussians} is below the {seeds:,} Gaussians the fit starts "
-                             f"from ({'the scene points' if scene.points is not None and len(scene.points) else '--init-points'}); "
+                             f"from ({'the scene points' if has_points else '--init-points'}); "
                              f"it only stops densification from growing, so give at least {seeds}.")
     run = RunFolder(args.out)
     run.claim(scene, args.scene, overwrite=args.overwrite)

@@ -85,8 +85,10 @@ def _run_child(work: Path, reporter: Reporter, bar, command: list[str] | None = 
     with open(err_path, "w") as err:
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()
-        while child.poll() is None or not lines.empty():
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True)
+        reader.start()
+        # until the child's stdout is read to its end (it exits first; its last line may still be on the way)
+        while reader.is_alive() or not lines.empty():
             try:
                 if lines.get(timeout=0.2).strip() in STEPS:
                     bar.update(1)
@@ -96,6 +98,7 @@ def _run_child(work: Path, reporter: Reporter, bar, command: list[str] | None = 
                 child.kill()
                 child.wait()
                 raise Cancelled()
+    child.wait()
     if child.returncode != 0 or not (work / "points.npz").exists():
         tail = err_path.read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"pycolmap stopped (exit code {child.returncode}): " + " / ".join(tail)[-400:])

@@ -51,7 +51,7 @@ class FitSettings:
     # Random points added among the triangulated ones (uniform in the box of their 2nd to 98th
     # percentiles), so that even surfaces with no features to triangulate (a painted wall, a
     # counter) have starts: from the triangulated points alone the seedless room walk's side
-    # wall reached held-out IoU 0.64 (0.87 with 5,000 added; docs/measurements.md)
+    # wall reached held-out IoU 0.64 (0.87 and 0.82 on two fits with 5,000 added; docs/measurements.md)
     triangulated_fill: int = 5000
     init_points: int = 30_000  # random seeds when the scene has no points (or too few triangulate)
     max_gaussians: int = 400_000  # densification stops growing past this
