@@ -78,6 +78,9 @@ def test_points_triangulated_from_the_photos_lie_on_the_surfaces_they_show(tmp_p
     # each point has the colour the photos show there
     error = np.abs(colours / 255.0 - _colour_at(points.astype(np.float64)))
     assert np.median(error) < 0.04, np.median(error)
+    # the same photos and seed give the same points (the pairs' RANSAC is seeded)
+    again, again_colours = triangulate(scene, scene.train_indices)
+    assert np.array_equal(again, points) and np.array_equal(again_colours, colours)
 
 
 def test_a_seedless_fit_starts_from_the_triangulated_points(tmp_path, capsys):

@@ -122,15 +122,22 @@ def _colmap_points(work: Path) -> None:
     print("features", flush=True)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = _threads()
+    # the pairs' geometric verification is RANSAC, seeded from the clock by default: the same
+    # photos then gave 670, 671 or 673 points
+    verification = pycolmap.TwoViewGeometryOptions()
+    ransac = verification.ransac
+    ransac.random_seed = int(setup["seed"])
+    verification.ransac = ransac
     if len(names) <= EXHAUSTIVE_UP_TO:
-        pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
     else:
         pairs = work / "pairs.txt"
         centers = [np.asarray(v["center"]) for v in views]
         pairs.write_text("".join(f"{names[a]} {names[b]}\n" for a, b in nearest_pairs(centers, NEAREST_VIEWS)))
         pycolmap.match_image_pairs(database, matching_options=matching,
                                    pairing_options=pycolmap.ImportedPairingOptions(match_list_path=str(pairs)),
-                                   device=pycolmap.Device.cpu)
+                                   verification_options=verification, device=pycolmap.Device.cpu)
     print("matches", flush=True)
     model = _posed_model(pycolmap, database, views)
     options = pycolmap.IncrementalPipelineOptions()
