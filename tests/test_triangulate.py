@@ -15,6 +15,7 @@ from maskfield.run import RunFolder
 from maskfield.scene import load_scene
 from maskfield.scene.triangulate import _run_child, nearest_pairs, triangulate
 from maskfield.splats.fit import FitSettings, fit
+from maskfield.splats.model import SH_C0
 
 TILE_HEIGHT, TILE_HALF = 0.4, 0.5  # a textured square floating over a textured ground
 
@@ -65,7 +66,8 @@ def _tile_scene(tmp_path, n=10, w=200, h=150, fl=170.0):
 def test_points_triangulated_from_the_photos_lie_on_the_surfaces_they_show(tmp_path):
     scene = load_scene(_tile_scene(tmp_path), holdout_every=0)
     assert scene.points is None
-    points, colours = triangulate(scene, scene.train_indices)
+    found = triangulate(scene, scene.train_indices)
+    points, colours = found.points, found.colours
     assert points.dtype == np.float32 and colours.dtype == np.uint8 and points.shape == colours.shape
     assert len(points) >= 150
     # every point on one of the two surfaces (the poses' axes and the lens taken rightly), and
@@ -79,8 +81,9 @@ def test_points_triangulated_from_the_photos_lie_on_the_surfaces_they_show(tmp_p
     error = np.abs(colours / 255.0 - _colour_at(points.astype(np.float64)))
     assert np.median(error) < 0.04, np.median(error)
     # the same photos and seed give the same points (the pairs' RANSAC is seeded)
-    again, again_colours = triangulate(scene, scene.train_indices)
-    assert np.array_equal(again, points) and np.array_equal(again_colours, colours)
+    again = triangulate(scene, scene.train_indices)
+    assert np.array_equal(again.points, points) and np.array_equal(again.colours, colours)
+    assert again.fill_points.shape == (0, 3)
 
 
 def test_a_seedless_fit_starts_from_the_triangulated_points(tmp_path, capsys):
@@ -93,19 +96,41 @@ def test_a_seedless_fit_starts_from_the_triangulated_points(tmp_path, capsys):
 
     settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, triangulated_fill=0)
     fit(scene, RunFolder(tmp_path / "run"), settings, resume=False, monitor=monitor)
-    assert "points triangulated from the training views' features and 0 random ones" in capsys.readouterr().err
+    assert "points triangulated from the training views' features and 0 more" in capsys.readouterr().err
     means = started["means"]
     assert 100 <= len(means) < 5000  # not the 30,000 random starts
     near_surface = (np.abs(means[:, 2]) < 0.05) | (np.abs(means[:, 2] - TILE_HEIGHT) < 0.05)
     assert near_surface.mean() > 0.95
 
-    # random points among them, for surfaces without features: inside the triangulated points' box
+    # points among them for surfaces without features: by default on the triangles the points
+    # make in each view, so on the two surfaces, with the photos' colours there
+    colours = {}
+
+    def monitor_colours(step, gaussians, background):
+        if step == 1:
+            started["means"] = gaussians.params["means"].detach().numpy().copy()
+            colours["dc"] = gaussians.params["sh0"].detach().numpy().reshape(len(gaussians), 3).copy()
+
     settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, triangulated_fill=400)
-    fit(scene, RunFolder(tmp_path / "filled"), settings, resume=False, monitor=monitor)
-    assert "and 400 random ones among them" in capsys.readouterr().err
+    fit(scene, RunFolder(tmp_path / "filled"), settings, resume=False, monitor=monitor_colours)
+    assert "and 400 more on the surfaces between them" in capsys.readouterr().err
     filled = started["means"]
     assert abs(len(filled) - 400 - len(means)) <= 0.05 * len(means)
     fill = filled[-400:]  # after the triangulated ones
+    on_ground, on_tile = np.abs(fill[:, 2]) < 0.03, np.abs(fill[:, 2] - TILE_HEIGHT) < 0.03
+    # triangles joining the tile to the ground (at its outline) put a few in between
+    assert (on_ground | on_tile).mean() > 0.8, (on_ground | on_tile).mean()
+    assert on_tile.sum() >= 20 and on_ground.sum() >= 100
+    seen = on_ground | on_tile
+    colour = 0.5 + SH_C0 * colours["dc"][-400:]  # the degree-0 SH term back to a colour
+    assert np.median(np.abs(colour[seen] - _colour_at(fill[seen].astype(np.float64)))) < 0.08
+
+    # or uniform in the triangulated points' box
+    settings = FitSettings(iterations=2, refine_start=1000, sh_degree=0, checkpoint_every=1000, triangulated_fill=400,
+                           fill_mode="box")
+    fit(scene, RunFolder(tmp_path / "boxed"), settings, resume=False, monitor=monitor)
+    assert "and 400 more in their box" in capsys.readouterr().err
+    fill = started["means"][-400:]
     lo, hi = np.percentile(means, [2, 98], axis=0)
     assert ((fill >= lo - 0.05) & (fill <= hi + 0.05)).all()
     off_surface = (np.abs(fill[:, 2]) > 0.05) & (np.abs(fill[:, 2] - TILE_HEIGHT) > 0.05)

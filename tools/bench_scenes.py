@@ -20,7 +20,9 @@ the kitchen filmed walking past its front, ``--layout walk``) and each seeding
   (captures from inside are otherwise fitted over random colours);
 - ``no-background-warmup``: ``after`` with that colour learned from the first step;
 - ``random-init``: ``after`` with a seedless scene started from random points rather than
-  points triangulated from its photos.
+  points triangulated from its photos;
+- ``box-fill``: ``after`` with the points added among the triangulated ones uniform in their
+  box rather than on the surfaces between them.
 
 then ``maskfield priors --from-labels --label-noise`` and ``maskfield train-field``, and
 ``maskfield evaluate`` on the held-out and on the training views. Columns: held-out colour
@@ -59,6 +61,9 @@ VARIANTS = {
     # the defaults, but a scene without seed points starts from random points instead of points
     # triangulated from its photos (FitSettings.seedless_init)
     "random-init": dict(seedless_init="random"),
+    # the defaults, but the points added among the triangulated ones uniform in their box rather
+    # than on the surfaces between them (FitSettings.fill_mode)
+    "box-fill": dict(fill_mode="box"),
 }
 # a scene name with one of these endings is that scene filmed with another layout: from its middle
 # (make_scenes.py --layout inside) or walking past its front (--layout walk)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,22 @@ EXHAUSTIVE_UP_TO = 40
 NEAREST_VIEWS = 16
 
 
+@dataclass
+class SeedPoints:
+    """What ``triangulate`` finds: ``points`` (N x 3 float32, world units) and their ``colours``
+    (N x 3 uint8); ``fill_points`` / ``fill_colours`` (F x 3) placed between them (empty unless
+    asked for)."""
+    points: np.ndarray
+    colours: np.ndarray
+    fill_points: np.ndarray
+    fill_colours: np.ndarray
+
+
 def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = MAX_SIDE,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Points (N x 3 float32, world units) and their colours (N x 3 uint8) seen in three or
-    more of ``views`` (indices into ``scene``). Lens distortion is taken out first, as the fit
-    sees the photos. Raises ``Cancelled`` if the reporter is cancelled meanwhile, and
+                seed: int = 0, fill: int = 0) -> SeedPoints:
+    """Points seen in three or more of ``views`` (indices into ``scene``), and ``fill`` more on
+    the surfaces between them (``fill_between_points``). Lens distortion is taken out first, as
+    the fit sees the photos. Raises ``Cancelled`` if the reporter is cancelled meanwhile, and
     ``RuntimeError`` if pycolmap stops.
 
     pycolmap runs in a child process: where it fails inside (SQLite on a full disk) it aborts
@@ -67,7 +79,131 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
         (work / "views.json").write_text(json.dumps({"views": posed, "seed": seed}))
         _run_child(work, reporter, bar)
         found = np.load(work / "points.npz")
-        return found["xyz"].astype(np.float32), found["rgb"].astype(np.uint8)
+        points, colours = found["xyz"].astype(np.float32), found["rgb"].astype(np.uint8)
+        fill_points, fill_colours = fill_between_points(posed, [work / "images" / v["name"] for v in posed], points, found["seen_point"],
+                                                        found["seen_view"], fill, np.random.default_rng(seed))
+        return SeedPoints(points, colours, fill_points, fill_colours)
+
+
+def fill_between_points(views: list[dict], images: list[Path], points: np.ndarray, seen_point: np.ndarray,
+                        seen_view: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` points (float32) and colours (uint8) on the surfaces between triangulated points.
+
+    Even surfaces (a painted wall, a counter, a shelf's boards) give SIFT nothing, so they have
+    no points of their own, only at their corners and edges. In each view the points it saw are
+    joined into triangles (Delaunay, in the image), and random pixels inside them are placed at
+    the depth their triangle gives (inverse depth interpolated: exact on a plane), with the
+    pixel's colour. A triangle that joins a near surface to a far one puts its pixels in the air
+    between them; such a point is kept only where one of the nearest other views' triangles
+    puts a surface at its depth too (within DEPTH_AGREEMENT), as depth maps are fused in
+    multi-view stereo. A start uniform in the points' box instead puts most of its points in the
+    air or behind surfaces, and from a walk past a shelf the fit keeps some there: the boards'
+    edges, seen along the walk, give no parallax to push them back (docs/measurements.md).
+    What the views cannot give is made up uniformly in the box of the points' 2nd to 98th
+    percentiles, with random colours.
+
+    ``views``: each with ``width``, ``height``, ``pinhole`` (fx, fy, cx, cy), ``center`` and
+    ``world_to_camera`` (3 x 4, OpenCV axes); ``images``: the views' photos as seen (undistorted);
+    ``seen_point``/``seen_view``: which point each view saw, as pairs of indices."""
+    empty = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    if count <= 0 or len(points) == 0:
+        return empty
+    meshes = [_ViewMesh.of(view, points[seen_point[seen_view == k]]) for k, view in enumerate(views)]
+    centers = np.array([v["center"] for v in views], dtype=np.float64).reshape(-1, 3)
+    per_view = -(-count // max(1, len(views)))
+    out_points, out_colours = [empty[0]], [empty[1]]
+    for k, (mesh, image) in enumerate(zip(meshes, images)):
+        if mesh is None:
+            continue
+        # oversampled: pixels outside every triangle, and points no other view agrees with, go
+        pixels = rng.uniform((0.0, 0.0), (mesh.width, mesh.height), size=(8 * per_view, 2))
+        depth = mesh.depth_at(pixels)
+        pixels, depth = pixels[np.isfinite(depth)], depth[np.isfinite(depth)]
+        world = mesh.unproject(pixels, depth)
+        agreed = np.zeros(len(world), dtype=bool)
+        others = [j for j in np.argsort(np.linalg.norm(centers - centers[k], axis=1)) if j != k and meshes[j]]
+        for j in others[:CHECK_VIEWS]:
+            seen_at, distance = meshes[j].project(world)
+            there = meshes[j].depth_at(seen_at)
+            agreed |= np.abs(distance - there) <= DEPTH_AGREEMENT * there  # nan (no triangle there): False
+        pixels, world = pixels[agreed][:per_view], world[agreed][:per_view]
+        if len(world) == 0:
+            continue
+        photo = _read_rgb(image)
+        row = np.clip(pixels[:, 1].astype(int), 0, photo.shape[0] - 1)
+        col = np.clip(pixels[:, 0].astype(int), 0, photo.shape[1] - 1)
+        out_points.append(world.astype(np.float32))
+        out_colours.append(photo[row, col])
+    placed, placed_colours = np.concatenate(out_points), np.concatenate(out_colours)
+    if len(placed) > count:
+        keep = rng.choice(len(placed), count, replace=False)
+        placed, placed_colours = placed[keep], placed_colours[keep]
+    missing = count - len(placed)
+    if missing:
+        lo, hi = np.percentile(points, [2, 98], axis=0)
+        placed = np.concatenate([placed, rng.uniform(lo, hi, size=(missing, 3)).astype(np.float32)])
+        placed_colours = np.concatenate([placed_colours, rng.integers(0, 256, size=(missing, 3), dtype=np.uint8)])
+    return placed, placed_colours
+
+
+# a point placed from one view's triangles is kept where one of the CHECK_VIEWS nearest other
+# views' triangles give its depth there within this share
+CHECK_VIEWS = 6
+DEPTH_AGREEMENT = 0.015
+
+
+@dataclass
+class _ViewMesh:
+    """One view's triangles between the points it saw, in its image, with the points' depths."""
+    width: int
+    height: int
+    pinhole: tuple
+    world_to_camera: np.ndarray  # 3 x 4
+    triangles: object  # scipy.spatial.Delaunay
+    inverse_depth: np.ndarray  # per vertex
+
+    @classmethod
+    def of(cls, view: dict, points: np.ndarray) -> "_ViewMesh | None":
+        """None where the view saw fewer than three points, or all in a line."""
+        from scipy.spatial import Delaunay, QhullError
+
+        w2c = np.asarray(view["world_to_camera"], dtype=np.float64)
+        local = points.astype(np.float64) @ w2c[:, :3].T + w2c[:, 3]
+        local = local[local[:, 2] > 1e-6]
+        if len(local) < 3:
+            return None
+        fx, fy, cx, cy = view["pinhole"]
+        pixels = np.stack([fx * local[:, 0] / local[:, 2] + cx, fy * local[:, 1] / local[:, 2] + cy], 1)
+        try:
+            triangles = Delaunay(pixels)
+        except QhullError:
+            return None
+        return cls(int(view["width"]), int(view["height"]), (fx, fy, cx, cy), w2c, triangles, 1.0 / local[:, 2])
+
+    def depth_at(self, pixels: np.ndarray) -> np.ndarray:
+        """The triangles' depth at each pixel (nan outside every triangle)."""
+        simplex = self.triangles.find_simplex(pixels)
+        inside = simplex >= 0
+        affine = self.triangles.transform[simplex[inside]]
+        first = np.einsum("nij,nj->ni", affine[:, :2], pixels[inside] - affine[:, 2])
+        weights = np.concatenate([first, 1.0 - first.sum(1, keepdims=True)], 1)
+        depth = np.full(len(pixels), np.nan)
+        depth[inside] = 1.0 / (weights * self.inverse_depth[self.triangles.simplices[simplex[inside]]]).sum(1)
+        return depth
+
+    def unproject(self, pixels: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        fx, fy, cx, cy = self.pinhole
+        local = np.stack([(pixels[:, 0] - cx) / fx * depth, (pixels[:, 1] - cy) / fy * depth, depth], 1)
+        return (local - self.world_to_camera[:, 3]) @ self.world_to_camera[:, :3]
+
+    def project(self, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and depths of world points (behind the camera: pixels far off the image)."""
+        fx, fy, cx, cy = self.pinhole
+        local = world @ self.world_to_camera[:, :3].T + self.world_to_camera[:, 3]
+        z = local[:, 2]
+        safe = np.where(z > 1e-6, z, np.nan)
+        pixels = np.stack([fx * local[:, 0] / safe + cx, fy * local[:, 1] / safe + cy], 1)
+        return np.nan_to_num(pixels, nan=-1e9), z
 
 
 # what the child reports on stdout, one line each, as it finishes them
@@ -148,7 +284,11 @@ def _colmap_points(work: Path) -> None:
     points = [p for p in model.points3D.values() if np.isfinite(p.xyz).all()]
     xyz = np.array([p.xyz for p in points], dtype=np.float32).reshape(-1, 3)
     rgb = np.array([p.color for p in points], dtype=np.uint8).reshape(-1, 3)
-    np.savez(work / "points.tmp.npz", xyz=xyz, rgb=rgb)
+    # which view saw which point (a view's position in views.json is its image's name)
+    view_of_image = {image_id: int(image.name.split(".")[0]) for image_id, image in model.images.items()}
+    seen = [(k, view_of_image[el.image_id]) for k, p in enumerate(points) for el in p.track.elements]
+    seen = np.array(sorted(set(seen)), dtype=np.int64).reshape(-1, 2)
+    np.savez(work / "points.tmp.npz", xyz=xyz, rgb=rgb, seen_point=seen[:, 0], seen_view=seen[:, 1])
     os.replace(work / "points.tmp.npz", work / "points.npz")
     print("points", flush=True)
 
@@ -188,6 +328,13 @@ def _posed_model(pycolmap, database: Path, views: list[dict]) -> "pycolmap.Recon
 
 def _threads() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as photo:
+        return np.asarray(photo.convert("RGB"), dtype=np.uint8)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

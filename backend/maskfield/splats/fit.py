@@ -25,6 +25,7 @@ from .render import RenderCamera, choose_backend, project, render
 BACKGROUND_MODES = ("auto", "learn", "random", "fixed")
 # how a capture without seed points is started (see FitSettings.seedless_init)
 SEEDLESS_INITS = ("triangulate", "random")
+FILL_MODES = ("surfaces", "box")
 # fewer triangulated points than this (a capture of blank surfaces): random starts instead
 MIN_TRIANGULATED = 50
 
@@ -48,11 +49,14 @@ class FitSettings:
     # shelf that painted its boards in every training view and blotted the held-out ones
     # (26.4 dB held out; 698 triangulated points: 28.5 dB; docs/measurements.md)
     seedless_init: str = "triangulate"
-    # Random points added among the triangulated ones (uniform in the box of their 2nd to 98th
-    # percentiles), so that even surfaces with no features to triangulate (a painted wall, a
-    # counter) have starts: from the triangulated points alone the seedless room walk's side
-    # wall reached held-out IoU 0.64 (0.87 and 0.82 on two fits with 5,000 added; docs/measurements.md)
+    # Points added among the triangulated ones, so that even surfaces with no features to
+    # triangulate (a painted wall, a counter) have starts: from the triangulated points alone
+    # the seedless room walk's side wall reached held-out IoU 0.64 (0.87 and 0.82 on two fits
+    # with 5,000 added; docs/measurements.md). Where they go (``fill_mode``): "surfaces", on
+    # the triangles the points make in each view (scene.triangulate.fill_between_points), or
+    # "box", uniform in the box of the points' 2nd to 98th percentiles
     triangulated_fill: int = 5000
+    fill_mode: str = "surfaces"
     init_points: int = 30_000  # random seeds when the scene has no points (or too few triangulate)
     max_gaussians: int = 400_000  # densification stops growing past this
     refine_start: int = 300
@@ -149,6 +153,9 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
     if settings.seedless_init not in SEEDLESS_INITS:
         raise MaskFieldError(f"unknown start for a capture without points {settings.seedless_init!r}; use one of "
                              f"{', '.join(SEEDLESS_INITS)}.")
+    if settings.fill_mode not in FILL_MODES:
+        raise MaskFieldError(f"unknown fill between triangulated points {settings.fill_mode!r}; use one of "
+                             f"{', '.join(FILL_MODES)}.")
     if scene.has_alpha:  # transparent images were composited over this colour on load
         settings.background = tuple(float(c) for c in scene.background)
     train = list(scene.train_indices) or list(range(len(scene)))
@@ -223,7 +230,8 @@ def fit(scene, run: RunFolder, settings: FitSettings, device: str = "cpu",
         elif found is not None:
             gaussians = Gaussians.from_points(found[0], found[1], settings.sh_degree, device=device)
             seeded = (f"{len(found[0]) - settings.triangulated_fill:,} points triangulated from the training views' "
-                      f"features and {settings.triangulated_fill:,} random ones among them")
+                      f"features and {settings.triangulated_fill:,} more " +
+                      ("on the surfaces between them" if settings.fill_mode == "surfaces" else "in their box"))
         elif inside:
             views = [scene.cameras[i] for i in train]
             spread = float(np.median(np.linalg.norm(cam_centers - cam_centers.mean(0), axis=1))) or radius or 1.0
@@ -337,23 +345,23 @@ def triangulated_seeds(scene, train, settings: FitSettings, reporter: Reporter):
     from ..scene.triangulate import triangulate
 
     try:
-        points, colours = triangulate(scene, train, reporter, seed=settings.seed)
+        found = triangulate(scene, train, reporter, seed=settings.seed,
+                            fill=settings.triangulated_fill if settings.fill_mode == "surfaces" else 0)
     except (ImportError, RuntimeError, ValueError, OSError) as exc:  # a broken pycolmap must not stop the fit
         reporter.log(f"the seed points could not be triangulated ({type(exc).__name__}: {exc}): starting from "
                      f"{settings.init_points:,} random points instead", level="warning")
         return None
-    if len(points) < MIN_TRIANGULATED:
-        reporter.log(f"only {len(points)} points could be triangulated from the photos' features (blank or "
+    if len(found.points) < MIN_TRIANGULATED:
+        reporter.log(f"only {len(found.points)} points could be triangulated from the photos' features (blank or "
                      f"blurred surfaces?): starting from {settings.init_points:,} random points instead",
                      level="warning")
         return None
-    if settings.triangulated_fill:
+    if settings.fill_mode == "box":
         rng = np.random.default_rng(settings.seed)
-        lo, hi = np.percentile(points, [2, 98], axis=0)
-        fill = rng.uniform(lo, hi, size=(settings.triangulated_fill, 3)).astype(np.float32)
-        points = np.concatenate([points, fill])
-        colours = np.concatenate([colours, rng.integers(0, 256, size=(len(fill), 3), dtype=np.uint8)])
-    return points, colours
+        lo, hi = np.percentile(found.points, [2, 98], axis=0)
+        found.fill_points = rng.uniform(lo, hi, size=(settings.triangulated_fill, 3)).astype(np.float32)
+        found.fill_colours = rng.integers(0, 256, size=(settings.triangulated_fill, 3), dtype=np.uint8)
+    return np.concatenate([found.points, found.fill_points]), np.concatenate([found.colours, found.fill_colours])
 
 
 def _drop_unseen(gaussians: Gaussians, optimizers: dict, strategy_state: dict, cameras, reporter) -> int:
