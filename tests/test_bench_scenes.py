@@ -33,3 +33,9 @@ def test_a_mistyped_variant_is_refused_before_any_build(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="unknown variant 'aftre'"):
         bench_scenes.main(["--out", str(tmp_path), "--scenes", "kitchen-walk", "--variants", "after,aftre"])
     assert not any(tmp_path.iterdir())
+
+
+def test_the_background_column_gives_the_counts_beside_the_share():
+    assert bench_scenes.background_taken({"background_labelled": 9 / 61, "background_visible": 61}) == "14.8% (9 of 61)"
+    assert bench_scenes.background_taken({"background_labelled": None, "background_visible": 0}) == "-"
+    assert bench_scenes.background_taken({"background_labelled": 0.25}) == "25.0%"  # rows written before the count

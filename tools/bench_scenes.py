@@ -129,6 +129,7 @@ def run_variant(scene_dir: Path, run_dir: Path, variant: str, args) -> dict:
         "train_miou": train["miou"], "test_miou": held["miou"], "test_mbiou": held["mbiou"],
         "train_mbiou": train["mbiou"], "test_miou_3d": held_3d["miou"], "test_mbiou_3d": held_3d["mbiou"],
         "gaussian_accuracy": held["gaussian_accuracy"], "background_labelled": held.get("background_gaussians_labelled"),
+        "background_visible": held.get("visible_background_gaussians"),
         "iou": held["iou"], "names": held.get("names"), "biou": held["biou"],
         "prior_miou": teachers["miou"], "prior_iou": teachers["iou"],
     }
@@ -136,6 +137,14 @@ def run_variant(scene_dir: Path, run_dir: Path, variant: str, args) -> dict:
 
 def fmt(v, pattern="{:.3f}"):
     return "-" if v is None else pattern.format(v)
+
+
+def background_taken(row: dict) -> str:
+    """The share of visible background Gaussians a prompt took, and how many of how many."""
+    share, visible = row["background_labelled"], row.get("background_visible")
+    if share is None or visible is None:
+        return fmt(share, "{:.1%}")
+    return f"{share:.1%} ({round(share * visible)} of {visible})"
 
 
 def table(rows: list[dict]) -> str:
@@ -147,7 +156,7 @@ def table(rows: list[dict]) -> str:
             r["scene"], r["seeds"], r["variant"], f"{r['gaussians']:,}", f"{r['fit_s']:.0f}",
             fmt(r["psnr"], "{:.2f}"), fmt(r["psnr_min"], "{:.2f}"), fmt(r["floater_max"], "{:.2%}"),
             fmt(r.get("prior_miou")), fmt(r["train_miou"]), fmt(r["test_miou"]), fmt(r["test_mbiou"]),
-            fmt(r["test_miou_3d"]), fmt(r["test_mbiou_3d"]), fmt(r["background_labelled"], "{:.1%}"),
+            fmt(r["test_miou_3d"]), fmt(r["test_mbiou_3d"]), background_taken(r),
         ]))
     return "\n".join(lines)
 
