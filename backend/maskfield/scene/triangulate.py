@@ -138,12 +138,16 @@ def fill_between_points(views: list[dict], images: list[Path], points: np.ndarra
     if len(placed) > count:
         keep = rng.choice(len(placed), count, replace=False)
         placed, placed_colours = placed[keep], placed_colours[keep]
-    missing = count - len(placed)
-    if missing:
-        lo, hi = np.percentile(points, [2, 98], axis=0)
-        placed = np.concatenate([placed, rng.uniform(lo, hi, size=(missing, 3)).astype(np.float32)])
-        placed_colours = np.concatenate([placed_colours, rng.integers(0, 256, size=(missing, 3), dtype=np.uint8)])
-    return placed, placed_colours
+    boxed, boxed_colours = fill_in_box(points, count - len(placed), rng)
+    return np.concatenate([placed, boxed]), np.concatenate([placed_colours, boxed_colours])
+
+
+def fill_in_box(points: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` points (float32) uniform in the box of ``points``' 2nd to 98th percentiles (a
+    few stray points must not stretch it), with random colours (uint8)."""
+    lo, hi = np.percentile(points, [2, 98], axis=0)
+    return (rng.uniform(lo, hi, size=(count, 3)).astype(np.float32),
+            rng.integers(0, 256, size=(count, 3), dtype=np.uint8))
 
 
 # a point placed from one view's triangles is kept where one of the CHECK_VIEWS nearest other

@@ -344,7 +344,7 @@ def triangulated_seeds(scene, train, settings: FitSettings, reporter: Reporter):
     starts from random points, and says why)."""
     if settings.seedless_init != "triangulate":
         return None
-    from ..scene.triangulate import triangulate
+    from ..scene.triangulate import fill_in_box, triangulate
 
     try:
         found = triangulate(scene, train, reporter, seed=settings.seed,
@@ -359,10 +359,8 @@ def triangulated_seeds(scene, train, settings: FitSettings, reporter: Reporter):
                      level="warning")
         return None
     if settings.fill_mode == "box":
-        rng = np.random.default_rng(settings.seed)
-        lo, hi = np.percentile(found.points, [2, 98], axis=0)
-        found.fill_points = rng.uniform(lo, hi, size=(settings.triangulated_fill, 3)).astype(np.float32)
-        found.fill_colours = rng.integers(0, 256, size=(settings.triangulated_fill, 3), dtype=np.uint8)
+        found.fill_points, found.fill_colours = fill_in_box(found.points, settings.triangulated_fill,
+                                                            np.random.default_rng(settings.seed))
     return np.concatenate([found.points, found.fill_points]), np.concatenate([found.colours, found.fill_colours])
 
 
