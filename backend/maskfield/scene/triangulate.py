@@ -5,7 +5,9 @@ whose poses are given). The poses are not changed.
 
 Random starts leave depth to the fit, and an even surface seen over a narrow range of angles
 (a shelf's boards from a walk past it) is then painted by Gaussians far behind it, which any
-other view sees as blots (docs/measurements.md, 28 November, last).
+other view sees as blots (docs/measurements.md, 28 November, last). Even surfaces give no
+features of their own, so more points are placed on the triangles the found ones make in each
+view (``fill_between_points``).
 """
 from __future__ import annotations
 
@@ -80,8 +82,9 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
         _run_child(work, reporter, bar)
         found = np.load(work / "points.npz")
         points, colours = found["xyz"].astype(np.float32), found["rgb"].astype(np.uint8)
-        fill_points, fill_colours = fill_between_points(posed, [work / "images" / v["name"] for v in posed], points, found["seen_point"],
-                                                        found["seen_view"], fill, np.random.default_rng(seed))
+        photos = [work / "images" / view["name"] for view in posed]
+        fill_points, fill_colours = fill_between_points(posed, photos, points, found["seen_point"], found["seen_view"],
+                                                        fill, np.random.default_rng(seed))
         return SeedPoints(points, colours, fill_points, fill_colours)
 
 
