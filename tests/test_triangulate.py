@@ -229,3 +229,39 @@ def test_a_failing_triangulation_falls_back_to_random_starts_and_says_why(tmp_pa
     err = capsys.readouterr().err
     assert "could not be triangulated (RuntimeError: database is locked): starting from 600 random points" in err
     assert starts["n"] == 600
+
+
+def _looking_down(center):
+    """A view 100x100 px looking straight down at z = 0 from ``center`` (OpenCV axes)."""
+    rotation = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])
+    w2c = np.concatenate([rotation, -rotation @ np.asarray(center, dtype=np.float64)[:, None]], 1)
+    return {"width": 100, "height": 100, "pinhole": [60.0, 60.0, 50.0, 50.0], "center": list(center),
+            "world_to_camera": w2c.tolist()}
+
+
+def test_the_fill_lies_on_the_plane_its_points_span_with_the_photos_colours(tmp_path):
+    from maskfield.scene.triangulate import fill_between_points
+
+    views = [_looking_down(c) for c in ([0, 0, 2], [0.3, 0, 2.2], [0, 0.3, 1.8], [-0.2, -0.2, 2])]
+    photos = []
+    for k in range(len(views)):
+        photos.append(tmp_path / f"{k}.png")
+        write_png(photos[-1], np.full((100, 100, 3), (10, 200, 30), dtype=np.uint8))
+    # a tilted plane (z = 0.2 x): inverse depth interpolated in the image is exact on any plane
+    xy = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [0.2, -0.3], [-0.4, 0.5]], dtype=np.float64)
+    points = np.concatenate([xy, 0.2 * xy[:, :1]], 1).astype(np.float32)
+    seen_point = np.tile(np.arange(len(points)), len(views))
+    seen_view = np.repeat(np.arange(len(views)), len(points))
+    fill, colours = fill_between_points(views, photos, points, seen_point, seen_view, 200, np.random.default_rng(0))
+    assert fill.shape == (200, 3) and fill.dtype == np.float32 and colours.dtype == np.uint8
+    assert np.abs(fill[:, 2] - 0.2 * fill[:, 0]).max() < 1e-4  # none made up in the box
+    assert (np.abs(fill[:, :2]) <= 1 + 1e-4).all()
+    assert (colours == (10, 200, 30)).all()
+
+    # views that saw fewer than three points give nothing: the box makes up all of it
+    few = seen_point < 2
+    boxed, boxed_colours = fill_between_points(views, photos, points, seen_point[few], seen_view[few], 50,
+                                               np.random.default_rng(0))
+    lo, hi = np.percentile(points, [2, 98], axis=0)
+    assert boxed.shape == (50, 3) and ((boxed >= lo - 1e-6) & (boxed <= hi + 1e-6)).all()
+    assert np.abs(boxed[:, 2] - 0.2 * boxed[:, 0]).max() > 0.05
