@@ -265,3 +265,12 @@ def test_the_fill_lies_on_the_plane_its_points_span_with_the_photos_colours(tmp_
     lo, hi = np.percentile(points, [2, 98], axis=0)
     assert boxed.shape == (50, 3) and ((boxed >= lo - 1e-6) & (boxed <= hi + 1e-6)).all()
     assert np.abs(boxed[:, 2] - 0.2 * boxed[:, 0]).max() > 0.05
+
+
+def test_past_forty_views_each_is_matched_with_its_nearest_and_the_points_hold(tmp_path):
+    from maskfield.scene.triangulate import EXHAUSTIVE_UP_TO
+
+    scene = load_scene(_tile_scene(tmp_path, n=EXHAUSTIVE_UP_TO + 2, w=160, h=120, fl=136.0), holdout_every=0)
+    found = triangulate(scene, scene.train_indices)  # pycolmap's match_image_pairs, seeded verification
+    off = np.minimum(np.abs(found.points[:, 2]), np.abs(found.points[:, 2] - TILE_HEIGHT))
+    assert len(found.points) >= 150 and np.median(off) < 0.01 and (off < 0.05).mean() > 0.97, np.percentile(off, 97)
