@@ -166,6 +166,9 @@ def test_an_unknown_seedless_start_is_refused_before_any_work(tmp_path):
     with pytest.raises(MaskFieldError, match="unknown start for a capture without points 'sfm'; use one of "
                                              "triangulate, random"):
         fit(scene, RunFolder(tmp_path / "run"), FitSettings(iterations=2, seedless_init="sfm"), resume=False)
+    with pytest.raises(MaskFieldError, match="unknown fill between triangulated points 'grid'; use one of "
+                                             "surfaces, box"):
+        fit(scene, RunFolder(tmp_path / "run"), FitSettings(iterations=2, fill_mode="grid"), resume=False)
     assert not (tmp_path / "run" / "gaussians.ply").exists()
 
 
@@ -178,6 +181,11 @@ def test_the_cli_passes_the_seedless_start_to_the_fit(tmp_path):
     assert code == 0
     settings = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["fit"]["settings"]
     assert settings["seedless_init"] == "random" and settings["init_points"] == 400
+    code = cli.main(["fit", str(folder), "--out", str(tmp_path / "boxed"), "--iterations", "2", "--seedless-fill",
+                     "box", "--events", "none", "--device", "cpu"])
+    assert code == 0
+    settings = json.loads((tmp_path / "boxed" / "run.json").read_text())["stages"]["fit"]["settings"]
+    assert settings["seedless_init"] == "triangulate" and settings["fill_mode"] == "box"
 
 
 def test_a_cancel_kills_the_pycolmap_child_and_a_crashed_child_is_reported(tmp_path):

@@ -65,6 +65,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seedless-init", choices=["triangulate", "random"], default=None,
                    help="a scene without points starts from points triangulated from its photos' features "
                         "(default; random points if too few are found) or from --init-points random ones")
+    p.add_argument("--seedless-fill", choices=["surfaces", "box"], default=None,
+                   help="where the 5000 points added to the triangulated ones go: on the surfaces between them "
+                        "(default) or uniform in their box")
     p.add_argument("--init-points", type=POSITIVE_INT, default=None,
                    help="random seeds when the scene has no points and --seedless-init is random (default 30000)")
     p.add_argument("--background", choices=["auto", "learn", "random", "fixed"], default=None,
@@ -415,6 +418,7 @@ def run_fit(args, reporter: Reporter) -> dict:
                                       renderer=renderer, max_gaussians=args.max_gaussians,
                                       init_points=args.init_points, background_mode=getattr(args, "background", None),
                                       seedless_init=getattr(args, "seedless_init", None),
+                                      fill_mode=getattr(args, "seedless_fill", None),
                                       backdrop_alpha_weight=getattr(args, "backdrop_alpha", None),
                                       surface_alpha_weight=getattr(args, "surface_alpha", None),
                                       surface_alpha_inset=getattr(args, "surface_alpha_inset", None))
