@@ -240,11 +240,13 @@ def test_a_failing_triangulation_falls_back_to_random_starts_and_says_why(tmp_pa
 
 
 def _looking_down(center):
-    """A view 100x100 px looking straight down at z = 0 from ``center`` (OpenCV axes)."""
-    rotation = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])
-    w2c = np.concatenate([rotation, -rotation @ np.asarray(center, dtype=np.float64)[:, None]], 1)
-    return {"width": 100, "height": 100, "pinhole": [60.0, 60.0, 50.0, 50.0], "center": list(center),
-            "world_to_camera": w2c.tolist()}
+    """A pinhole 100x100 px looking straight down at z = 0 from ``center`` (OpenCV axes)."""
+    from maskfield.scene.cameras import Camera
+
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    c2w[:3, 3] = center
+    return Camera("down", 100, 100, 60.0, 60.0, 50.0, 50.0, c2w, np.zeros(4))
 
 
 def test_the_fill_lies_on_the_plane_its_points_span_with_the_photos_colours(tmp_path):

@@ -64,7 +64,7 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
             reporter.progress("triangulate", len(views) + len(STEPS), "triangulating seed points") as bar:
         work = Path(tmp)
         (work / "images").mkdir()
-        posed = []
+        posed, cameras = [], []
         for i in views:
             reporter.check_cancel()
             scale = view_downscale(scene.cameras[i], 1.0, max_side)
@@ -73,6 +73,7 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
             name = f"{len(posed):05d}.png"
             _write_png(work / "images" / name, image)
             cam = scene.camera(i, scale)
+            cameras.append(cam)
             posed.append({"name": name, "width": cam.width, "height": cam.height,
                           "pinhole": [cam.fx, cam.fy, cam.cx, cam.cy], "center": cam.center.tolist(),
                           # world to camera in OpenCV axes, as COLMAP's
@@ -83,12 +84,12 @@ def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = 
         found = np.load(work / "points.npz")
         points, colours = found["xyz"].astype(np.float32), found["rgb"].astype(np.uint8)
         photos = [work / "images" / view["name"] for view in posed]
-        fill_points, fill_colours = fill_between_points(posed, photos, points, found["seen_point"], found["seen_view"],
-                                                        fill, np.random.default_rng(seed))
+        fill_points, fill_colours = fill_between_points(cameras, photos, points, found["seen_point"],
+                                                        found["seen_view"], fill, np.random.default_rng(seed))
         return SeedPoints(points, colours, fill_points, fill_colours)
 
 
-def fill_between_points(views: list[dict], images: list[Path], points: np.ndarray, seen_point: np.ndarray,
+def fill_between_points(cameras: list, images: list[Path], points: np.ndarray, seen_point: np.ndarray,
                         seen_view: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``count`` points (float32) and colours (uint8) on the surfaces between triangulated points.
 
@@ -105,30 +106,31 @@ def fill_between_points(views: list[dict], images: list[Path], points: np.ndarra
     What the views cannot give is made up uniformly in the box of the points' 2nd to 98th
     percentiles, with random colours.
 
-    ``views``: each with ``width``, ``height``, ``pinhole`` (fx, fy, cx, cy), ``center`` and
-    ``world_to_camera`` (3 x 4, OpenCV axes); ``images``: the views' photos as seen (undistorted);
-    ``seen_point``/``seen_view``: which point each view saw, as pairs of indices."""
+    ``cameras``: the views' pinhole ``scene.cameras.Camera``s at the photos' size; ``images``: the
+    views' photos as seen (undistorted); ``seen_point``/``seen_view``: which point each view
+    saw, as pairs of indices."""
     empty = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
     if count <= 0 or len(points) == 0:
         return empty
-    meshes = [_ViewMesh.of(view, points[seen_point[seen_view == k]]) for k, view in enumerate(views)]
-    centers = np.array([v["center"] for v in views], dtype=np.float64).reshape(-1, 3)
-    per_view = -(-count // max(1, len(views)))
+    meshes = [_ViewMesh.of(camera, points[seen_point[seen_view == k]]) for k, camera in enumerate(cameras)]
+    centers = np.array([camera.center for camera in cameras], dtype=np.float64).reshape(-1, 3)
+    per_view = -(-count // max(1, len(cameras)))
     out_points, out_colours = [empty[0]], [empty[1]]
     for k, (mesh, image) in enumerate(zip(meshes, images)):
         if mesh is None:
             continue
         # oversampled: pixels outside every triangle, and points no other view agrees with, go
-        pixels = rng.uniform((0.0, 0.0), (mesh.width, mesh.height), size=(8 * per_view, 2))
+        pixels = rng.uniform((0.0, 0.0), (mesh.camera.width, mesh.camera.height), size=(8 * per_view, 2))
         depth = mesh.depth_at(pixels)
         pixels, depth = pixels[np.isfinite(depth)], depth[np.isfinite(depth)]
         world = mesh.unproject(pixels, depth)
         agreed = np.zeros(len(world), dtype=bool)
         others = [j for j in np.argsort(np.linalg.norm(centers - centers[k], axis=1)) if j != k and meshes[j]]
         for j in others[:CHECK_VIEWS]:
-            seen_at, distance = meshes[j].project(world)
+            seen_at, distance = meshes[j].camera.project(world)
             there = meshes[j].depth_at(seen_at)
-            agreed |= np.abs(distance - there) <= DEPTH_AGREEMENT * there  # nan (no triangle there): False
+            # nan (no triangle there) and points behind the camera (negative depth) never agree
+            agreed |= np.abs(distance - there) <= DEPTH_AGREEMENT * there
         pixels, world = pixels[agreed][:per_view], world[agreed][:per_view]
         if len(world) == 0:
             continue
@@ -162,30 +164,24 @@ DEPTH_AGREEMENT = 0.015
 @dataclass
 class _ViewMesh:
     """One view's triangles between the points it saw, in its image, with the points' depths."""
-    width: int
-    height: int
-    pinhole: tuple
-    world_to_camera: np.ndarray  # 3 x 4
+    camera: object  # scene.cameras.Camera, a pinhole
     triangles: object  # scipy.spatial.Delaunay
     inverse_depth: np.ndarray  # per vertex
 
     @classmethod
-    def of(cls, view: dict, points: np.ndarray) -> "_ViewMesh | None":
-        """None where the view saw fewer than three points, or all in a line."""
+    def of(cls, camera, points: np.ndarray) -> "_ViewMesh | None":
+        """None where the view saw fewer than three points in front of it, or all in a line."""
         from scipy.spatial import Delaunay, QhullError
 
-        w2c = np.asarray(view["world_to_camera"], dtype=np.float64)
-        local = points.astype(np.float64) @ w2c[:, :3].T + w2c[:, 3]
-        local = local[local[:, 2] > 1e-6]
-        if len(local) < 3:
+        pixels, depth = camera.project(points.astype(np.float64))
+        ahead = depth > 1e-6
+        if ahead.sum() < 3:
             return None
-        fx, fy, cx, cy = view["pinhole"]
-        pixels = np.stack([fx * local[:, 0] / local[:, 2] + cx, fy * local[:, 1] / local[:, 2] + cy], 1)
         try:
-            triangles = Delaunay(pixels)
+            triangles = Delaunay(pixels[ahead])
         except QhullError:
             return None
-        return cls(int(view["width"]), int(view["height"]), (fx, fy, cx, cy), w2c, triangles, 1.0 / local[:, 2])
+        return cls(camera, triangles, 1.0 / depth[ahead])
 
     def depth_at(self, pixels: np.ndarray) -> np.ndarray:
         """The triangles' depth at each pixel (nan outside every triangle)."""
@@ -199,18 +195,10 @@ class _ViewMesh:
         return depth
 
     def unproject(self, pixels: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        fx, fy, cx, cy = self.pinhole
-        local = np.stack([(pixels[:, 0] - cx) / fx * depth, (pixels[:, 1] - cy) / fy * depth, depth], 1)
-        return (local - self.world_to_camera[:, 3]) @ self.world_to_camera[:, :3]
-
-    def project(self, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels and depths of world points (behind the camera: pixels far off the image)."""
-        fx, fy, cx, cy = self.pinhole
-        local = world @ self.world_to_camera[:, :3].T + self.world_to_camera[:, 3]
-        z = local[:, 2]
-        safe = np.where(z > 1e-6, z, np.nan)
-        pixels = np.stack([fx * local[:, 0] / safe + cx, fy * local[:, 1] / safe + cy], 1)
-        return np.nan_to_num(pixels, nan=-1e9), z
+        """World points at these pixels and depths."""
+        cam = self.camera
+        local = np.stack([(pixels[:, 0] - cam.cx) / cam.fx * depth, (pixels[:, 1] - cam.cy) / cam.fy * depth, depth], 1)
+        return local @ cam.camtoworld[:3, :3].T + cam.camtoworld[:3, 3]
 
 
 # what the child reports on stdout, one line each, as it finishes them
