@@ -49,7 +49,7 @@ class SeedPoints:
 
 def triangulate(scene, views, reporter: Reporter | None = None, max_side: int = MAX_SIDE,
                 seed: int = 0, fill: int = 0) -> SeedPoints:
-    """Points seen in three or more of ``views`` (indices into ``scene``), and ``fill`` more on
+    """Points seen in two or more of ``views`` (indices into ``scene``), and ``fill`` more on
     the surfaces between them (``fill_between_points``). Lens distortion is taken out first, as
     the fit sees the photos. Raises ``Cancelled`` if the reporter is cancelled meanwhile, and
     ``RuntimeError`` if pycolmap stops.
