@@ -249,6 +249,19 @@ def _looking_down(center):
     return Camera("down", 100, 100, 60.0, 60.0, 50.0, 50.0, c2w, np.zeros(4))
 
 
+def test_a_camera_unprojects_what_it_projects():
+    from maskfield.scene.cameras import Camera
+
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
+    c2w[:3, 3] = (0.4, -1.2, 2.0)
+    camera = Camera("tilted", 160, 120, 150.0, 140.0, 78.0, 61.0, c2w, np.zeros(4))
+    world = c2w[:3, 3] + np.random.default_rng(4).normal(size=(50, 3)) + 3 * c2w[:3, 2]
+    pixels, depth = camera.project(world)
+    assert (depth > 0).all()
+    assert np.abs(camera.unproject(pixels, depth) - world).max() < 1e-9
+
+
 def test_the_fill_lies_on_the_plane_its_points_span_with_the_photos_colours(tmp_path):
     from maskfield.scene.triangulate import fill_between_points
 

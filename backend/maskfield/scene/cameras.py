@@ -133,6 +133,12 @@ class Camera:
         v = self.fy * cam[:, 1] / safe + self.cy
         return np.stack([u, v], axis=1), z
 
+    def unproject(self, pixels: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Pixel coordinates (N,2) at depths (N,) -> world points (N,3): ``project``'s inverse."""
+        local = np.stack([(pixels[:, 0] - self.cx) / self.fx * depth, (pixels[:, 1] - self.cy) / self.fy * depth,
+                          depth], 1)
+        return local @ self.camtoworld[:3, :3].T + self.camtoworld[:3, 3]
+
     def frames(self, points: np.ndarray) -> np.ndarray:
         """(N,) bool: which world points lie in front of the camera and inside its image
         (distortion and occlusion ignored)."""

@@ -123,7 +123,7 @@ def fill_between_points(cameras: list, images: list[Path], points: np.ndarray, s
         pixels = rng.uniform((0.0, 0.0), (mesh.camera.width, mesh.camera.height), size=(8 * per_view, 2))
         depth = mesh.depth_at(pixels)
         pixels, depth = pixels[np.isfinite(depth)], depth[np.isfinite(depth)]
-        world = mesh.unproject(pixels, depth)
+        world = mesh.camera.unproject(pixels, depth)
         agreed = np.zeros(len(world), dtype=bool)
         others = [j for j in np.argsort(np.linalg.norm(centers - centers[k], axis=1)) if j != k and meshes[j]]
         for j in others[:CHECK_VIEWS]:
@@ -193,12 +193,6 @@ class _ViewMesh:
         depth = np.full(len(pixels), np.nan)
         depth[inside] = 1.0 / (weights * self.inverse_depth[self.triangles.simplices[simplex[inside]]]).sum(1)
         return depth
-
-    def unproject(self, pixels: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """World points at these pixels and depths."""
-        cam = self.camera
-        local = np.stack([(pixels[:, 0] - cam.cx) / cam.fx * depth, (pixels[:, 1] - cam.cy) / cam.fy * depth, depth], 1)
-        return local @ cam.camtoworld[:3, :3].T + cam.camtoworld[:3, 3]
 
 
 # what the child reports on stdout, one line each, as it finishes them
